@@ -1,0 +1,63 @@
+package authtoken
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const secret = "0123456789abcdef0123456789abcdef"
+
+func TestIssueVerify(t *testing.T) {
+	k, err := New(secret, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok, exp, err := k.Issue("u1", true, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp.Before(now.Add(59 * time.Minute)) {
+		t.Fatalf("expiry %s too early", exp)
+	}
+	c, err := k.Verify(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.UserID != "u1" || !c.Guest {
+		t.Fatalf("claims = %+v", c)
+	}
+}
+
+func TestVerifyRejects(t *testing.T) {
+	k, _ := New(secret, time.Hour)
+	other, _ := New(strings.Repeat("x", 32), time.Hour)
+	good, _, _ := k.Issue("u1", false, time.Now())
+	expired, _, _ := k.Issue("u1", false, time.Now().Add(-2*time.Hour))
+	foreign, _, _ := other.Issue("u1", false, time.Now())
+	tests := map[string]string{
+		"empty":        "",
+		"garbage":      "not.a.token",
+		"expired":      expired,
+		"other secret": foreign,
+		"tampered":     good[:len(good)-2] + "xx",
+		"alg none":     "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSIsImlzcyI6ImdvY2hhdCJ9.",
+	}
+	for name, tok := range tests {
+		t.Run(name, func(t *testing.T) {
+			if _, err := k.Verify(tok); err == nil {
+				t.Fatal("Verify accepted a bad token")
+			}
+		})
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	if _, err := New("short", time.Hour); err == nil {
+		t.Fatal("short secret accepted")
+	}
+	if _, err := New(secret, 0); err == nil {
+		t.Fatal("zero ttl accepted")
+	}
+}

@@ -1,0 +1,301 @@
+// Package gateway is im-gateway: the only door for clients. It serves the
+// client API over HTTP and WebSocket, holds the sessions, and takes pushes
+// from im-task over gRPC.
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/authtoken"
+)
+
+// Config is im-gateway's own settings; cmd/gochat documents each default.
+type Config struct {
+	Advertise        string // host:port im-task dials for pushes to this gateway
+	Heartbeat        time.Duration
+	PresenceTTL      time.Duration
+	HandshakeTimeout time.Duration
+	FrameReadTimeout time.Duration
+	WriteTimeout     time.Duration
+	CallTimeout      time.Duration
+	MaxFrameBytes    int
+	MaxContentBytes  int
+	MaxQueueBytes    int
+	MaxPage          int
+	SendRate         float64
+	SendBurst        int
+	FrameRate        float64
+	FrameBurst       int
+	MaxBadFrames     int
+	MaxReaders       int
+	WebRoot          http.Handler // the web client at /, or nil
+}
+
+type gatewayMetrics struct {
+	sessions        prometheus.GaugeFunc
+	connects        prometheus.Counter
+	handshakeErrors prometheus.Counter
+	framesIn        prometheus.Counter
+	framesOut       prometheus.Counter
+	sends           prometheus.Counter
+	clientErrors    *prometheus.CounterVec
+	slowConsumers   prometheus.Counter
+	pushed          prometheus.Counter
+}
+
+// Gateway is one im-gateway process.
+type Gateway struct {
+	cfg      Config
+	log      *slog.Logger
+	keys     *authtoken.Keys
+	logic    gochatv1.LogicServiceClient
+	hub      *hub
+	poller   *poller
+	presence *registrar
+	metrics  gatewayMetrics
+	draining atomic.Bool
+	httpSrv  *http.Server
+
+	ctx      context.Context // lives as long as Run; parent of every call a session makes
+	spawnWG  sync.WaitGroup
+	spawnMu  sync.Mutex
+	stopping bool
+}
+
+// New builds a gateway; Run serves it.
+func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, repo gochatv1.RepoServiceClient, reg prometheus.Registerer, log *slog.Logger) (*Gateway, error) {
+	p, err := newPoller(cfg.MaxReaders)
+	if err != nil {
+		return nil, err
+	}
+	h := newHub()
+	g := &Gateway{
+		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p,
+		presence: newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
+		ctx:      context.Background(),
+	}
+	f := promauto.With(reg)
+	g.metrics = gatewayMetrics{
+		sessions: f.NewGaugeFunc(prometheus.GaugeOpts{Name: "gochat_gateway_sessions", Help: "Live WebSocket sessions."},
+			func() float64 { return float64(h.count.Load()) }),
+		connects:        f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_connects_total", Help: "WebSocket sessions opened."}),
+		handshakeErrors: f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_handshake_errors_total", Help: "WebSocket handshakes refused or failed."}),
+		framesIn:        f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_frames_in_total", Help: "Data frames read from clients."}),
+		framesOut:       f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_frames_out_total", Help: "Data frames written to clients."}),
+		sends:           f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_sends_total", Help: "Messages acked to WebSocket senders."}),
+		clientErrors:    f.NewCounterVec(prometheus.CounterOpts{Name: "gochat_gateway_client_errors_total", Help: "Error frames sent, by code."}, []string{"code"}),
+		slowConsumers:   f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_slow_consumers_total", Help: "Sessions closed for not reading their frames."}),
+		pushed:          f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_pushed_frames_total", Help: "Frames queued to sessions by pushes."}),
+	}
+	return g, nil
+}
+
+// Sessions is the number of live sessions.
+func (g *Gateway) Sessions() int64 { return g.hub.count.Load() }
+
+// spawn runs fn on a goroutine the gateway waits for when it stops.
+func (g *Gateway) spawn(fn func()) {
+	g.spawnMu.Lock()
+	if g.stopping {
+		g.spawnMu.Unlock()
+		return
+	}
+	g.spawnWG.Add(1)
+	g.spawnMu.Unlock()
+	go func() {
+		defer g.spawnWG.Done()
+		fn()
+	}()
+}
+
+// Serve accepts clients on ln until ctx ends, then closes every session.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRun()
+	g.ctx = runCtx
+
+	httpLn := newChanListener(ln.Addr())
+	g.httpSrv = &http.Server{
+		Handler:           g.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	wg.Add(4)
+	go func() { defer wg.Done(); errs <- g.poller.run(runCtx, g.readReady) }()
+	go func() { defer wg.Done(); g.presence.run(runCtx) }()
+	go func() { defer wg.Done(); g.sweep(runCtx) }()
+	go func() {
+		defer wg.Done()
+		if err := g.httpSrv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- err
+		}
+	}()
+
+	acceptErr := g.acceptLoop(ctx, ln, httpLn)
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = g.httpSrv.Shutdown(shutdownCtx)
+	g.hub.each(func(s *session) { s.closeWith(1001, "server shutting down") })
+	g.spawnMu.Lock()
+	g.stopping = true
+	g.spawnMu.Unlock()
+	g.spawnWG.Wait()
+	g.hub.each(func(s *session) { s.shutdown("server stopped") })
+	cancelRun()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return acceptErr
+}
+
+// acceptLoop sorts connections: WebSocket upgrades are handled here with the
+// zero-copy upgrader, everything else goes to the HTTP server.
+func (g *Gateway) acceptLoop(ctx context.Context, ln net.Listener, httpLn *chanListener) error {
+	go func() {
+		<-ctx.Done()
+		_ = ln.Close()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer httpLn.Close()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// EMFILE and friends: wait rather than spin.
+			g.log.Error("accept", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.route(conn, httpLn)
+		}()
+	}
+}
+
+var wsPrefix = []byte("GET " + wsPath)
+
+func (g *Gateway) route(conn net.Conn, httpLn *chanListener) {
+	br := bufio.NewReaderSize(conn, 1024)
+	_ = conn.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
+	head, err := br.Peek(len(wsPrefix) + 1)
+	if err == nil && string(head[:len(wsPrefix)]) == string(wsPrefix) && (head[len(wsPrefix)] == ' ' || head[len(wsPrefix)] == '?') {
+		g.upgradeWS(conn, br)
+		return
+	}
+	if err != nil && len(head) == 0 {
+		_ = conn.Close()
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	if !httpLn.deliver(&peekedConn{Conn: conn, r: br}) {
+		_ = conn.Close()
+	}
+}
+
+// sweep closes sessions that have been silent for three heartbeats.
+func (g *Gateway) sweep(ctx context.Context) {
+	t := time.NewTicker(g.cfg.Heartbeat / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			deadline := now.Add(-3 * g.cfg.Heartbeat).UnixMilli()
+			g.hub.each(func(s *session) {
+				if s.lastSeen.Load() < deadline {
+					s.closeWith(1001, "heartbeat timeout")
+				}
+			})
+		}
+	}
+}
+
+// peekedConn is a connection whose first bytes were read to route it.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// chanListener hands routed connections to the HTTP server.
+type chanListener struct {
+	addr   net.Addr
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *chanListener) deliver(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// Stats answers the admin Stats call.
+func (g *Gateway) Stats() *gochatv1.StatsResponse {
+	return &gochatv1.StatsResponse{Sessions: g.Sessions(), Draining: g.draining.Load()}
+}
+
+func (g *Gateway) String() string { return fmt.Sprintf("gateway(%s)", g.cfg.Advertise) }

@@ -1,0 +1,152 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+)
+
+// registrar keeps this gateway's sessions in im-repo's presence. Registrations
+// and removals are batched: whatever piles up while one call is in flight
+// goes in the next, so 10,000 clients connecting at once cost a handful of
+// calls. A new session waits for its registration before its hello, so that
+// no message pushed after the hello can miss it.
+type registrar struct {
+	repo    gochatv1.RepoServiceClient
+	gateway string
+	ttl     time.Duration
+	log     *slog.Logger
+	hub     *hub
+
+	mu      sync.Mutex
+	adds    []*gochatv1.Session
+	waiters []chan error
+	removes []*gochatv1.Session
+	kick    chan struct{}
+}
+
+const presenceBatch = 2000
+
+func newRegistrar(repo gochatv1.RepoServiceClient, gateway string, ttl time.Duration, h *hub, log *slog.Logger) *registrar {
+	return &registrar{repo: repo, gateway: gateway, ttl: ttl, hub: h, log: log, kick: make(chan struct{}, 1)}
+}
+
+func (r *registrar) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// register adds a session and waits until presence has it.
+func (r *registrar) register(ctx context.Context, s *session) error {
+	done := make(chan error, 1)
+	r.mu.Lock()
+	r.adds = append(r.adds, &gochatv1.Session{UserId: s.userID, SessionId: s.id, Gateway: r.gateway})
+	r.waiters = append(r.waiters, done)
+	r.mu.Unlock()
+	r.wake()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// unregister removes a session soon, without waiting.
+func (r *registrar) unregister(s *session) {
+	r.mu.Lock()
+	r.removes = append(r.removes, &gochatv1.Session{UserId: s.userID, SessionId: s.id, Gateway: r.gateway})
+	r.mu.Unlock()
+	r.wake()
+}
+
+// run flushes batches as they come and renews every session's TTL every
+// third of the TTL, until ctx ends; then it removes what is left.
+func (r *registrar) run(ctx context.Context) {
+	renew := time.NewTicker(r.ttl / 3)
+	defer renew.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			r.flush(context.Background())
+			return
+		case <-r.kick:
+			r.flush(ctx)
+		case <-renew.C:
+			r.renewAll(ctx)
+		}
+	}
+}
+
+func (r *registrar) call(ctx context.Context, f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return f(ctx)
+}
+
+func (r *registrar) flush(ctx context.Context) {
+	for {
+		r.mu.Lock()
+		n := min(len(r.adds), presenceBatch)
+		adds, waiters := r.adds[:n:n], r.waiters[:n:n]
+		r.adds, r.waiters = r.adds[n:], r.waiters[n:]
+		m := min(len(r.removes), presenceBatch)
+		removes := r.removes[:m:m]
+		r.removes = r.removes[m:]
+		r.mu.Unlock()
+		if n == 0 && m == 0 {
+			return
+		}
+		if n > 0 {
+			err := r.call(ctx, func(ctx context.Context) error {
+				_, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: adds, TtlMs: r.ttl.Milliseconds()})
+				return err
+			})
+			if err != nil {
+				r.log.Error("register sessions in presence", "count", n, "err", err)
+			}
+			for _, w := range waiters {
+				w <- err
+			}
+		}
+		if m > 0 {
+			err := r.call(ctx, func(ctx context.Context) error {
+				_, err := r.repo.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: removes})
+				return err
+			})
+			if err != nil {
+				// They expire with their TTL anyway.
+				r.log.Warn("unregister sessions from presence", "count", m, "err", err)
+			}
+		}
+	}
+}
+
+func (r *registrar) renewAll(ctx context.Context) {
+	var batch []*gochatv1.Session
+	send := func() {
+		if len(batch) == 0 {
+			return
+		}
+		err := r.call(ctx, func(ctx context.Context) error {
+			_, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: batch, TtlMs: r.ttl.Milliseconds()})
+			return err
+		})
+		if err != nil {
+			r.log.Error("renew sessions in presence", "count", len(batch), "err", err)
+		}
+		batch = batch[:0]
+	}
+	r.hub.each(func(s *session) {
+		batch = append(batch, &gochatv1.Session{UserId: s.userID, SessionId: s.id, Gateway: r.gateway})
+		if len(batch) == presenceBatch {
+			send()
+		}
+	})
+	send()
+}

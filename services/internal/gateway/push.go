@@ -1,0 +1,51 @@
+package gateway
+
+import (
+	"context"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
+)
+
+// PushServer is the gRPC face of a gateway for im-task and the operator.
+type PushServer struct {
+	gochatv1.UnimplementedPushServiceServer
+	gochatv1.UnimplementedGatewayAdminServiceServer
+	g *Gateway
+}
+
+// PushServer returns the gateway's gRPC services.
+func (g *Gateway) PushServer() *PushServer { return &PushServer{g: g} }
+
+// Push queues each frame to each named session, in order, and returns at
+// once: the frames are handed off, not yet written.
+func (p *PushServer) Push(_ context.Context, in *gochatv1.PushRequest) (*gochatv1.PushResponse, error) {
+	if len(in.Deliveries) > 10000 {
+		return nil, apierror.New(apierror.InvalidArgument, "%d deliveries in one push, at most 10000", len(in.Deliveries))
+	}
+	out := &gochatv1.PushResponse{}
+	var unknown map[string]bool
+	for _, d := range in.Deliveries {
+		for _, id := range d.SessionIds {
+			s := p.g.hub.get(id)
+			if s == nil || !s.enqueue(d.Frame) {
+				if unknown == nil {
+					unknown = map[string]bool{}
+				}
+				if !unknown[id] {
+					unknown[id] = true
+					out.UnknownSessionIds = append(out.UnknownSessionIds, id)
+				}
+				continue
+			}
+			out.Queued++
+		}
+	}
+	p.g.metrics.pushed.Add(float64(out.Queued))
+	return out, nil
+}
+
+// Stats reports the gateway's sessions and whether it is draining.
+func (p *PushServer) Stats(context.Context, *gochatv1.StatsRequest) (*gochatv1.StatsResponse, error) {
+	return p.g.Stats(), nil
+}

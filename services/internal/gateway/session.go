@@ -1,0 +1,175 @@
+package gateway
+
+import (
+	"bufio"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"golang.org/x/time/rate"
+)
+
+// outItem is one frame waiting to be written. Payloads pushed by im-task are
+// shared by every session they go to, so they are never modified.
+type outItem struct {
+	op      ws.OpCode
+	payload []byte
+}
+
+// session is one WebSocket connection. An idle session owns no goroutine and
+// no buffer: reading happens on a poller goroutine when the socket is
+// readable, writing on a goroutine that exists only while frames are queued.
+type session struct {
+	id     string
+	userID string
+	conn   net.Conn
+	fd     int
+	g      *Gateway
+
+	lastSeen atomic.Int64 // Unix ms of the last frame from the client
+
+	mu          sync.Mutex
+	queue       []outItem
+	queuedBytes int
+	writing     bool
+	closing     bool // a close frame is queued: write it, then close
+	closed      bool
+
+	// Read-side state: touched only by the one goroutine reading at a time.
+	frag       []byte
+	fragOp     ws.OpCode
+	fragTooBig bool
+	inFrag     bool
+	sendLimit  *rate.Limiter
+	frameLimit *rate.Limiter
+	errWindow  int64
+	errCount   int
+	rateErrors int
+}
+
+func (s *session) touch(now time.Time) { s.lastSeen.Store(now.UnixMilli()) }
+
+// enqueue queues a text frame. A client that does not read what it is sent
+// cannot hold the gateway's memory: past the queue limit it is disconnected,
+// and it catches up with sync when it reconnects.
+func (s *session) enqueue(payload []byte) bool {
+	return s.enqueueOp(ws.OpText, payload)
+}
+
+func (s *session) enqueueOp(op ws.OpCode, payload []byte) bool {
+	s.mu.Lock()
+	if s.closed || s.closing {
+		s.mu.Unlock()
+		return false
+	}
+	if s.queuedBytes+len(payload) > s.g.cfg.MaxQueueBytes {
+		s.mu.Unlock()
+		s.g.metrics.slowConsumers.Inc()
+		s.g.log.Warn("session too slow to read its frames, closing", "session_id", s.id, "user_id", s.userID)
+		s.closeWith(ws.StatusGoingAway, "too slow to read")
+		return false
+	}
+	s.queue = append(s.queue, outItem{op: op, payload: payload})
+	s.queuedBytes += len(payload)
+	start := !s.writing
+	s.writing = true
+	s.mu.Unlock()
+	if start {
+		s.g.spawn(s.flush)
+	}
+	return true
+}
+
+// closeWith queues a close frame; the session closes once it is written.
+func (s *session) closeWith(code ws.StatusCode, reason string) {
+	s.mu.Lock()
+	if s.closed || s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.closing = true
+	s.queue = append(s.queue, outItem{op: ws.OpClose, payload: ws.NewCloseFrameBody(code, reason)})
+	start := !s.writing
+	s.writing = true
+	s.mu.Unlock()
+	if start {
+		s.g.spawn(s.flush)
+	}
+}
+
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+
+// flush writes queued frames until the queue is empty, then the goroutine ends.
+func (s *session) flush() {
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(s.conn)
+	defer func() {
+		bw.Reset(nil)
+		writers.Put(bw)
+	}()
+	var batch []outItem
+	for {
+		s.mu.Lock()
+		batch, s.queue = s.queue, batch[:0]
+		s.queuedBytes = 0
+		if len(batch) == 0 {
+			s.writing = false
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				s.shutdown("closed by server")
+			}
+			return
+		}
+		s.mu.Unlock()
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout))
+		var err error
+		for i := range batch {
+			if err = ws.WriteHeader(bw, ws.Header{Fin: true, OpCode: batch[i].op, Length: int64(len(batch[i].payload))}); err != nil {
+				break
+			}
+			if _, err = bw.Write(batch[i].payload); err != nil {
+				break
+			}
+			if batch[i].op == ws.OpText {
+				s.g.metrics.framesOut.Inc()
+			}
+			batch[i] = outItem{}
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
+		if err != nil {
+			s.mu.Lock()
+			s.writing = false
+			s.mu.Unlock()
+			s.shutdown("write failed")
+			return
+		}
+	}
+}
+
+// shutdown closes the connection and forgets the session, once.
+func (s *session) shutdown(reason string) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.queue = nil
+	s.mu.Unlock()
+	s.g.poller.remove(s)
+	_ = s.conn.Close()
+	s.g.hub.remove(s)
+	s.g.presence.unregister(s)
+	s.g.log.Debug("session closed", "session_id", s.id, "user_id", s.userID, "reason", reason)
+}
+
+func (s *session) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}

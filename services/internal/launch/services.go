@@ -1,0 +1,354 @@
+package launch
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/dispatch"
+	"github.com/gochat/gochat/services/internal/gateway"
+	"github.com/gochat/gochat/services/internal/logic"
+	"github.com/gochat/gochat/services/internal/repo"
+	"github.com/gochat/gochat/services/internal/rpc"
+	"github.com/gochat/gochat/services/internal/task"
+)
+
+// group runs functions until the first fails or ctx ends, then stops them all.
+type group struct {
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+	once   sync.Once
+	err    error
+}
+
+func newGroup(ctx context.Context) (*group, context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	return &group{cancel: cancel}, ctx
+}
+
+func (g *group) Go(fn func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := fn(); err != nil {
+			g.once.Do(func() { g.err = err })
+			g.cancel()
+		}
+	}()
+}
+
+func (g *group) Wait() error {
+	g.wg.Wait()
+	g.cancel()
+	return g.err
+}
+
+// serveGRPC serves srv on addr until ctx ends, then stops it gracefully.
+func serveGRPC(ctx context.Context, addr string, srv *grpc.Server) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for gRPC on %s: %w", addr, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			stopped := make(chan struct{})
+			go func() { srv.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(10 * time.Second):
+				srv.Stop()
+			}
+		case <-done:
+		}
+	}()
+	defer close(done)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve gRPC on %s: %w", addr, err)
+	}
+	return nil
+}
+
+// serveMetrics serves /metrics and /healthz on addr until ctx ends (empty addr: not at all).
+func serveMetrics(ctx context.Context, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics on %s: %w", addr, err)
+	}
+	return nil
+}
+
+func withHealth(srv *grpc.Server) {
+	h := health.NewServer()
+	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(srv, h)
+}
+
+// Repo is im-repo's settings.
+type Repo struct {
+	GRPCAddr    string
+	MetricsAddr string
+	Migrate     bool
+	DB          DBFlags
+	Redis       RedisFlags
+	repo.Config
+}
+
+// Register adds im-repo's flags.
+func (o *Repo) Register(fs *flag.FlagSet) {
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9002", "address of im-repo's gRPC service")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9102", "address of /metrics and /healthz (empty: off)")
+	fs.BoolVar(&o.Migrate, "migrate", false, "migrate the schema at start (otherwise the schema must already be current)")
+	o.DB.Register(fs)
+	o.Redis.Register(fs)
+	fs.DurationVar(&o.MemberCacheTTL, "member-cache-ttl", 5*time.Minute, "how long member lists stay in the Redis cache")
+	fs.IntVar(&o.StoreWorkers, "store-workers", 4, "transactions storing messages at once (MySQL; SQLite uses 1)")
+	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
+}
+
+// Run serves im-repo until ctx ends.
+func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
+	db, err := repo.OpenDB(o.DB.DBConfig)
+	if err != nil {
+		return err
+	}
+	if sqlDB, err := db.DB(); err == nil {
+		defer sqlDB.Close()
+	}
+	if o.Migrate {
+		if err := repo.Migrate(ctx, db, log); err != nil {
+			return err
+		}
+	}
+	if err := repo.CheckSchema(ctx, db); err != nil {
+		return err
+	}
+	rdb, err := o.Redis.Client(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	o.RedisPrefix = o.Redis.Prefix
+	srv := repo.NewServer(db, rdb, o.Config, log)
+	g, gctx := newGroup(ctx)
+	gs := rpc.NewServer(log)
+	gochatv1.RegisterRepoServiceServer(gs, srv)
+	withHealth(gs)
+	// The batcher outlives the gRPC server so in-flight stores get answers.
+	senderCtx, stopSender := context.WithCancel(context.WithoutCancel(ctx))
+	senderDone := make(chan struct{})
+	go func() { srv.Run(senderCtx); close(senderDone) }()
+	g.Go(func() error { return serveGRPC(gctx, o.GRPCAddr, gs) })
+	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
+	log.Info("im-repo serving", "grpc", o.GRPCAddr)
+	err = g.Wait()
+	stopSender()
+	<-senderDone
+	return err
+}
+
+// Logic is im-logic's settings.
+type Logic struct {
+	GRPCAddr    string
+	MetricsAddr string
+	RepoAddr    string
+	Auth        AuthFlags
+	Kafka       KafkaFlags
+	logic.Config
+}
+
+// Register adds im-logic's flags.
+func (o *Logic) Register(fs *flag.FlagSet) {
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9001", "address of im-logic's gRPC service")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9101", "address of /metrics and /healthz (empty: off)")
+	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address (dns:///name:port spreads over replicas)")
+	o.Auth.Register(fs)
+	o.Kafka.Register(fs)
+	fs.IntVar(&o.MaxContentBytes, "max-content-bytes", 4096, "largest message content in bytes")
+	fs.IntVar(&o.MaxGroupMembers, "max-group-members", 1000, "largest group")
+}
+
+// Run serves im-logic until ctx ends.
+func (o *Logic) Run(ctx context.Context, log *slog.Logger) error {
+	keys, err := o.Auth.Keys()
+	if err != nil {
+		return err
+	}
+	conn, err := rpc.Dial(o.RepoAddr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	pub, err := dispatch.NewPublisher(ctx, o.Kafka.Config(), log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pub.Close(fctx)
+	}()
+	gs := rpc.NewServer(log)
+	gochatv1.RegisterLogicServiceServer(gs, logic.NewServer(gochatv1.NewRepoServiceClient(conn), keys, pub, o.Config, log))
+	withHealth(gs)
+	g, gctx := newGroup(ctx)
+	g.Go(func() error { return serveGRPC(gctx, o.GRPCAddr, gs) })
+	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
+	log.Info("im-logic serving", "grpc", o.GRPCAddr)
+	return g.Wait()
+}
+
+// Gateway is im-gateway's settings.
+type Gateway struct {
+	HTTPAddr  string
+	GRPCAddr  string
+	LogicAddr string
+	RepoAddr  string
+	Auth      AuthFlags
+	gateway.Config
+}
+
+// Register adds im-gateway's flags.
+func (o *Gateway) Register(fs *flag.FlagSet) {
+	fs.StringVar(&o.HTTPAddr, "http-addr", ":8080", "address of the client API (HTTP and WebSocket)")
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9000", "address of the push and admin gRPC services")
+	fs.StringVar(&o.Advertise, "advertise-addr", "", "host:port im-task dials for pushes (default: $POD_IP or 127.0.0.1, with the gRPC port)")
+	fs.StringVar(&o.LogicAddr, "logic-addr", "127.0.0.1:9001", "im-logic's gRPC address")
+	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address (presence)")
+	o.Auth.Register(fs)
+	fs.DurationVar(&o.Heartbeat, "heartbeat", 25*time.Second, "heartbeat_ms told to clients; silent for 3 heartbeats means gone")
+	fs.DurationVar(&o.PresenceTTL, "presence-ttl", 90*time.Second, "how long a session stays in presence without renewal")
+	fs.DurationVar(&o.HandshakeTimeout, "handshake-timeout", 10*time.Second, "time to complete a WebSocket handshake")
+	fs.DurationVar(&o.FrameReadTimeout, "frame-read-timeout", 10*time.Second, "time to finish reading a frame once it starts")
+	fs.DurationVar(&o.WriteTimeout, "write-timeout", 10*time.Second, "time to write queued frames to a client")
+	fs.DurationVar(&o.CallTimeout, "call-timeout", 10*time.Second, "time limit of a backend call made for a client")
+	fs.IntVar(&o.MaxFrameBytes, "max-frame-bytes", 64<<10, "largest WebSocket message from a client")
+	fs.IntVar(&o.MaxContentBytes, "max-content-bytes", 4096, "largest message content in bytes")
+	fs.IntVar(&o.MaxQueueBytes, "max-queue-bytes", 1<<20, "bytes queued to one client before it is dropped as too slow")
+	fs.IntVar(&o.MaxPage, "max-page", 200, "largest list page")
+	fs.Float64Var(&o.SendRate, "send-rate", 50, "sends per second per connection")
+	fs.IntVar(&o.SendBurst, "send-burst", 100, "send burst per connection")
+	fs.Float64Var(&o.FrameRate, "frame-rate", 200, "frames per second per connection, all types")
+	fs.IntVar(&o.FrameBurst, "frame-burst", 400, "frame burst per connection")
+	fs.IntVar(&o.MaxBadFrames, "max-bad-frames", 20, "bad frames in 10s before a connection is closed with 1008")
+	fs.IntVar(&o.MaxReaders, "max-readers", 512, "connections read at once")
+}
+
+func (o *Gateway) advertise() (string, error) {
+	if o.Advertise != "" {
+		return o.Advertise, nil
+	}
+	host, port, err := net.SplitHostPort(o.GRPCAddr)
+	if err != nil {
+		return "", fmt.Errorf("--grpc-addr %q: %w", o.GRPCAddr, err)
+	}
+	switch {
+	case os.Getenv("POD_IP") != "":
+		host = os.Getenv("POD_IP")
+	case host == "" || host == "0.0.0.0" || host == "::":
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// Run serves im-gateway until ctx ends.
+func (o *Gateway) Run(ctx context.Context, log *slog.Logger) error {
+	keys, err := o.Auth.Keys()
+	if err != nil {
+		return err
+	}
+	if o.Advertise, err = o.advertise(); err != nil {
+		return err
+	}
+	logicConn, err := rpc.Dial(o.LogicAddr)
+	if err != nil {
+		return err
+	}
+	defer logicConn.Close()
+	repoConn, err := rpc.Dial(o.RepoAddr)
+	if err != nil {
+		return err
+	}
+	defer repoConn.Close()
+	gw, err := gateway.New(o.Config, keys, gochatv1.NewLogicServiceClient(logicConn), gochatv1.NewRepoServiceClient(repoConn), prometheus.DefaultRegisterer, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen for clients on %s: %w", o.HTTPAddr, err)
+	}
+	gs := rpc.NewServer(log)
+	ps := gw.PushServer()
+	gochatv1.RegisterPushServiceServer(gs, ps)
+	gochatv1.RegisterGatewayAdminServiceServer(gs, ps)
+	withHealth(gs)
+	g, gctx := newGroup(ctx)
+	g.Go(func() error { return gw.Serve(gctx, ln) })
+	g.Go(func() error { return serveGRPC(gctx, o.GRPCAddr, gs) })
+	log.Info("im-gateway serving", "http", ln.Addr().String(), "grpc", o.GRPCAddr, "advertise", o.Advertise)
+	return g.Wait()
+}
+
+// Task is im-task's settings.
+type Task struct {
+	MetricsAddr string
+	RepoAddr    string
+	Kafka       KafkaFlags
+	task.Config
+}
+
+// Register adds im-task's flags.
+func (o *Task) Register(fs *flag.FlagSet) {
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9103", "address of /metrics and /healthz (empty: off)")
+	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address")
+	o.Kafka.Register(fs)
+	fs.StringVar(&o.ConsumerGroup, "consumer-group", "gochat-task", "Kafka consumer group of im-task replicas")
+	fs.IntVar(&o.MaxPoll, "max-poll", 2000, "most records handled in one batch")
+	fs.DurationVar(&o.PushTimeout, "push-timeout", 5*time.Second, "time limit of one push call to a gateway")
+	fs.StringVar(&o.WebhookURL, "webhook-url", "", "URL that gets offline users' notifications (empty: off)")
+	fs.StringVar(&o.WebhookSecret, "webhook-secret", "", "HMAC-SHA256 key signing webhook bodies (prefer GOCHAT_WEBHOOK_SECRET)")
+}
+
+// Run consumes until ctx ends.
+func (o *Task) Run(ctx context.Context, log *slog.Logger) error {
+	if o.WebhookURL != "" && o.WebhookSecret == "" {
+		return errors.New("--webhook-url needs --webhook-secret (GOCHAT_WEBHOOK_SECRET) to sign its bodies")
+	}
+	conn, err := rpc.Dial(o.RepoAddr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	o.Config.Kafka = o.Kafka.Config()
+	t := task.New(o.Config, gochatv1.NewRepoServiceClient(conn), log)
+	g, gctx := newGroup(ctx)
+	g.Go(func() error { return t.Run(gctx) })
+	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
+	return g.Wait()
+}

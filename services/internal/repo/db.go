@@ -1,0 +1,83 @@
+package repo
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/glebarez/sqlite"
+	"gorm.io/driver/mysql"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+)
+
+// DBConfig says which database to open: MySQL when MySQLDSN is set, else SQLite.
+type DBConfig struct {
+	MySQLDSN     string
+	SQLitePath   string
+	MaxOpenConns int
+}
+
+// OpenDB opens the database and checks that it answers.
+func OpenDB(cfg DBConfig) (*gorm.DB, error) {
+	gcfg := &gorm.Config{
+		Logger:                 logger.Discard,
+		SkipDefaultTransaction: true,
+		PrepareStmt:            false,
+		NowFunc:                func() time.Time { return time.Now().UTC() },
+	}
+	var (
+		db  *gorm.DB
+		err error
+	)
+	switch {
+	case cfg.MySQLDSN != "":
+		db, err = gorm.Open(mysql.Open(cfg.MySQLDSN), gcfg)
+		if err != nil {
+			return nil, fmt.Errorf("open mysql (%s): %w", redactDSN(cfg.MySQLDSN), err)
+		}
+	case cfg.SQLitePath != "":
+		// WAL and a busy timeout let readers run beside the one writer; a single
+		// connection for writes keeps SQLite from answering SQLITE_BUSY.
+		dsn := cfg.SQLitePath + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
+		db, err = gorm.Open(sqlite.Open(dsn), gcfg)
+		if err != nil {
+			return nil, fmt.Errorf("open sqlite %s: %w", cfg.SQLitePath, err)
+		}
+		cfg.MaxOpenConns = 1
+	default:
+		return nil, fmt.Errorf("no database configured: set --mysql-dsn (GOCHAT_MYSQL_DSN) or --sqlite-path")
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		return nil, fmt.Errorf("database handle: %w", err)
+	}
+	if cfg.MaxOpenConns > 0 {
+		sqlDB.SetMaxOpenConns(cfg.MaxOpenConns)
+		sqlDB.SetMaxIdleConns(cfg.MaxOpenConns)
+	}
+	sqlDB.SetConnMaxLifetime(30 * time.Minute)
+	if err := sqlDB.Ping(); err != nil {
+		return nil, fmt.Errorf("ping database (%s): %w", redactDSN(cfg.MySQLDSN+cfg.SQLitePath), err)
+	}
+	return db, nil
+}
+
+// redactDSN hides the password of a MySQL DSN (user:password@tcp(...)/db) so
+// errors and logs can name the database without leaking the secret.
+func redactDSN(dsn string) string {
+	at := strings.LastIndex(dsn, "@")
+	if at < 0 {
+		return dsn
+	}
+	creds := dsn[:at]
+	if colon := strings.Index(creds, ":"); colon >= 0 {
+		return creds[:colon] + ":***" + dsn[at:]
+	}
+	return dsn
+}
+
+func logDB(log *slog.Logger, db *gorm.DB) {
+	log.Info("database ready", "dialect", db.Dialector.Name(), "schema_version", SchemaVersion())
+}

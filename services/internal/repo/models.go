@@ -1,0 +1,64 @@
+package repo
+
+// The table rows. Times are Unix milliseconds in BIGINT columns: the same on
+// MySQL and SQLite, with no time zone or driver parseTime settings to get wrong.
+
+type userRow struct {
+	ID           string `gorm:"primaryKey;size:26"`
+	Username     string `gorm:"size:32;not null;uniqueIndex:uniq_users_username"`
+	PasswordHash string `gorm:"size:255;not null"`
+	Nickname     string `gorm:"size:64;not null"`
+	Guest        bool   `gorm:"not null"`
+	CreatedAtMs  int64  `gorm:"not null"`
+}
+
+func (userRow) TableName() string { return "users" }
+
+const (
+	convDirect int8 = 1
+	convGroup  int8 = 2
+)
+
+type conversationRow struct {
+	ID        string `gorm:"primaryKey;size:26"`
+	Type      int8   `gorm:"not null"`
+	Name      string `gorm:"size:128;not null"`
+	OwnerID   string `gorm:"size:26;not null"`
+	// DirectKey is "<smaller user id>:<larger user id>" for direct conversations
+	// and NULL for groups; its unique index makes "created on first use" race-free.
+	DirectKey      *string `gorm:"size:53;uniqueIndex:uniq_conversations_direct_key"`
+	MaxSeq         int64   `gorm:"not null"`
+	CreatedAtMs    int64   `gorm:"not null"`
+	LastActivityMs int64   `gorm:"not null"`
+}
+
+func (conversationRow) TableName() string { return "conversations" }
+
+const (
+	roleOwner  int8 = 1
+	roleAdmin  int8 = 2
+	roleMember int8 = 3
+)
+
+type memberRow struct {
+	ConversationID string `gorm:"primaryKey;size:26"`
+	UserID         string `gorm:"primaryKey;size:26;index:idx_members_user"`
+	Role           int8   `gorm:"not null"`
+	ReadSeq        int64  `gorm:"not null"`
+	JoinedAtMs     int64  `gorm:"not null"`
+}
+
+func (memberRow) TableName() string { return "members" }
+
+type messageRow struct {
+	ID             string `gorm:"primaryKey;size:26"`
+	ConversationID string `gorm:"size:26;not null;uniqueIndex:uniq_messages_conv_seq,priority:1"`
+	Seq            int64  `gorm:"not null;uniqueIndex:uniq_messages_conv_seq,priority:2"`
+	SenderID       string `gorm:"size:26;not null;uniqueIndex:uniq_messages_sender_client,priority:1"`
+	ClientMsgID    string `gorm:"size:64;not null;uniqueIndex:uniq_messages_sender_client,priority:2"`
+	ContentType    string `gorm:"size:32;not null"`
+	Content        string `gorm:"type:text;not null"`
+	CreatedAtMs    int64  `gorm:"not null"`
+}
+
+func (messageRow) TableName() string { return "messages" }

@@ -1,0 +1,351 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"gorm.io/gorm"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
+	"github.com/gochat/gochat/services/internal/ids"
+)
+
+var (
+	storeBatchSize = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name: "gochat_repo_store_batch_size", Help: "Messages committed per store transaction.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+	})
+	storeBatchSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name: "gochat_repo_store_batch_seconds", Help: "Time to commit one store transaction.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	})
+	messagesStored = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "gochat_repo_messages_stored_total", Help: "Messages stored (duplicates not counted).",
+	})
+)
+
+// storeReq is one StoreMessage call waiting for its batch to commit.
+type storeReq struct {
+	in   *gochatv1.StoreMessageRequest
+	done chan storeResult
+}
+
+type storeResult struct {
+	msg *gochatv1.Message
+	dup bool
+	err error
+}
+
+// Sender commits concurrent StoreMessage calls together (group commit): one
+// transaction, a fixed number of statements, whatever the batch holds. Under
+// light load a batch is one message and nothing waits; under heavy load the
+// batches grow, which is what lets one MySQL reach thousands of messages a second.
+type Sender struct {
+	store    *Store
+	log      *slog.Logger
+	queue    chan *storeReq
+	maxBatch int
+	workers  int
+	wg       sync.WaitGroup
+	stop     chan struct{}
+}
+
+// NewSender makes a Sender; Run starts its workers.
+func NewSender(store *Store, log *slog.Logger, workers, maxBatch int) *Sender {
+	if store.db.Dialector.Name() != "mysql" {
+		workers = 1 // SQLite has one writer; more would only wait on each other.
+	}
+	return &Sender{
+		store: store, log: log, workers: workers, maxBatch: maxBatch,
+		queue: make(chan *storeReq, workers*maxBatch*2), stop: make(chan struct{}),
+	}
+}
+
+// Run commits batches until ctx ends, then finishes what is queued.
+func (b *Sender) Run(ctx context.Context) {
+	for i := 0; i < b.workers; i++ {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.work(ctx)
+		}()
+	}
+	<-ctx.Done()
+	close(b.stop)
+	b.wg.Wait()
+}
+
+// Store queues one message and waits for its batch to commit.
+func (b *Sender) Store(ctx context.Context, in *gochatv1.StoreMessageRequest) (*gochatv1.Message, bool, error) {
+	r := &storeReq{in: in, done: make(chan storeResult, 1)}
+	select {
+	case b.queue <- r:
+	case <-b.stop:
+		return nil, false, apierror.New(apierror.Unavailable, "im-repo is shutting down")
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+	// Once queued the message may be committed whatever ctx does, so wait for
+	// the answer rather than report a failure for something that was stored.
+	res := <-r.done
+	return res.msg, res.dup, res.err
+}
+
+func (b *Sender) work(ctx context.Context) {
+	batch := make([]*storeReq, 0, b.maxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case r := <-b.queue:
+			batch = append(batch, r)
+		case <-b.stop:
+			// Drain: every queued caller gets an answer.
+			for {
+				select {
+				case r := <-b.queue:
+					b.commit(context.WithoutCancel(ctx), []*storeReq{r})
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < b.maxBatch {
+			select {
+			case r := <-b.queue:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		b.commit(context.WithoutCancel(ctx), batch)
+	}
+}
+
+// commit stores a batch in one transaction. If the batch fails as a whole (a
+// deadlock, a race with another replica on the same client_msg_id), each
+// message is tried alone so one bad message cannot fail its neighbours.
+func (b *Sender) commit(ctx context.Context, batch []*storeReq) {
+	start := time.Now()
+	results, err := b.storeWithRetry(ctx, batch)
+	if err == nil {
+		storeBatchSize.Observe(float64(len(batch)))
+		storeBatchSeconds.Observe(time.Since(start).Seconds())
+		for i, r := range batch {
+			r.done <- results[i]
+		}
+		return
+	}
+	if len(batch) > 1 {
+		for _, r := range batch {
+			b.commit(ctx, []*storeReq{r})
+		}
+		return
+	}
+	if apierror.From(err).Code == apierror.Internal {
+		b.log.Error("store message failed", "conversation_id", batch[0].in.ConversationId, "err", err)
+	}
+	batch[0].done <- storeResult{err: err}
+}
+
+func (b *Sender) storeWithRetry(ctx context.Context, batch []*storeReq) ([]storeResult, error) {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var results []storeResult
+		err = b.store.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+			var txErr error
+			results, txErr = b.store.storeBatchTx(tx, batch)
+			return txErr
+		})
+		if err == nil {
+			return results, nil
+		}
+		if !isRetryable(err) {
+			return nil, err
+		}
+		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+	}
+	return nil, err
+}
+
+type senderKey struct{ sender, clientMsgID string }
+
+// storeBatchTx is the group commit: dedupe on (sender, client_msg_id), check
+// membership, take seqs from the locked conversation rows, insert, and mark
+// the senders' own messages read. Seqs come from MySQL under the row lock in
+// the same transaction as the insert, so they never go back, are never reused
+// and leave no gap: a rolled-back batch gives its seqs back with it.
+func (s *Store) storeBatchTx(tx *gorm.DB, batch []*storeReq) ([]storeResult, error) {
+	results := make([]storeResult, len(batch))
+	keys := make([][]any, 0, len(batch))
+	for _, r := range batch {
+		keys = append(keys, []any{r.in.SenderId, r.in.ClientMsgId})
+	}
+	var existing []messageRow
+	if err := tx.Where("(sender_id, client_msg_id) IN ?", keys).Find(&existing).Error; err != nil {
+		return nil, fmt.Errorf("look up client_msg_ids: %w", err)
+	}
+	known := make(map[senderKey]*messageRow, len(existing))
+	for i := range existing {
+		known[senderKey{existing[i].SenderID, existing[i].ClientMsgID}] = &existing[i]
+	}
+
+	// first[k] is the index of the batch entry that stores key k; later entries copy it.
+	first := map[senderKey]int{}
+	var pending []int
+	for i, r := range batch {
+		k := senderKey{r.in.SenderId, r.in.ClientMsgId}
+		if m, ok := known[k]; ok {
+			results[i] = dupResult(m, r.in.ConversationId)
+			continue
+		}
+		if _, ok := first[k]; ok {
+			continue
+		}
+		first[k] = i
+		pending = append(pending, i)
+	}
+
+	if len(pending) > 0 {
+		if err := s.insertPending(tx, batch, pending, results); err != nil {
+			return nil, err
+		}
+	}
+	for i, r := range batch {
+		j, ok := first[senderKey{r.in.SenderId, r.in.ClientMsgId}]
+		if ok && j != i {
+			res := results[j]
+			if res.err == nil {
+				if res.msg.ConversationId != r.in.ConversationId {
+					res = storeResult{err: reusedIDError(r.in.ClientMsgId)}
+				} else {
+					res.dup = true
+				}
+			}
+			results[i] = res
+		}
+	}
+	return results, nil
+}
+
+func dupResult(m *messageRow, convID string) storeResult {
+	if m.ConversationID != convID {
+		return storeResult{err: reusedIDError(m.ClientMsgID)}
+	}
+	return storeResult{msg: messageToProto(m), dup: true}
+}
+
+func reusedIDError(clientMsgID string) error {
+	return apierror.New(apierror.AlreadyExists, "client_msg_id %q was already used for a message in another conversation", clientMsgID)
+}
+
+func (s *Store) insertPending(tx *gorm.DB, batch []*storeReq, pending []int, results []storeResult) error {
+	pairs := make([][]any, 0, len(pending))
+	for _, i := range pending {
+		pairs = append(pairs, []any{batch[i].in.ConversationId, batch[i].in.SenderId})
+	}
+	var members []memberRow
+	if err := tx.Select("conversation_id, user_id").Where("(conversation_id, user_id) IN ?", pairs).Find(&members).Error; err != nil {
+		return fmt.Errorf("check membership: %w", err)
+	}
+	isMember := make(map[[2]string]bool, len(members))
+	for _, m := range members {
+		isMember[[2]string{m.ConversationID, m.UserID}] = true
+	}
+	count := map[string]int64{}
+	ok := pending[:0:0]
+	for _, i := range pending {
+		in := batch[i].in
+		if !isMember[[2]string{in.ConversationId, in.SenderId}] {
+			results[i] = storeResult{err: apierror.New(apierror.NotFound, "conversation not found")}
+			continue
+		}
+		count[in.ConversationId]++
+		ok = append(ok, i)
+	}
+	if len(ok) == 0 {
+		return nil
+	}
+	convIDs := make([]string, 0, len(count))
+	for id := range count {
+		convIDs = append(convIDs, id)
+	}
+	sort.Strings(convIDs) // one lock order for every batch: no deadlocks between them
+	var convs []conversationRow
+	if err := s.forUpdate(tx.Select("id, max_seq")).Where("id IN ?", convIDs).Order("id").Find(&convs).Error; err != nil {
+		return fmt.Errorf("lock conversations: %w", err)
+	}
+	next := make(map[string]int64, len(convs))
+	for _, c := range convs {
+		next[c.ID] = c.MaxSeq
+	}
+	now := s.nowMs()
+	rows := make([]messageRow, 0, len(ok))
+	readUpTo := map[[2]string]int64{}
+	for _, i := range ok {
+		in := batch[i].in
+		next[in.ConversationId]++
+		row := messageRow{
+			ID: ids.New(), ConversationID: in.ConversationId, Seq: next[in.ConversationId], SenderID: in.SenderId,
+			ClientMsgID: in.ClientMsgId, ContentType: in.ContentType, Content: in.Content, CreatedAtMs: now,
+		}
+		rows = append(rows, row)
+		readUpTo[[2]string{in.ConversationId, in.SenderId}] = row.Seq
+	}
+
+	var sb strings.Builder
+	args := make([]any, 0, 2*len(convIDs)+len(convIDs)+1)
+	sb.WriteString("UPDATE conversations SET max_seq = CASE id")
+	for _, id := range convIDs {
+		sb.WriteString(" WHEN ? THEN ?")
+		args = append(args, id, next[id])
+	}
+	sb.WriteString(" ELSE max_seq END, last_activity_ms = ? WHERE id IN (" + placeholders(len(convIDs)) + ")")
+	args = append(args, now)
+	for _, id := range convIDs {
+		args = append(args, id)
+	}
+	if err := tx.Exec(sb.String(), args...).Error; err != nil {
+		return fmt.Errorf("advance seqs: %w", err)
+	}
+	if err := tx.CreateInBatches(&rows, 500).Error; err != nil {
+		return fmt.Errorf("insert messages: %w", err)
+	}
+
+	// The sender has read their own message: one statement for the batch.
+	sb.Reset()
+	args = args[:0]
+	sb.WriteString("UPDATE members SET read_seq = CASE")
+	where := make([][]any, 0, len(readUpTo))
+	for k, seq := range readUpTo {
+		sb.WriteString(" WHEN conversation_id = ? AND user_id = ? AND read_seq < ? THEN ?")
+		args = append(args, k[0], k[1], seq, seq)
+		where = append(where, []any{k[0], k[1]})
+	}
+	sb.WriteString(" ELSE read_seq END WHERE (conversation_id, user_id) IN (")
+	for i, w := range where {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString("(?, ?)")
+		args = append(args, w...)
+	}
+	sb.WriteString(")")
+	if err := tx.Exec(sb.String(), args...).Error; err != nil {
+		return fmt.Errorf("mark own messages read: %w", err)
+	}
+
+	for n, i := range ok {
+		results[i] = storeResult{msg: messageToProto(&rows[n])}
+	}
+	messagesStored.Add(float64(len(rows)))
+	return nil
+}

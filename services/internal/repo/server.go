@@ -1,0 +1,338 @@
+// Package repo is im-repo: every read and write of GoChat's data, behind gRPC.
+package repo
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"gorm.io/gorm"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
+	"github.com/gochat/gochat/services/internal/ids"
+)
+
+// Limits bound what one call may ask for.
+const (
+	MaxPageSize     = 200
+	MaxBatchIDs     = 5000
+	MaxContentBytes = 64 << 10 // a hard ceiling; the gateway enforces the configured one
+)
+
+// Config is im-repo's own settings.
+type Config struct {
+	RedisPrefix    string
+	MemberCacheTTL time.Duration
+	StoreWorkers   int
+	StoreMaxBatch  int
+}
+
+// Server implements gochatv1.RepoServiceServer.
+type Server struct {
+	gochatv1.UnimplementedRepoServiceServer
+	store    *Store
+	sender   *Sender
+	members  *memberCache
+	presence *Presence
+	log      *slog.Logger
+}
+
+// NewServer wires the store, the caches and presence. Run the returned
+// server's Run for as long as it serves.
+func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Logger) *Server {
+	store := NewStore(db)
+	logDB(log, db)
+	return &Server{
+		store:    store,
+		sender:   NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch),
+		members:  &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
+		presence: NewPresence(rdb, cfg.RedisPrefix),
+		log:      log,
+	}
+}
+
+// Run runs the store batcher until ctx ends.
+func (s *Server) Run(ctx context.Context) { s.sender.Run(ctx) }
+
+func invalid(format string, args ...any) error {
+	return apierror.New(apierror.InvalidArgument, format, args...)
+}
+
+func checkID(field, v string) error {
+	if !ids.Valid(v) {
+		return invalid("%s %q is not a valid id", field, v)
+	}
+	return nil
+}
+
+func checkIDs(field string, vs []string) error {
+	if len(vs) > MaxBatchIDs {
+		return invalid("%s has %d ids, at most %d are allowed", field, len(vs), MaxBatchIDs)
+	}
+	for _, v := range vs {
+		if err := checkID(field, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func pageLimit(n int32) int {
+	if n <= 0 || n > MaxPageSize {
+		return MaxPageSize
+	}
+	return int(n)
+}
+
+func (s *Server) CreateUser(ctx context.Context, in *gochatv1.CreateUserRequest) (*gochatv1.CreateUserResponse, error) {
+	if in.Username == "" {
+		return nil, invalid("username is required")
+	}
+	u, err := s.store.CreateUser(ctx, in.Username, in.PasswordHash, in.Nickname, in.Guest)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.CreateUserResponse{User: u}, nil
+}
+
+func (s *Server) GetUser(ctx context.Context, in *gochatv1.GetUserRequest) (*gochatv1.GetUserResponse, error) {
+	switch k := in.Key.(type) {
+	case *gochatv1.GetUserRequest_Id:
+		if !ids.Valid(k.Id) {
+			return nil, apierror.New(apierror.NotFound, "user not found")
+		}
+		u, err := s.store.GetUser(ctx, k.Id)
+		if err != nil {
+			return nil, err
+		}
+		return &gochatv1.GetUserResponse{User: u}, nil
+	case *gochatv1.GetUserRequest_Username:
+		u, _, err := s.store.GetUserByUsername(ctx, k.Username)
+		if err != nil {
+			return nil, err
+		}
+		return &gochatv1.GetUserResponse{User: u}, nil
+	default:
+		return nil, invalid("id or username is required")
+	}
+}
+
+func (s *Server) GetCredentials(ctx context.Context, in *gochatv1.GetCredentialsRequest) (*gochatv1.GetCredentialsResponse, error) {
+	u, hash, err := s.store.GetUserByUsername(ctx, in.Username)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.GetCredentialsResponse{User: u, PasswordHash: hash}, nil
+}
+
+func (s *Server) GetOrCreateDirect(ctx context.Context, in *gochatv1.GetOrCreateDirectRequest) (*gochatv1.ConversationResponse, error) {
+	if err := checkIDs("user_id", []string{in.UserId, in.PeerId}); err != nil {
+		return nil, err
+	}
+	c, created, err := s.store.GetOrCreateDirect(ctx, in.UserId, in.PeerId)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.ConversationResponse{Conversation: c, Created: created}, nil
+}
+
+func (s *Server) CreateGroup(ctx context.Context, in *gochatv1.CreateGroupRequest) (*gochatv1.ConversationResponse, error) {
+	if err := checkID("owner_id", in.OwnerId); err != nil {
+		return nil, err
+	}
+	if err := checkIDs("member_ids", in.MemberIds); err != nil {
+		return nil, err
+	}
+	c, err := s.store.CreateGroup(ctx, in.Name, in.OwnerId, in.MemberIds)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.ConversationResponse{Conversation: c, Created: true}, nil
+}
+
+func (s *Server) AddMembers(ctx context.Context, in *gochatv1.AddMembersRequest) (*gochatv1.AddMembersResponse, error) {
+	if err := checkIDs("user_ids", in.UserIds); err != nil {
+		return nil, err
+	}
+	if !ids.Valid(in.ConversationId) {
+		return nil, apierror.New(apierror.NotFound, "conversation not found")
+	}
+	c, added, err := s.store.AddMembers(ctx, in.ConversationId, in.ActorId, in.UserIds)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.members.invalidate(ctx, in.ConversationId); err != nil {
+		s.log.Warn("member cache not invalidated", "err", err)
+	}
+	return &gochatv1.AddMembersResponse{Conversation: c, AddedUserIds: added}, nil
+}
+
+func (s *Server) RemoveMember(ctx context.Context, in *gochatv1.RemoveMemberRequest) (*gochatv1.RemoveMemberResponse, error) {
+	if !ids.Valid(in.ConversationId) {
+		return nil, apierror.New(apierror.NotFound, "conversation not found")
+	}
+	if !in.Leave {
+		if err := checkID("user_id", in.UserId); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.store.RemoveMember(ctx, in.ConversationId, in.ActorId, in.UserId, in.Leave); err != nil {
+		return nil, err
+	}
+	if err := s.members.invalidate(ctx, in.ConversationId); err != nil {
+		s.log.Warn("member cache not invalidated", "err", err)
+	}
+	return &gochatv1.RemoveMemberResponse{}, nil
+}
+
+func (s *Server) GetConversation(ctx context.Context, in *gochatv1.GetConversationRequest) (*gochatv1.ConversationResponse, error) {
+	if !ids.Valid(in.ConversationId) {
+		return nil, apierror.New(apierror.NotFound, "conversation not found")
+	}
+	c, err := s.store.GetConversation(ctx, in.ConversationId, in.ViewerId)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.ConversationResponse{Conversation: c}, nil
+}
+
+func (s *Server) ListConversations(ctx context.Context, in *gochatv1.ListConversationsRequest) (*gochatv1.ListConversationsResponse, error) {
+	cs, err := s.store.ListConversations(ctx, in.UserId, pageLimit(in.Limit))
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.ListConversationsResponse{Conversations: cs}, nil
+}
+
+func (s *Server) GetMembers(ctx context.Context, in *gochatv1.GetMembersRequest) (*gochatv1.GetMembersResponse, error) {
+	if err := checkIDs("conversation_ids", in.ConversationIds); err != nil {
+		return nil, err
+	}
+	lists, misses := s.members.get(ctx, in.ConversationIds)
+	if len(misses) > 0 {
+		loaded, err := s.store.MembersOf(ctx, misses)
+		if err != nil {
+			return nil, err
+		}
+		s.members.put(ctx, loaded)
+		for id, m := range loaded {
+			lists[id] = m
+		}
+	}
+	out := &gochatv1.GetMembersResponse{Lists: make([]*gochatv1.MemberList, 0, len(in.ConversationIds))}
+	for _, id := range in.ConversationIds {
+		out.Lists = append(out.Lists, &gochatv1.MemberList{ConversationId: id, Members: lists[id]})
+	}
+	return out, nil
+}
+
+func (s *Server) StoreMessage(ctx context.Context, in *gochatv1.StoreMessageRequest) (*gochatv1.StoreMessageResponse, error) {
+	switch {
+	case !ids.Valid(in.ConversationId):
+		return nil, apierror.New(apierror.NotFound, "conversation not found")
+	case !ids.Valid(in.SenderId):
+		return nil, invalid("sender_id is not a valid id")
+	case in.ClientMsgId == "" || len(in.ClientMsgId) > 64:
+		return nil, invalid("client_msg_id must be 1 to 64 bytes")
+	case in.ContentType == "" || len(in.ContentType) > 32:
+		return nil, invalid("content_type must be 1 to 32 bytes")
+	case len(in.Content) > MaxContentBytes:
+		return nil, apierror.New(apierror.PayloadTooLarge, "content is %d bytes, at most %d are allowed", len(in.Content), MaxContentBytes)
+	}
+	m, dup, err := s.sender.Store(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.StoreMessageResponse{Message: m, Duplicate: dup}, nil
+}
+
+func (s *Server) ListMessages(ctx context.Context, in *gochatv1.ListMessagesRequest) (*gochatv1.ListMessagesResponse, error) {
+	if !ids.Valid(in.ConversationId) {
+		return nil, apierror.New(apierror.NotFound, "conversation not found")
+	}
+	if in.AfterSeq < 0 || in.BeforeSeq < 0 {
+		return nil, invalid("after_seq and before_seq cannot be negative")
+	}
+	msgs, more, err := s.store.ListMessages(ctx, in.ConversationId, in.ViewerId, in.AfterSeq, in.BeforeSeq, pageLimit(in.Limit))
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.ListMessagesResponse{Messages: msgs, HasMore: more}, nil
+}
+
+func (s *Server) UpdateReadSeq(ctx context.Context, in *gochatv1.UpdateReadSeqRequest) (*gochatv1.UpdateReadSeqResponse, error) {
+	if !ids.Valid(in.ConversationId) {
+		return nil, apierror.New(apierror.NotFound, "conversation not found")
+	}
+	if in.Seq < 0 {
+		return nil, invalid("seq cannot be negative")
+	}
+	seq, moved, err := s.store.UpdateReadSeq(ctx, in.ConversationId, in.UserId, in.Seq)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.UpdateReadSeqResponse{ReadSeq: seq, Moved: moved}, nil
+}
+
+func (s *Server) UnreadCounts(ctx context.Context, in *gochatv1.UnreadCountsRequest) (*gochatv1.UnreadCountsResponse, error) {
+	if err := checkIDs("user_ids", in.UserIds); err != nil {
+		return nil, err
+	}
+	counts, err := s.store.UnreadCounts(ctx, in.UserIds)
+	if err != nil {
+		return nil, err
+	}
+	out := &gochatv1.UnreadCountsResponse{}
+	for _, u := range in.UserIds {
+		out.Counts = append(out.Counts, &gochatv1.UnreadCount{UserId: u, Unread: counts[u]})
+	}
+	return out, nil
+}
+
+func checkSessions(sessions []*gochatv1.Session) error {
+	if len(sessions) > MaxBatchIDs {
+		return invalid("%d sessions in one call, at most %d are allowed", len(sessions), MaxBatchIDs)
+	}
+	for _, s := range sessions {
+		if s.UserId == "" || s.SessionId == "" || s.Gateway == "" {
+			return invalid("a session needs user_id, session_id and gateway")
+		}
+	}
+	return nil
+}
+
+func (s *Server) RegisterSessions(ctx context.Context, in *gochatv1.RegisterSessionsRequest) (*gochatv1.RegisterSessionsResponse, error) {
+	if err := checkSessions(in.Sessions); err != nil {
+		return nil, err
+	}
+	if in.TtlMs < 1000 {
+		return nil, invalid("ttl_ms must be at least 1000")
+	}
+	if err := s.presence.Register(ctx, in.Sessions, time.Duration(in.TtlMs)*time.Millisecond); err != nil {
+		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	}
+	return &gochatv1.RegisterSessionsResponse{}, nil
+}
+
+func (s *Server) UnregisterSessions(ctx context.Context, in *gochatv1.UnregisterSessionsRequest) (*gochatv1.UnregisterSessionsResponse, error) {
+	if err := checkSessions(in.Sessions); err != nil {
+		return nil, err
+	}
+	if err := s.presence.Unregister(ctx, in.Sessions); err != nil {
+		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	}
+	return &gochatv1.UnregisterSessionsResponse{}, nil
+}
+
+func (s *Server) GetPresence(ctx context.Context, in *gochatv1.GetPresenceRequest) (*gochatv1.GetPresenceResponse, error) {
+	if err := checkIDs("user_ids", in.UserIds); err != nil {
+		return nil, err
+	}
+	sessions, err := s.presence.Lookup(ctx, in.UserIds)
+	if err != nil {
+		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	}
+	return &gochatv1.GetPresenceResponse{Sessions: sessions}, nil
+}
