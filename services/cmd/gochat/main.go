@@ -95,7 +95,7 @@ func run(c command) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := svc.Run(ctx, log.With("version", version)); err != nil {
+	if err := svc.Run(ctx, log.With("build", version)); err != nil {
 		log.Error("stopped with an error", "err", err)
 		return 1
 	}

@@ -1,0 +1,69 @@
+package testcluster
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// Cluster is the four services and a Kafka broker, each its own process.
+type Cluster struct {
+	Kafka, Repo, Logic, Gateway, Task *Process
+	HTTP                              string // the gateway's client address, host:port
+	MySQLDSN                          string
+	RedisPrefix                       string
+	Secret                            string
+}
+
+// Options change a cluster from the defaults.
+type Options struct {
+	// GatewayFlags are added to the gateway's command line.
+	GatewayFlags []string
+	// TaskEnv is added to im-task's environment (a webhook, say).
+	TaskEnv []string
+}
+
+// StartCluster starts everything against a fresh database and Redis prefix,
+// and waits until the gateway is ready.
+func StartCluster(t testing.TB, o Options) *Cluster {
+	t.Helper()
+	Binary(t) // build before timing anything
+	_, prefix := Redis(t)
+	c := &Cluster{MySQLDSN: FreshDatabase(t), RedisPrefix: prefix, Secret: strings.Repeat("e2e-secret-", 4)}
+	addrs, err := freeAddrs(9)
+	mustf(t, err, "free ports")
+	kafkaAddr, repoAddr, logicAddr, gwHTTP, gwGRPC := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
+	repoMetrics, logicMetrics, taskMetrics := addrs[5], addrs[6], addrs[7]
+	c.HTTP = gwHTTP
+	topicPrefix := RandomName("e2e")
+
+	c.Kafka = Start(t, "kafka", nil, "dev-kafka", "--addr", kafkaAddr)
+	WaitTCP(t, kafkaAddr, c.Kafka)
+
+	common := []string{"GOCHAT_LOG_LEVEL=debug"}
+	kafkaEnv := []string{"GOCHAT_KAFKA_BROKERS=" + kafkaAddr, "GOCHAT_KAFKA_TOPIC_PREFIX=" + topicPrefix, "GOCHAT_KAFKA_PARTITIONS=4"}
+	c.Repo = Start(t, "im-repo", append(common,
+		"GOCHAT_MYSQL_DSN="+c.MySQLDSN, "GOCHAT_REDIS_ADDR="+RedisAddr(), "GOCHAT_REDIS_PREFIX="+prefix),
+		"repo", "--grpc-addr", repoAddr, "--metrics-addr", repoMetrics, "--migrate")
+	WaitTCP(t, repoAddr, c.Repo)
+
+	c.Logic = Start(t, "im-logic", append(append(common, kafkaEnv...), "GOCHAT_JWT_SECRET="+c.Secret),
+		"logic", "--grpc-addr", logicAddr, "--metrics-addr", logicMetrics, "--repo-addr", repoAddr)
+	WaitTCP(t, logicAddr, c.Logic)
+
+	c.Task = Start(t, "im-task", append(append(append(common, kafkaEnv...), o.TaskEnv...), "GOCHAT_CONSUMER_GROUP="+topicPrefix),
+		"task", "--metrics-addr", taskMetrics, "--repo-addr", repoAddr)
+	WaitHTTP(t, fmt.Sprintf("http://%s/healthz", taskMetrics), c.Task)
+
+	args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--logic-addr", logicAddr, "--repo-addr", repoAddr}, o.GatewayFlags...)
+	c.Gateway = Start(t, "im-gateway", append(common, "GOCHAT_JWT_SECRET="+c.Secret), args...)
+	WaitHTTP(t, "http://"+gwHTTP+"/readyz", c.Gateway)
+	return c
+}
+
+// URL is the gateway's base URL.
+func (c *Cluster) URL() string { return "http://" + c.HTTP }
+
+// WSURL is the gateway's WebSocket URL.
+func (c *Cluster) WSURL() string { return "ws://" + c.HTTP + "/v1/ws" }
+

@@ -1,0 +1,204 @@
+package testcluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds the gochat binary once per test process.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		_, here, _, _ := runtime.Caller(0)
+		servicesDir := filepath.Join(filepath.Dir(here), "..", "..")
+		dir, err := os.MkdirTemp("", "gochat-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "gochat")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/gochat")
+		cmd.Dir = servicesDir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Process is one running gochat subcommand.
+type Process struct {
+	Name string
+	args []string
+	env  []string
+	t    testing.TB
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	log  *os.File
+	done chan struct{}
+}
+
+// Start runs "gochat <args>" with env added, logging to a file in the test's
+// temp dir; it is stopped when the test ends.
+func Start(t testing.TB, name string, env []string, args ...string) *Process {
+	t.Helper()
+	p := &Process{Name: name, args: args, env: env, t: t}
+	p.start()
+	t.Cleanup(p.Stop)
+	return p
+}
+
+func (p *Process) start() {
+	p.t.Helper()
+	logPath := filepath.Join(p.t.TempDir(), p.Name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	mustf(p.t, err, "log file")
+	cmd := exec.Command(Binary(p.t), p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	mustf(p.t, cmd.Start(), "start %s", p.Name)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	p.mu.Lock()
+	p.cmd, p.log, p.done = cmd, f, done
+	p.mu.Unlock()
+}
+
+// Stop ends the process with SIGTERM (SIGKILL after 10s). On a failed test
+// it prints the end of the process's log.
+func (p *Process) Stop() {
+	p.mu.Lock()
+	cmd, done, f := p.cmd, p.done, p.log
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	if p.t.Failed() {
+		p.dumpLog(f.Name())
+	}
+	f.Close()
+}
+
+// Restart stops and starts the process again with the same arguments.
+func (p *Process) Restart() {
+	p.Stop()
+	p.start()
+}
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done == nil {
+		return true
+	}
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *Process) dumpLog(path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	p.t.Logf("--- last lines of %s ---\n%s", p.Name, strings.Join(lines, "\n"))
+}
+
+// WaitTCP waits until something accepts connections on addr.
+func WaitTCP(t testing.TB, addr string, p *Process) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return
+		}
+		if p != nil && p.Exited() {
+			p.Stop()
+			t.Fatalf("%s exited before listening on %s", p.Name, addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on %s after 30s", addr)
+}
+
+// WaitHTTP waits until url answers 200.
+func WaitHTTP(t testing.TB, url string, p *Process) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if p != nil && p.Exited() {
+			p.Stop()
+			t.Fatalf("%s exited before %s answered", p.Name, url)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready after 30s", url)
+}
+
+func freeAddrs(n int) ([]string, error) {
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	var out []string
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
+}
