@@ -168,7 +168,9 @@ func (b *Sender) storeWithRetry(ctx context.Context, batch []*storeReq) ([]store
 		if err == nil {
 			return results, nil
 		}
-		if !isRetryable(err) {
+		// A deadlock, or another transaction storing the same client_msg_id
+		// first: run again, and the dedupe lookup will find its message.
+		if !isRetryable(err) && !isDuplicateKey(err) {
 			return nil, err
 		}
 		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)

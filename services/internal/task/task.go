@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -318,13 +319,7 @@ func (t *Task) decode(ctx context.Context, records []*kgo.Record) ([]item, map[s
 		}
 		return t.order.get(conv)
 	}
-	for _, r := range records {
-		ev, err := dispatch.Decode(r.Value)
-		if err != nil {
-			t.log.Error("skipping undecodable dispatch record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
-			recordsDone.WithLabelValues("invalid").Inc()
-			continue
-		}
+	for _, ev := range t.decodeSorted(records) {
 		switch e := ev.Event.(type) {
 		case *gochatv1.DispatchEvent_Message:
 			m := e.Message
@@ -363,6 +358,42 @@ func (t *Task) decode(ctx context.Context, records []*kgo.Record) ([]item, map[s
 		}
 	}
 	return items, pending, nil
+}
+
+// decodeSorted decodes a batch and puts each conversation's messages in seq
+// order within the slots they arrived in. Two im-logic replicas (or two
+// goroutines of one) may publish seq 6 before seq 5; when both are in one
+// batch this restores the order without asking im-repo, and keeps each
+// message's origin session.
+func (t *Task) decodeSorted(records []*kgo.Record) []*gochatv1.DispatchEvent {
+	evs := make([]*gochatv1.DispatchEvent, 0, len(records))
+	slots := map[string][]int{}
+	for _, r := range records {
+		ev, err := dispatch.Decode(r.Value)
+		if err != nil {
+			t.log.Error("skipping undecodable dispatch record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
+			recordsDone.WithLabelValues("invalid").Inc()
+			continue
+		}
+		if m := ev.GetMessage(); m != nil {
+			slots[m.ConversationId] = append(slots[m.ConversationId], len(evs))
+		}
+		evs = append(evs, ev)
+	}
+	for _, idx := range slots {
+		if len(idx) < 2 {
+			continue
+		}
+		group := make([]*gochatv1.DispatchEvent, len(idx))
+		for i, j := range idx {
+			group[i] = evs[j]
+		}
+		sort.SliceStable(group, func(a, b int) bool { return group[a].GetMessage().Seq < group[b].GetMessage().Seq })
+		for i, j := range idx {
+			evs[j] = group[i]
+		}
+	}
+	return evs
 }
 
 func messageItem(m *gochatv1.Message, origin string) item {

@@ -1,0 +1,420 @@
+package repo_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
+	"github.com/gochat/gochat/services/internal/repo"
+	"github.com/gochat/gochat/services/internal/rpc"
+	tc "github.com/gochat/gochat/services/internal/testcluster"
+)
+
+type env struct {
+	client gochatv1.RepoServiceClient
+	flush  func() // Redis loses every key of this test
+}
+
+// start serves im-repo over gRPC on loopback, on a fresh database of the
+// given dialect and a Redis key prefix of the test's own.
+func start(t *testing.T, dialect string) *env {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var cfg repo.DBConfig
+	switch dialect {
+	case "mysql":
+		cfg.MySQLDSN = tc.FreshDatabase(t)
+	case "sqlite":
+		cfg.SQLitePath = filepath.Join(t.TempDir(), "gochat.db")
+	}
+	db, err := repo.OpenDB(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := repo.CheckSchema(ctx, db); err == nil {
+		t.Fatal("CheckSchema passed on an empty database")
+	}
+	for i := 0; i < 2; i++ { // a second run finds nothing to do
+		if err := repo.Migrate(ctx, db, log); err != nil {
+			t.Fatalf("migrate (run %d): %v", i+1, err)
+		}
+	}
+	if err := repo.CheckSchema(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	rdb, prefix := tc.Redis(t)
+	srv := repo.NewServer(db, rdb, repo.Config{RedisPrefix: prefix, MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64}, log)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { srv.Run(runCtx); close(done) }()
+	gs := rpc.NewServer(log)
+	gochatv1.RegisterRepoServiceServer(gs, srv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(ln) }()
+	conn, err := rpc.Dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		gs.Stop()
+		stop()
+		<-done
+		if sqlDB, err := db.DB(); err == nil {
+			sqlDB.Close()
+		}
+	})
+	return &env{
+		client: gochatv1.NewRepoServiceClient(conn),
+		flush: func() {
+			if err := tc.FlushPrefix(ctx, rdb, prefix); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+}
+
+func TestRepo(t *testing.T) {
+	for _, dialect := range []string{"mysql", "sqlite"} {
+		t.Run(dialect, func(t *testing.T) {
+			e := start(t, dialect)
+			t.Run("users", func(t *testing.T) { testUsers(t, e) })
+			t.Run("seqs under concurrency", func(t *testing.T) { testSeqs(t, e) })
+			t.Run("idempotent store", func(t *testing.T) { testIdempotent(t, e) })
+			t.Run("seqs survive a Redis loss", func(t *testing.T) { testRedisLoss(t, e) })
+			t.Run("membership", func(t *testing.T) { testMembership(t, e) })
+			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
+			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
+		})
+	}
+}
+
+var ctx = context.Background()
+
+func user(t *testing.T, e *env, name string) *gochatv1.User {
+	t.Helper()
+	r, err := e.client.CreateUser(ctx, &gochatv1.CreateUserRequest{Username: tc.RandomName(name), PasswordHash: "h", Nickname: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.User
+}
+
+func group(t *testing.T, e *env, owner *gochatv1.User, members ...*gochatv1.User) *gochatv1.Conversation {
+	t.Helper()
+	var ids []string
+	for _, m := range members {
+		ids = append(ids, m.Id)
+	}
+	r, err := e.client.CreateGroup(ctx, &gochatv1.CreateGroupRequest{Name: "g", OwnerId: owner.Id, MemberIds: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Conversation
+}
+
+func store(e *env, conv, sender, cmid string) (*gochatv1.StoreMessageResponse, error) {
+	return e.client.StoreMessage(ctx, &gochatv1.StoreMessageRequest{ConversationId: conv, SenderId: sender, ClientMsgId: cmid, ContentType: "text", Content: "c-" + cmid})
+}
+
+func wantCode(t *testing.T, err error, code apierror.Code) {
+	t.Helper()
+	if got := apierror.From(err); got == nil || got.Code != code {
+		t.Fatalf("error %v, want code %s", err, code)
+	}
+}
+
+func testUsers(t *testing.T, e *env) {
+	u := user(t, e, "u")
+	_, err := e.client.CreateUser(ctx, &gochatv1.CreateUserRequest{Username: u.Username, PasswordHash: "x"})
+	wantCode(t, err, apierror.AlreadyExists)
+	got, err := e.client.GetUser(ctx, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Username{Username: u.Username}})
+	if err != nil || got.User.Id != u.Id {
+		t.Fatalf("by username: %v %v", got, err)
+	}
+	cred, err := e.client.GetCredentials(ctx, &gochatv1.GetCredentialsRequest{Username: u.Username})
+	if err != nil || cred.PasswordHash != "h" {
+		t.Fatalf("credentials: %v %v", cred, err)
+	}
+	_, err = e.client.GetUser(ctx, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Id{Id: "not-an-id"}})
+	wantCode(t, err, apierror.NotFound)
+}
+
+// Many writers, several conversations: every conversation's seqs are exactly
+// 1..n, whatever the batching did.
+func testSeqs(t *testing.T, e *env) {
+	owner := user(t, e, "o")
+	convs := []*gochatv1.Conversation{group(t, e, owner), group(t, e, owner), group(t, e, owner)}
+	const writers, each = 8, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*each)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				c := convs[(w+i)%len(convs)]
+				if _, err := store(e, c.Id, owner.Id, fmt.Sprintf("w%d-%d", w, i)); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, c := range convs {
+		seqs := allSeqs(t, e, c.Id, owner.Id)
+		for i, s := range seqs {
+			if s != int64(i+1) {
+				t.Fatalf("conversation %s: seq %d at position %d", c.Id, s, i)
+			}
+		}
+		total += len(seqs)
+		got, err := e.client.GetConversation(ctx, &gochatv1.GetConversationRequest{ConversationId: c.Id, ViewerId: owner.Id})
+		if err != nil || got.Conversation.MaxSeq != int64(len(seqs)) || got.Conversation.ReadSeq != got.Conversation.MaxSeq {
+			t.Fatalf("conversation %+v %v: max_seq must match, own messages count as read", got, err)
+		}
+	}
+	if total != writers*each {
+		t.Fatalf("stored %d messages, want %d", total, writers*each)
+	}
+}
+
+func allSeqs(t *testing.T, e *env, conv, viewer string) []int64 {
+	t.Helper()
+	var out []int64
+	after := int64(0)
+	for {
+		r, err := e.client.ListMessages(ctx, &gochatv1.ListMessagesRequest{ConversationId: conv, ViewerId: viewer, AfterSeq: after, Limit: 200})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range r.Messages {
+			out = append(out, m.Seq)
+			after = m.Seq
+		}
+		if !r.HasMore {
+			return out
+		}
+	}
+}
+
+func testIdempotent(t *testing.T, e *env) {
+	a := user(t, e, "a")
+	g := group(t, e, a)
+	other := group(t, e, a)
+	const n = 10
+	results := make([]*gochatv1.StoreMessageResponse, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := store(e, g.Id, a.Id, "same")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			results[i] = r
+		}()
+	}
+	wg.Wait()
+	dups := 0
+	for _, r := range results {
+		if r == nil {
+			t.FailNow()
+		}
+		if r.Message.Id != results[0].Message.Id || r.Message.Seq != 1 {
+			t.Fatalf("concurrent retries gave different messages: %+v vs %+v", r.Message, results[0].Message)
+		}
+		if r.Duplicate {
+			dups++
+		}
+	}
+	if dups != n-1 {
+		t.Fatalf("%d of %d calls said duplicate, want %d", dups, n, n-1)
+	}
+	if seqs := allSeqs(t, e, g.Id, a.Id); len(seqs) != 1 {
+		t.Fatalf("stored %d copies", len(seqs))
+	}
+	_, err := store(e, other.Id, a.Id, "same")
+	wantCode(t, err, apierror.AlreadyExists)
+}
+
+func testRedisLoss(t *testing.T, e *env) {
+	a := user(t, e, "a")
+	g := group(t, e, a)
+	for i := 0; i < 3; i++ {
+		if _, err := store(e, g.Id, a.Id, fmt.Sprint("before-", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.flush()
+	r, err := store(e, g.Id, a.Id, "after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Message.Seq != 4 {
+		t.Fatalf("seq after Redis lost its data: %d, want 4", r.Message.Seq)
+	}
+	if _, err := e.client.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: []string{g.Id}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func memberIDs(t *testing.T, e *env, conv string) []string {
+	t.Helper()
+	r, err := e.client.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: []string{conv}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range r.Lists[0].Members {
+		out = append(out, m.UserId)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func testMembership(t *testing.T, e *env) {
+	owner, m, newcomer, stranger := user(t, e, "o"), user(t, e, "m"), user(t, e, "n"), user(t, e, "s")
+	g := group(t, e, owner, m)
+	if got := memberIDs(t, e, g.Id); len(got) != 2 { // fills the cache
+		t.Fatalf("members %v", got)
+	}
+	tests := []struct {
+		name  string
+		actor *gochatv1.User
+		add   []string
+		code  apierror.Code
+	}{
+		{"plain member may not add", m, []string{newcomer.Id}, apierror.PermissionDenied},
+		{"stranger sees no group", stranger, []string{stranger.Id}, apierror.NotFound},
+		{"unknown user", owner, []string{"0000000000000000000000000z"}, apierror.NotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := e.client.AddMembers(ctx, &gochatv1.AddMembersRequest{ConversationId: g.Id, ActorId: tt.actor.Id, UserIds: tt.add})
+			wantCode(t, err, tt.code)
+		})
+	}
+	r, err := e.client.AddMembers(ctx, &gochatv1.AddMembersRequest{ConversationId: g.Id, ActorId: owner.Id, UserIds: []string{newcomer.Id, m.Id}})
+	if err != nil || len(r.AddedUserIds) != 1 || r.AddedUserIds[0] != newcomer.Id {
+		t.Fatalf("add: %v %v", r, err)
+	}
+	if got := memberIDs(t, e, g.Id); len(got) != 3 {
+		t.Fatalf("the member cache kept the old list: %v", got)
+	}
+	_, err = store(e, g.Id, stranger.Id, "x")
+	wantCode(t, err, apierror.NotFound)
+	_, err = e.client.ListMessages(ctx, &gochatv1.ListMessagesRequest{ConversationId: g.Id, ViewerId: stranger.Id})
+	wantCode(t, err, apierror.NotFound)
+	_, err = e.client.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: g.Id, ActorId: m.Id, UserId: owner.Id})
+	wantCode(t, err, apierror.PermissionDenied)
+	// The owner leaves: the oldest member becomes owner.
+	if _, err := e.client.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: g.Id, ActorId: owner.Id, Leave: true}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.client.GetConversation(ctx, &gochatv1.GetConversationRequest{ConversationId: g.Id, ViewerId: m.Id})
+	if err != nil || c.Conversation.OwnerId != m.Id {
+		t.Fatalf("after the owner left: %+v %v", c, err)
+	}
+	if got := memberIDs(t, e, g.Id); len(got) != 2 {
+		t.Fatalf("members after leave %v", got)
+	}
+	// Direct conversations are found again, not made twice, from either side.
+	d1, err := e.client.GetOrCreateDirect(ctx, &gochatv1.GetOrCreateDirectRequest{UserId: m.Id, PeerId: stranger.Id})
+	if err != nil || !d1.Created {
+		t.Fatal(d1, err)
+	}
+	d2, err := e.client.GetOrCreateDirect(ctx, &gochatv1.GetOrCreateDirectRequest{UserId: stranger.Id, PeerId: m.Id})
+	if err != nil || d2.Created || d2.Conversation.Id != d1.Conversation.Id {
+		t.Fatal(d2, err)
+	}
+	_, err = e.client.AddMembers(ctx, &gochatv1.AddMembersRequest{ConversationId: d1.Conversation.Id, ActorId: m.Id, UserIds: []string{owner.Id}})
+	wantCode(t, err, apierror.InvalidArgument)
+}
+
+func testRead(t *testing.T, e *env) {
+	a, b := user(t, e, "a"), user(t, e, "b")
+	g := group(t, e, a, b)
+	for i := 0; i < 5; i++ {
+		if _, err := store(e, g.Id, a.Id, fmt.Sprint("r", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		seq       int64
+		wantRead  int64
+		wantMoved bool
+	}{{2, 2, true}, {1, 2, false}, {2, 2, false}, {50, 5, true}}
+	for _, s := range steps {
+		r, err := e.client.UpdateReadSeq(ctx, &gochatv1.UpdateReadSeqRequest{ConversationId: g.Id, UserId: b.Id, Seq: s.seq})
+		if err != nil || r.ReadSeq != s.wantRead || r.Moved != s.wantMoved {
+			t.Fatalf("read to %d: %+v %v, want %d moved=%v", s.seq, r, err, s.wantRead, s.wantMoved)
+		}
+	}
+	_, err := e.client.UpdateReadSeq(ctx, &gochatv1.UpdateReadSeqRequest{ConversationId: g.Id, UserId: user(t, e, "x").Id, Seq: 1})
+	wantCode(t, err, apierror.NotFound)
+	if _, err := store(e, g.Id, a.Id, "r-last"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := e.client.UnreadCounts(ctx, &gochatv1.UnreadCountsRequest{UserIds: []string{a.Id, b.Id}})
+	if err != nil || u.Counts[0].Unread != 0 || u.Counts[1].Unread != 1 {
+		t.Fatalf("unread %+v %v", u, err)
+	}
+}
+
+func testPresence(t *testing.T, e *env) {
+	a, b := user(t, e, "a"), user(t, e, "b")
+	s1 := &gochatv1.Session{UserId: a.Id, SessionId: "s1", Gateway: "10.0.0.1:9000"}
+	s2 := &gochatv1.Session{UserId: a.Id, SessionId: "s2", Gateway: "10.0.0.2:9000"}
+	s3 := &gochatv1.Session{UserId: b.Id, SessionId: "s3", Gateway: "10.0.0.1:9000"}
+	if _, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{s1, s2}, TtlMs: 60000}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{s3}, TtlMs: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	lookup := func() map[string]string {
+		r, err := e.client.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: []string{a.Id, b.Id}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, s := range r.Sessions {
+			out[s.SessionId] = s.UserId + "@" + s.Gateway
+		}
+		return out
+	}
+	if got := lookup(); len(got) != 3 || got["s2"] != a.Id+"@10.0.0.2:9000" {
+		t.Fatalf("presence %v", got)
+	}
+	if _, err := e.client.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: []*gochatv1.Session{s1}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // s3's TTL runs out
+	if got := lookup(); len(got) != 1 || got["s2"] == "" {
+		t.Fatalf("after unregister and expiry: %v", got)
+	}
+	_, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{{UserId: a.Id}}, TtlMs: 1000})
+	wantCode(t, err, apierror.InvalidArgument)
+}
