@@ -4,8 +4,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"sync"
 	"strings"
 	"testing"
 	"time"
@@ -14,13 +18,15 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/gochat/gochat/services/internal/clientapi"
+	"github.com/gochat/gochat/services/internal/task"
 	tc "github.com/gochat/gochat/services/internal/testcluster"
 )
 
 const wait = 15 * time.Second
 
 func TestChat(t *testing.T) {
-	c := tc.StartCluster(t, tc.Options{})
+	hook := newWebhook(t)
+	c := tc.StartCluster(t, tc.Options{TaskEnv: []string{"GOCHAT_WEBHOOK_URL=" + hook.srv.URL, "GOCHAT_WEBHOOK_SECRET=" + hook.secret}})
 	t.Run("auth", func(t *testing.T) { testAuth(t, c) })
 	t.Run("direct message reaches every device", func(t *testing.T) { testDirect(t, c) })
 	t.Run("group of five in seq order", func(t *testing.T) { testGroup(t, c) })
@@ -30,6 +36,7 @@ func TestChat(t *testing.T) {
 	t.Run("non-member", func(t *testing.T) { testNonMember(t, c) })
 	t.Run("bad input keeps the connection usable", func(t *testing.T) { testBadInput(t, c) })
 	t.Run("group membership changes", func(t *testing.T) { testMembership(t, c) })
+	t.Run("offline users are notified", func(t *testing.T) { testNotify(t, c, hook) })
 	t.Run("sends survive a stopped im-task", func(t *testing.T) { testTaskDown(t, c) })
 }
 
@@ -464,13 +471,14 @@ func testBadInput(t *testing.T, c *tc.Cluster) {
 
 	// A flood beyond the rate limit is refused with rate_limited.
 	flood := tc.DialWS(t, c.WSURL(), b.Token)
-	for i := 0; i < 130; i++ {
+	const floodSize = 300 // well past the burst of 100, however fast the backend answers
+	for i := 0; i < floodSize; i++ {
 		if err := flood.Send("send", map[string]any{"client_msg_id": fmt.Sprint("f", i), "conversation_id": conv.ID, "content": "flood"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	limited := false
-	for i := 0; i < 130; i++ {
+	for i := 0; i < floodSize; i++ {
 		f := flood.Next(t, "", wait)
 		if f.Type == "error" {
 			var e clientapi.ErrorData
@@ -482,7 +490,7 @@ func testBadInput(t *testing.T, c *tc.Cluster) {
 		}
 	}
 	if !limited {
-		t.Fatal("130 sends at once were not rate limited")
+		t.Fatalf("%d sends at once were not rate limited", floodSize)
 	}
 
 	// Repeated abuse closes the connection with 1008; the gateway carries on.
@@ -586,5 +594,80 @@ func testTaskDown(t *testing.T, c *tc.Cluster) {
 		if m.ID != acked[i].ID {
 			t.Fatalf("message %d: got seq %d, want seq %d", i, m.Seq, acked[i].Seq)
 		}
+	}
+}
+
+// webhook is a push relay stand-in: it checks each body's signature and keeps
+// the notifications.
+type webhook struct {
+	srv    *httptest.Server
+	secret string
+	mu     sync.Mutex
+	got    []task.Notification
+	bad    int
+}
+
+func newWebhook(t *testing.T) *webhook {
+	h := &webhook{secret: "relay-shared-secret"}
+	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if r.Header.Get("X-GoChat-Signature") != task.Sign([]byte(h.secret), r.Header.Get("X-GoChat-Timestamp"), body) {
+			h.bad++
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var b struct {
+			Notifications []task.Notification `json:"notifications"`
+		}
+		if err := json.Unmarshal(body, &b); err != nil {
+			h.bad++
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		h.got = append(h.got, b.Notifications...)
+	}))
+	t.Cleanup(h.srv.Close)
+	return h
+}
+
+func (h *webhook) forUser(id string) []task.Notification {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []task.Notification
+	for _, n := range h.got {
+		if n.UserID == id {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func testNotify(t *testing.T, c *tc.Cluster, hook *webhook) {
+	a, b := register(t, c, "online"), register(t, c, "away")
+	conv := direct(t, a, b)
+	wa := tc.DialWS(t, c.WSURL(), a.Token)
+	send(t, wa, map[string]any{"client_msg_id": "n1", "conversation_id": conv.ID, "content": "are you there?"})
+	send(t, wa, map[string]any{"client_msg_id": "n2", "conversation_id": conv.ID, "content": "hello?"})
+	deadline := time.Now().Add(wait)
+	for len(hook.forUser(b.User.ID)) < 2 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	got := hook.forUser(b.User.ID)
+	if len(got) != 2 {
+		t.Fatalf("offline user got %d notifications, want 2", len(got))
+	}
+	last := got[1]
+	if last.ConversationID != conv.ID || last.Message.Content != "hello?" || last.Unread != 2 {
+		t.Fatalf("notification %+v", last)
+	}
+	if n := hook.forUser(a.User.ID); len(n) != 0 {
+		t.Fatalf("the sender, who is online, was notified: %+v", n)
+	}
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	if hook.bad != 0 {
+		t.Fatalf("%d webhook calls had a bad signature or body", hook.bad)
 	}
 }

@@ -150,7 +150,7 @@ func DialWS(t testing.TB, wsURL, token string) *WS {
 	}
 	c.t = t
 	t.Cleanup(c.Close)
-	f := c.Next(t, "hello", 10*time.Second)
+	f := c.Next(t, "hello", 20*time.Second)
 	f.Decode(t, &c.Hello)
 	return c
 }

@@ -71,7 +71,13 @@ func Start(t testing.TB, name string, env []string, args ...string) *Process {
 
 func (p *Process) start() {
 	p.t.Helper()
-	logPath := filepath.Join(p.t.TempDir(), p.Name+".log")
+	dir := p.t.TempDir()
+	if keep := os.Getenv("GOCHAT_TEST_ARTIFACTS"); keep != "" {
+		// Keep the logs after the run (CI uploads them, people read them).
+		dir = filepath.Join(keep, strings.ReplaceAll(p.t.Name(), "/", "_"))
+		mustf(p.t, os.MkdirAll(dir, 0o755), "artifacts dir")
+	}
+	logPath := filepath.Join(dir, p.Name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	mustf(p.t, err, "log file")
 	cmd := exec.Command(Binary(p.t), p.args...)

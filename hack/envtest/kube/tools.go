@@ -1,0 +1,4 @@
+//go:build tools
+
+// Package tools only pins the commands build.sh compiles.
+package tools
