@@ -28,8 +28,12 @@ build: ## build the gochat binary into bin/
 run: ## the whole platform in one process on embedded SQLite, Redis and Kafka, at http://127.0.0.1:8080
 	$(GO) run -ldflags "-X main.version=$(VERSION)" ./services/cmd/gochat dev
 
-test: verify-generated ## every test: unit, MariaDB/Redis integration, multi-process end to end
+# Logs of the processes the tests start, and the browser test's screenshots.
+export GOCHAT_TEST_ARTIFACTS ?= $(CURDIR)/artifacts
+
+test: verify-generated ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser
 	hack/check-backends.sh
+	rm -rf $(GOCHAT_TEST_ARTIFACTS)
 	$(GO) test -count=1 -timeout 20m $(MODULES)
 
 test-unit: ## only the tests that need no backend

@@ -56,10 +56,12 @@ type Message struct {
 	CreatedAt      Time   `json:"created_at"`
 }
 
-// Member is one entry of Conversation.members.
+// Member is one entry of Conversation.members. ReadSeq (an addition to the
+// contract) is how far that member has read: clients show read receipts with it.
 type Member struct {
-	UserID string `json:"user_id"`
-	Role   string `json:"role"`
+	UserID  string `json:"user_id"`
+	Role    string `json:"role"`
+	ReadSeq int64  `json:"read_seq"`
 }
 
 // Conversation is the client API's Conversation object.
@@ -112,7 +114,7 @@ func ConversationFrom(c *gochatv1.Conversation) Conversation {
 		out.Type = "direct"
 	}
 	for i, m := range c.Members {
-		out.Members[i] = Member{UserID: m.UserId, Role: roles[m.Role]}
+		out.Members[i] = Member{UserID: m.UserId, Role: roles[m.Role], ReadSeq: m.ReadSeq}
 	}
 	if c.LastMessage != nil {
 		m := MessageFrom(c.LastMessage)

@@ -28,7 +28,7 @@ func TestConversationFrom(t *testing.T) {
 			name: "direct without messages",
 			in: &gochatv1.Conversation{Id: "c", Type: gochatv1.ConversationType_CONVERSATION_TYPE_DIRECT,
 				Members: []*gochatv1.Member{{UserId: "a", Role: gochatv1.Role_ROLE_MEMBER}}},
-			want: `{"id":"c","type":"direct","name":"","owner_id":"","members":[{"user_id":"a","role":"member"}],"max_seq":0,"read_seq":0,"unread":0,"last_message":null,"created_at":"1970-01-01T00:00:00.000Z"}`,
+			want: `{"id":"c","type":"direct","name":"","owner_id":"","members":[{"user_id":"a","role":"member","read_seq":0}],"max_seq":0,"read_seq":0,"unread":0,"last_message":null,"created_at":"1970-01-01T00:00:00.000Z"}`,
 		},
 		{
 			name: "group with unread",

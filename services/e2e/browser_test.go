@@ -1,0 +1,163 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	tc "github.com/gochat/gochat/services/internal/testcluster"
+)
+
+// startDev runs `gochat dev` as a process on a data dir and waits until it serves.
+func startDev(t *testing.T, dataDir string, extra ...string) (*tc.Process, string) {
+	t.Helper()
+	addr := tc.FreePort(t)
+	args := append([]string{"dev", "--data-dir", dataDir, "--http-addr", addr}, extra...)
+	p := tc.Start(t, "gochat-dev", nil, args...)
+	tc.WaitHTTP(t, "http://"+addr+"/readyz", p)
+	return p, "http://" + addr
+}
+
+func artifactsDir(t *testing.T) string {
+	if d := os.Getenv("GOCHAT_TEST_ARTIFACTS"); d != "" {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	return t.TempDir()
+}
+
+// TestBrowser has two people chat in headless Chromium through the web client
+// that `gochat dev` serves.
+func TestBrowser(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is required for the browser test (apt-get install chromium; .ci/run installs it)")
+	}
+	dev, base := startDev(t, t.TempDir())
+
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chromium), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true), chromedp.WindowSize(1100, 750),
+		chromedp.UserDataDir(t.TempDir()))
+	defer cancelAlloc()
+	// The first Run on a context starts the browser (or tab): never under a
+	// timeout. Each page is a tab of its own, and the client keeps its token
+	// in sessionStorage, which is per tab: two tabs, two users.
+	pageA, cancelA := chromedp.NewContext(allocCtx)
+	defer cancelA()
+	if err := chromedp.Do(pageA, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	pageB, cancelB := chromedp.NewContext(pageA)
+	defer cancelB()
+	if err := chromedp.Do(pageB, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("open a second tab: %v", err)
+	}
+
+	run := func(page context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(page, 30*time.Second)
+		defer cancel()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			shot(t, page, "failed-"+what)
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	alice, bob := uniq("alice"), uniq("bob")
+	register := func(page context.Context, name string) {
+		run(page, "register "+name,
+			chromedp.Navigate(base),
+			chromedp.WaitVisible(chromedp.ID("auth-username")),
+			chromedp.SendKeys(chromedp.ID("auth-username"), name),
+			chromedp.SendKeys(chromedp.ID("auth-password"), "password-"+name),
+			chromedp.Click(chromedp.ID("btn-register")),
+			chromedp.WaitVisible(chromedp.ID("app")),
+			waitText("#status", "Connected"),
+		)
+	}
+	register(pageA, alice)
+	register(pageB, bob)
+
+	run(pageA, "alice opens a chat with bob",
+		chromedp.SendKeys(chromedp.ID("direct-username"), bob),
+		chromedp.Click(chromedp.ID("btn-direct")),
+		chromedp.WaitVisible(chromedp.ID("composer")),
+		chromedp.SendKeys(chromedp.ID("composer-text"), "hello bob"),
+		chromedp.Click(chromedp.ID("btn-send")),
+		waitText("#message-list", "hello bob"),
+	)
+	run(pageB, "bob sees it and answers",
+		waitText("#conversations", "hello bob"),
+		chromedp.Click(chromedp.CSS("#conversations li")),
+		waitText("#message-list", "hello bob"),
+		chromedp.SendKeys(chromedp.ID("composer-text"), "hi alice"),
+		chromedp.Click(chromedp.ID("btn-send")),
+	)
+	run(pageA, "alice gets the answer and bob's read receipt",
+		waitText("#message-list", "hi alice"),
+		waitText("#message-list", "read"),
+	)
+	run(pageA, "alice creates a group with bob and writes to it",
+		chromedp.SendKeys(chromedp.ID("group-name"), "team"),
+		chromedp.SendKeys(chromedp.ID("group-members"), bob),
+		chromedp.Click(chromedp.ID("btn-group")),
+		waitText("#chat-title", "team"),
+		chromedp.SendKeys(chromedp.ID("composer-text"), "hello team"),
+		chromedp.Click(chromedp.ID("btn-send")),
+		waitText("#message-list", "hello team"),
+	)
+	run(pageB, "bob sees the group message",
+		waitText("#conversations", "hello team"),
+		chromedp.Click(chromedp.Search(`//ul[@id="conversations"]/li[contains(., "team")]`)),
+		waitText("#chat-title", "team"),
+		waitText("#message-list", "hello team"),
+	)
+	shot(t, pageA, "alice")
+	shot(t, pageB, "bob")
+
+	// The server goes away: both pages show that they are reconnecting, and
+	// once it is back they reconnect by themselves and catch up.
+	dev.Stop()
+	run(pageB, "bob sees the connection drop", waitText("#status", "Reconnecting"))
+	shot(t, pageB, "reconnecting")
+	dev.Restart()
+	run(pageA, "alice reconnects and writes", waitText("#status", "Connected"),
+		chromedp.SendKeys(chromedp.ID("composer-text"), "after the restart"),
+		chromedp.Click(chromedp.ID("btn-send")),
+		waitText("#message-list", "after the restart"))
+	run(pageB, "bob reconnects and gets it", waitText("#status", "Connected"), waitText("#message-list", "after the restart"))
+}
+
+// waitText waits until the element's text contains s.
+func waitText(sel, s string) chromedp.Action[chromedp.Void] {
+	poll := chromedp.Poll[bool](fmt.Sprintf(`(document.querySelector(%q)?.innerText ?? "").includes(%q)`, sel, s), chromedp.WithPollingInterval(100*time.Millisecond))
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := poll(ctx, t)
+		return err
+	})
+}
+
+func shot(t *testing.T, page context.Context, name string) {
+	ctx, cancel := context.WithTimeout(page, 10*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Logf("screenshot %s: %v", name, err)
+		return
+	}
+	path := filepath.Join(artifactsDir(t), "browser-"+name+".png")
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Logf("save screenshot: %v", err)
+		return
+	}
+	t.Logf("screenshot: %s", path)
+}
