@@ -16,7 +16,11 @@ export GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
 for cmd in kube-apiserver kube-controller-manager; do
   if [ ! -x "$out/$cmd" ]; then
     echo "building $cmd $k8s_version (several minutes, once)" >&2
-    (cd "$here/kube" && go build -trimpath -ldflags "-s -w" -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") >&2
+    minor=${k8s_version#v1.}; minor=${minor%%.*}
+    v=k8s.io/component-base/version
+    (cd "$here/kube" && go build -trimpath -o "$out/$cmd.tmp" \
+      -ldflags "-s -w -X $v.gitVersion=$k8s_version -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean" \
+      "k8s.io/kubernetes/cmd/$cmd") >&2
     mv "$out/$cmd.tmp" "$out/$cmd"
   fi
 done
