@@ -36,7 +36,9 @@ func (g *Gateway) routes() http.Handler {
 	mux.HandleFunc("GET /v1/conversations/{id}/messages", g.authed(g.history))
 	mux.HandleFunc("POST /v1/conversations/{id}/messages", g.authed(g.postMessage))
 	mux.HandleFunc("POST /v1/conversations/{id}/read", g.authed(g.markRead))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	mux.HandleFunc("GET /readyz", g.readyz)
 	mux.Handle("GET /metrics", promhttp.Handler())
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {

@@ -20,10 +20,10 @@ const (
 )
 
 type conversationRow struct {
-	ID        string `gorm:"primaryKey;size:26"`
-	Type      int8   `gorm:"not null"`
-	Name      string `gorm:"size:128;not null"`
-	OwnerID   string `gorm:"size:26;not null"`
+	ID      string `gorm:"primaryKey;size:26"`
+	Type    int8   `gorm:"not null"`
+	Name    string `gorm:"size:128;not null"`
+	OwnerID string `gorm:"size:26;not null"`
 	// DirectKey is "<smaller user id>:<larger user id>" for direct conversations
 	// and NULL for groups; its unique index makes "created on first use" race-free.
 	DirectKey      *string `gorm:"size:53;uniqueIndex:uniq_conversations_direct_key"`

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
 	"github.com/gochat/gochat/services/internal/repo"

@@ -66,4 +66,3 @@ func (c *Cluster) URL() string { return "http://" + c.HTTP }
 
 // WSURL is the gateway's WebSocket URL.
 func (c *Cluster) WSURL() string { return "ws://" + c.HTTP + "/v1/ws" }
-
