@@ -1,0 +1,495 @@
+// Package controller reconciles ChatClusters. The reconciler is thin: it
+// gathers what exists, applies what the resources package builds, manages
+// topics and the migration, and hands what it saw to the status package.
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+	"github.com/gochat/gochat/operator/internal/kafka"
+	"github.com/gochat/gochat/operator/internal/resources"
+	"github.com/gochat/gochat/operator/internal/status"
+)
+
+// Finalizer guards topic deletion.
+const Finalizer = "chat.gochat.io/topics"
+
+// secretIndex indexes ChatClusters by the Secrets they read.
+const secretIndex = "spec.secretNames"
+
+// Reconciler reconciles ChatClusters.
+type Reconciler struct {
+	client.Client
+	Scheme   *runtime.Scheme
+	Recorder events.EventRecorder
+	// Sessions counts a gateway pod's sessions (its admin gRPC Stats); nil: not counted.
+	Sessions func(ctx context.Context, pod *corev1.Pod) (int64, error)
+	// Resync is how often a healthy cluster is checked again (topics, Redis, sessions).
+	Resync time.Duration
+}
+
+// +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+
+// Reconcile brings one ChatCluster to its spec and reports what it sees.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var cc chatv1.ChatCluster
+	if err := r.Get(ctx, req.NamespacedName, &cc); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !cc.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.finalize(ctx, &cc)
+	}
+	if !controllerutil.ContainsFinalizer(&cc, Finalizer) {
+		patch := client.MergeFrom(cc.DeepCopy())
+		controllerutil.AddFinalizer(&cc, Finalizer)
+		if err := r.Patch(ctx, &cc, patch); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+	}
+	obs, err := r.converge(ctx, &cc)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	st := status.Compute(&cc, obs)
+	if !equality.Semantic.DeepEqual(st, cc.Status) {
+		if cc.Status.Phase != st.Phase {
+			r.event(&cc, corev1.EventTypeNormal, "Phase"+string(st.Phase), "UpdateStatus", "phase %s -> %s", orNone(string(cc.Status.Phase)), st.Phase)
+		}
+		// A full update rather than a patch: zero counts (0 sessions) are
+		// written too, and a conflict means someone changed the cluster since
+		// it was read, so the next reconcile starts over from the new version.
+		cc.Status = st
+		if err := r.Status().Update(ctx, &cc); err != nil {
+			return ctrl.Result{}, fmt.Errorf("update status: %w", err)
+		}
+	}
+	if st.Phase != chatv1.PhaseRunning {
+		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+	return ctrl.Result{RequeueAfter: r.Resync}, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func (r *Reconciler) event(cc *chatv1.ChatCluster, kind, reason, action, format string, args ...any) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(cc, nil, kind, reason, action, format, args...)
+	}
+}
+
+// converge creates or updates everything the cluster owns and observes the result.
+func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (status.Observed, error) {
+	obs := status.Observed{Deployments: map[string]*appsv1.Deployment{}, MigratedImage: cc.Status.MigratedImage}
+	if err := r.ensureJWTSecret(ctx, cc); err != nil {
+		return obs, err
+	}
+	hashes, secretsErr := r.secretHashes(ctx, cc)
+	if secretsErr != nil {
+		obs.Secrets = status.Check{Reason: status.ReasonSecretMissing, Err: secretsErr}
+		r.event(cc, corev1.EventTypeWarning, status.ReasonSecretMissing, "ResolveSecrets", "%v", secretsErr)
+	}
+	in := resources.Inputs{SecretHash: hashes}
+
+	var objs []client.Object
+	objs = append(objs, resources.ConfigMap(cc), resources.ServiceAccount(cc))
+	for _, s := range resources.Services(cc) {
+		objs = append(objs, s)
+	}
+	for _, p := range resources.PodDisruptionBudgets(cc) {
+		objs = append(objs, p)
+	}
+	for _, o := range objs {
+		if err := r.apply(ctx, cc, o); err != nil {
+			return obs, err
+		}
+	}
+
+	if secretsErr == nil {
+		if err := r.migrate(ctx, cc, in, &obs); err != nil {
+			return obs, err
+		}
+		var repoDep appsv1.Deployment
+		err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.Name(cc, resources.Repo)}, &repoDep)
+		switch {
+		case obs.MigratedImage == resources.Image(cc, resources.Repo):
+			in.RepoImage = obs.MigratedImage
+		case err == nil:
+			in.RepoImage = repoDep.Annotations[resources.AnnotationImage] // keep serving the old schema's image until the new one is migrated
+		}
+		workloads := []client.Object{resources.Deployment(cc, resources.Logic, in), resources.Deployment(cc, resources.Task, in), resources.GatewayStatefulSet(cc, in)}
+		if in.RepoImage != "" {
+			workloads = append(workloads, resources.Deployment(cc, resources.Repo, in))
+		}
+		for _, o := range workloads {
+			if err := r.apply(ctx, cc, o); err != nil {
+				return obs, err
+			}
+		}
+	}
+
+	r.ensureTopics(ctx, cc, &obs)
+	obs.Redis = r.checkRedis(ctx, cc)
+	return obs, r.observe(ctx, cc, &obs)
+}
+
+// apply server-side applies a built object as the operator's field manager:
+// fields the operator sets are put back if someone edits them, and fields it
+// does not set (defaults, other controllers') are left alone.
+func (r *Reconciler) apply(ctx context.Context, cc *chatv1.ChatCluster, obj client.Object) error {
+	raw, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return fmt.Errorf("convert %T: %w", obj, err)
+	}
+	delete(raw, "status")
+	unstructured.RemoveNestedField(raw, "metadata", "creationTimestamp")
+	unstructured.RemoveNestedField(raw, "spec", "template", "metadata", "creationTimestamp")
+	u := &unstructured.Unstructured{Object: raw}
+	kind := u.GetKind()
+
+	before := &unstructured.Unstructured{}
+	before.SetGroupVersionKind(u.GroupVersionKind())
+	getErr := r.Get(ctx, client.ObjectKeyFromObject(u), before)
+	if getErr != nil && !apierrors.IsNotFound(getErr) {
+		return fmt.Errorf("get %s %s: %w", kind, u.GetName(), getErr)
+	}
+	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(resources.FieldManager), client.ForceOwnership); err != nil {
+		return fmt.Errorf("apply %s %s: %w", kind, u.GetName(), err)
+	}
+	switch {
+	case apierrors.IsNotFound(getErr):
+		r.event(cc, corev1.EventTypeNormal, "Created", "Create", "created %s %s", kind, u.GetName())
+	case before.GetResourceVersion() != u.GetResourceVersion():
+		r.event(cc, corev1.EventTypeNormal, "Updated", "Update", "updated %s %s", kind, u.GetName())
+	}
+	return nil
+}
+
+// ensureJWTSecret generates the token secret once when the spec names none.
+func (r *Reconciler) ensureJWTSecret(ctx context.Context, cc *chatv1.ChatCluster) error {
+	if cc.Spec.Auth.JWTSecretRef != nil {
+		return nil
+	}
+	var s corev1.Secret
+	err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.JWTSecretName(cc)}, &s)
+	if err == nil || !apierrors.IsNotFound(err) {
+		return client.IgnoreNotFound(err)
+	}
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return fmt.Errorf("generate jwt secret: %w", err)
+	}
+	secret := resources.JWTSecret(cc, hex.EncodeToString(buf))
+	if err := r.Create(ctx, secret); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create jwt secret: %w", err)
+	}
+	r.event(cc, corev1.EventTypeNormal, "JWTSecretGenerated", "Create", "generated the token secret in Secret %s", secret.Name)
+	return nil
+}
+
+// secretHashes reads every referenced Secret key and hashes each component's
+// values. A missing Secret or key is reported, with its name, never its value.
+func (r *Reconciler) secretHashes(ctx context.Context, cc *chatv1.ChatCluster) (map[string]string, error) {
+	cache := map[string]*corev1.Secret{}
+	out := map[string]string{}
+	var missing []error
+	for component, refs := range resources.SecretKeys(cc) {
+		values := map[string][]byte{}
+		for _, ref := range refs {
+			s, ok := cache[ref.Name]
+			if !ok {
+				var got corev1.Secret
+				err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: ref.Name}, &got)
+				if err != nil && !apierrors.IsNotFound(err) {
+					return nil, fmt.Errorf("get secret %s: %w", ref.Name, err)
+				}
+				if err == nil {
+					s = &got
+				}
+				cache[ref.Name] = s
+			}
+			optional := cc.Spec.Kafka.CredentialsSecretRef != nil && ref.Name == cc.Spec.Kafka.CredentialsSecretRef.Name && (component == resources.Logic || component == resources.Task)
+			switch {
+			case s == nil:
+				missing = append(missing, fmt.Errorf("secret %s not found", ref.Name))
+			case s.Data[ref.Key] == nil && !optional:
+				missing = append(missing, fmt.Errorf("secret %s has no key %q", ref.Name, ref.Key))
+			case s != nil:
+				values[ref.Name+"/"+ref.Key] = s.Data[ref.Key]
+			}
+		}
+		out[component] = resources.HashData(values)
+	}
+	if len(missing) > 0 {
+		return out, errors.Join(dedupe(missing)...)
+	}
+	return out, nil
+}
+
+func dedupe(errs []error) []error {
+	seen := map[string]bool{}
+	var out []error
+	for _, e := range errs {
+		if !seen[e.Error()] {
+			seen[e.Error()] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// migrate runs the migration Job of the spec's image and records success.
+func (r *Reconciler) migrate(ctx context.Context, cc *chatv1.ChatCluster, in resources.Inputs, obs *status.Observed) error {
+	want := resources.Image(cc, resources.Migrate)
+	if obs.MigratedImage == want {
+		return nil
+	}
+	job := resources.MigrationJob(cc, in)
+	var cur batchv1.Job
+	err := r.Get(ctx, client.ObjectKeyFromObject(job), &cur)
+	if apierrors.IsNotFound(err) {
+		if err := r.Create(ctx, job); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create migration job: %w", err)
+		}
+		r.event(cc, corev1.EventTypeNormal, "MigrationStarted", "Migrate", "migrating the schema for %s (Job %s)", want, job.Name)
+		obs.Migration = job
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get migration job: %w", err)
+	}
+	obs.Migration = &cur
+	if status.JobSucceeded(&cur) {
+		obs.MigratedImage = want
+		r.event(cc, corev1.EventTypeNormal, "MigrationSucceeded", "Migrate", "schema migrated for %s", want)
+		// The Jobs of earlier images are done with.
+		var jobs batchv1.JobList
+		if err := r.List(ctx, &jobs, client.InNamespace(cc.Namespace), client.MatchingLabels(resources.SelectorLabels(cc, resources.Migrate))); err == nil {
+			for i := range jobs.Items {
+				if jobs.Items[i].Name != cur.Name {
+					_ = r.Delete(ctx, &jobs.Items[i], client.PropagationPolicy(metav1.DeletePropagationBackground))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// kafkaConnection reads the brokers and credentials of the spec.
+func (r *Reconciler) kafkaConnection(ctx context.Context, cc *chatv1.ChatCluster) (kafka.Connection, error) {
+	c := kafka.Connection{Brokers: cc.Spec.Kafka.BootstrapServers}
+	if ref := cc.Spec.Kafka.CredentialsSecretRef; ref != nil {
+		var s corev1.Secret
+		if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: ref.Name}, &s); err != nil {
+			return c, &kafka.Error{Reason: status.ReasonSecretMissing, Err: fmt.Errorf("kafka credentials secret %s: %w", ref.Name, err)}
+		}
+		c.Username, c.Password, c.CA = string(s.Data["username"]), string(s.Data["password"]), s.Data["ca.crt"]
+	}
+	return c, nil
+}
+
+func (r *Reconciler) ensureTopics(ctx context.Context, cc *chatv1.ChatCluster, obs *status.Observed) {
+	fail := func(err error) {
+		var ke *kafka.Error
+		reason := kafka.ReasonTopicError
+		if errors.As(err, &ke) {
+			reason = ke.Reason
+		}
+		obs.Kafka = status.Check{Reason: reason, Err: err}
+		r.event(cc, corev1.EventTypeWarning, reason, "EnsureTopics", "%v", err)
+	}
+	retention, err := time.ParseDuration(cc.Spec.Kafka.Retention)
+	if err != nil {
+		fail(&kafka.Error{Reason: kafka.ReasonTopicError, Err: fmt.Errorf("spec.kafka.retention %q: %w", cc.Spec.Kafka.Retention, err)})
+		return
+	}
+	conn, err := r.kafkaConnection(ctx, cc)
+	if err != nil {
+		fail(err)
+		return
+	}
+	adm, closeAdm, err := kafka.Admin(conn)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer closeAdm()
+	kctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	actions, partitions, err := kafka.Ensure(kctx, adm, kafka.Want{
+		Topics: resources.Topics(cc), Partitions: cc.Spec.Kafka.Partitions,
+		ReplicationFactor: int16(cc.Spec.Kafka.ReplicationFactor), Retention: retention,
+	})
+	for _, a := range actions {
+		r.event(cc, corev1.EventTypeNormal, a.Reason, "EnsureTopics", "%s", a.Message)
+	}
+	if err != nil {
+		fail(err)
+		return
+	}
+	obs.Topics, obs.Partitions = resources.Topics(cc), partitions
+}
+
+func (r *Reconciler) checkRedis(ctx context.Context, cc *chatv1.ChatCluster) status.Check {
+	opts := &redis.Options{Addr: cc.Spec.Redis.Address, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1, PoolSize: 1}
+	if ref := cc.Spec.Redis.PasswordSecretRef; ref != nil {
+		var s corev1.Secret
+		if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: ref.Name}, &s); err != nil {
+			return status.Check{Reason: status.ReasonSecretMissing, Err: fmt.Errorf("redis password secret %s: %w", ref.Name, err)}
+		}
+		opts.Password = string(s.Data[ref.Key])
+	}
+	c := redis.NewClient(opts)
+	defer c.Close()
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := c.Ping(pctx).Err(); err != nil {
+		return status.Check{Reason: status.ReasonUnreachable, Err: fmt.Errorf("redis at %s: %w", cc.Spec.Redis.Address, err)}
+	}
+	return status.Check{}
+}
+
+// observe reads back what status reports on.
+func (r *Reconciler) observe(ctx context.Context, cc *chatv1.ChatCluster, obs *status.Observed) error {
+	for _, c := range []string{resources.Logic, resources.Repo, resources.Task} {
+		var d appsv1.Deployment
+		err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.Name(cc, c)}, &d)
+		if err == nil {
+			obs.Deployments[c] = &d
+		} else if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("get deployment %s: %w", c, err)
+		}
+	}
+	var sts appsv1.StatefulSet
+	if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.Name(cc, resources.Gateway)}, &sts); err == nil {
+		obs.Gateway = &sts
+	} else if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("get gateway statefulset: %w", err)
+	}
+	var svc corev1.Service
+	if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.Name(cc, resources.Gateway)}, &svc); err == nil {
+		obs.ClientService = &svc
+	}
+	if r.Sessions != nil {
+		var pods corev1.PodList
+		if err := r.List(ctx, &pods, client.InNamespace(cc.Namespace), client.MatchingLabels(resources.SelectorLabels(cc, resources.Gateway))); err == nil {
+			for i := range pods.Items {
+				p := &pods.Items[i]
+				if p.Status.PodIP == "" || p.Status.Phase != corev1.PodRunning {
+					continue
+				}
+				if n, err := r.Sessions(ctx, p); err == nil {
+					obs.Sessions += n
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// finalize deletes the topics when asked, then lets the cluster go; owner
+// references take everything else with it.
+func (r *Reconciler) finalize(ctx context.Context, cc *chatv1.ChatCluster) error {
+	if !controllerutil.ContainsFinalizer(cc, Finalizer) {
+		return nil
+	}
+	if cc.Spec.Kafka.DeleteTopicsOnDelete {
+		if err := r.deleteTopics(ctx, cc); err != nil {
+			r.event(cc, corev1.EventTypeWarning, "TopicDeletionFailed", "DeleteTopics", "%v", err)
+			return fmt.Errorf("delete topics: %w", err)
+		}
+		r.event(cc, corev1.EventTypeNormal, "TopicsDeleted", "DeleteTopics", "deleted topics %v", resources.Topics(cc))
+	}
+	patch := client.MergeFrom(cc.DeepCopy())
+	controllerutil.RemoveFinalizer(cc, Finalizer)
+	return client.IgnoreNotFound(r.Patch(ctx, cc, patch))
+}
+
+func (r *Reconciler) deleteTopics(ctx context.Context, cc *chatv1.ChatCluster) error {
+	conn, err := r.kafkaConnection(ctx, cc)
+	if err != nil {
+		return err
+	}
+	adm, closeAdm, err := kafka.Admin(conn)
+	if err != nil {
+		return err
+	}
+	defer closeAdm()
+	kctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	return kafka.Delete(kctx, adm, resources.Topics(cc))
+}
+
+// SetupWithManager watches ChatClusters, what they own, and the Secrets they read.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &chatv1.ChatCluster{}, secretIndex, func(o client.Object) []string {
+		return resources.SecretNames(o.(*chatv1.ChatCluster))
+	}); err != nil {
+		return fmt.Errorf("index secrets: %w", err)
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&chatv1.ChatCluster{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&appsv1.StatefulSet{}).
+		Owns(&batchv1.Job{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersReadingSecret)).
+		Named("chatcluster").
+		Complete(r)
+}
+
+func (r *Reconciler) clustersReadingSecret(ctx context.Context, o client.Object) []reconcile.Request {
+	var list chatv1.ChatClusterList
+	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{secretIndex: o.GetName()}); err != nil {
+		logf.FromContext(ctx).Error(err, "list clusters reading a secret", "secret", o.GetName())
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for _, cc := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cc)})
+	}
+	return out
+}

@@ -1,0 +1,211 @@
+package resources
+
+import (
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+)
+
+// Inputs are what the controller resolved beside the spec.
+type Inputs struct {
+	// SecretHash per component: hash of the Secret values it reads.
+	SecretHash map[string]string
+	// RepoImage is the image the repo Deployment runs: the spec's image once
+	// its migration succeeded, the previous one until then.
+	RepoImage string
+}
+
+func secretEnv(name string, ref corev1.SecretKeySelector, optional bool) corev1.EnvVar {
+	r := ref
+	if optional {
+		t := true
+		r.Optional = &t
+	}
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &r}}
+}
+
+const kafkaCAPath = "/etc/gochat/kafka"
+
+// env is the container's own variables: its secrets, and the pod IP for the gateway.
+func env(cc *chatv1.ChatCluster, component string) []corev1.EnvVar {
+	var out []corev1.EnvVar
+	kafkaCreds := func() {
+		if r := cc.Spec.Kafka.CredentialsSecretRef; r != nil {
+			out = append(out,
+				secretEnv("GOCHAT_KAFKA_SASL_USER", corev1.SecretKeySelector{LocalObjectReference: *r, Key: "username"}, true),
+				secretEnv("GOCHAT_KAFKA_SASL_PASSWORD", corev1.SecretKeySelector{LocalObjectReference: *r, Key: "password"}, true),
+				corev1.EnvVar{Name: "GOCHAT_KAFKA_TLS_CA", Value: kafkaCAPath + "/ca.crt"})
+		}
+	}
+	switch component {
+	case Gateway:
+		out = append(out,
+			corev1.EnvVar{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+			secretEnv("GOCHAT_JWT_SECRET", JWTSecretRef(cc), false))
+	case Logic:
+		out = append(out, secretEnv("GOCHAT_JWT_SECRET", JWTSecretRef(cc), false))
+		kafkaCreds()
+	case Repo, Migrate:
+		out = append(out, secretEnv("GOCHAT_MYSQL_DSN", cc.Spec.MySQL.DSNSecretRef, false))
+		if r := cc.Spec.Redis.PasswordSecretRef; r != nil && component == Repo {
+			out = append(out, secretEnv("GOCHAT_REDIS_PASSWORD", *r, false))
+		}
+	case Task:
+		kafkaCreds()
+		if r := cc.Spec.Notifications.WebhookSecretRef; r != nil {
+			out = append(out, secretEnv("GOCHAT_WEBHOOK_SECRET", *r, false))
+		}
+	}
+	return out
+}
+
+func kafkaCAVolume(cc *chatv1.ChatCluster, component string) ([]corev1.Volume, []corev1.VolumeMount) {
+	r := cc.Spec.Kafka.CredentialsSecretRef
+	if r == nil || (component != Logic && component != Task) {
+		return nil, nil
+	}
+	t := true
+	return []corev1.Volume{{Name: "kafka-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: r.Name, Optional: &t, Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
+		}}}},
+		[]corev1.VolumeMount{{Name: "kafka-ca", MountPath: kafkaCAPath, ReadOnly: true}}
+}
+
+func securityContext() *corev1.SecurityContext {
+	t, f := true, false
+	return &corev1.SecurityContext{
+		RunAsNonRoot: &t, AllowPrivilegeEscalation: &f, ReadOnlyRootFilesystem: &t,
+		Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+func grpcProbe(port int32) *corev1.Probe {
+	return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: port}}, PeriodSeconds: 10, FailureThreshold: 3}
+}
+
+func httpProbe(path string, port int32) *corev1.Probe {
+	return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(port)}}, PeriodSeconds: 5, FailureThreshold: 3}
+}
+
+// podTemplate is the pod of one component.
+func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res corev1.ResourceRequirements) corev1.PodTemplateSpec {
+	c := corev1.Container{
+		Name: component, Image: image, ImagePullPolicy: cc.Spec.ImagePullPolicy,
+		Args:            []string{component},
+		EnvFrom:         []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: ConfigMapName(cc)}}}},
+		Env:             env(cc, component),
+		Resources:       res,
+		SecurityContext: securityContext(),
+	}
+	switch component {
+	case Gateway:
+		c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: GatewayHTTPPort}, {Name: "grpc", ContainerPort: GatewayGRPCPort}}
+		c.ReadinessProbe = httpProbe("/readyz", GatewayHTTPPort)
+		c.LivenessProbe = httpProbe("/healthz", GatewayHTTPPort)
+	case Logic:
+		c.Ports = []corev1.ContainerPort{{Name: "grpc", ContainerPort: LogicGRPCPort}, {Name: "metrics", ContainerPort: LogicMetrics}}
+		c.ReadinessProbe, c.LivenessProbe = grpcProbe(LogicGRPCPort), grpcProbe(LogicGRPCPort)
+	case Repo:
+		c.Ports = []corev1.ContainerPort{{Name: "grpc", ContainerPort: RepoGRPCPort}, {Name: "metrics", ContainerPort: RepoMetrics}}
+		c.ReadinessProbe, c.LivenessProbe = grpcProbe(RepoGRPCPort), grpcProbe(RepoGRPCPort)
+	case Task:
+		c.Ports = []corev1.ContainerPort{{Name: "metrics", ContainerPort: TaskMetrics}}
+		c.LivenessProbe = httpProbe("/healthz", TaskMetrics)
+	}
+	vols, mounts := kafkaCAVolume(cc, component)
+	c.VolumeMounts = mounts
+	f := false
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{
+			Labels: Labels(cc, component),
+			Annotations: map[string]string{
+				AnnotationConfigHash: HashData(ConfigData(cc)),
+				AnnotationSecretHash: in.SecretHash[component],
+			},
+		},
+		Spec: corev1.PodSpec{
+			ServiceAccountName:           ServiceAccountName(cc),
+			AutomountServiceAccountToken: &f,
+			Containers:                   []corev1.Container{c},
+			Volumes:                      vols,
+			SecurityContext:              &corev1.PodSecurityContext{RunAsNonRoot: boolPtr(true), RunAsUser: int64Ptr(65532)},
+		},
+	}
+}
+
+func boolPtr(b bool) *bool    { return &b }
+func int64Ptr(i int64) *int64 { return &i }
+
+// Deployment runs logic, repo or task.
+func Deployment(cc *chatv1.ChatCluster, component string, in Inputs) *appsv1.Deployment {
+	spec := map[string]chatv1.ComponentSpec{Logic: cc.Spec.Logic, Repo: cc.Spec.Repo, Task: cc.Spec.Task}[component]
+	image := Image(cc, component)
+	if component == Repo {
+		image = in.RepoImage
+	}
+	d := &appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: meta(cc, Name(cc, component), component),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: replicas(spec.Replicas, 2),
+			Selector: &metav1.LabelSelector{MatchLabels: SelectorLabels(cc, component)},
+			Strategy: appsv1.DeploymentStrategy{
+				Type: appsv1.RollingUpdateDeploymentStrategyType,
+				RollingUpdate: &appsv1.RollingUpdateDeployment{
+					MaxUnavailable: ptrIntStr(intstr.FromInt32(0)),
+					MaxSurge:       ptrIntStr(intstr.FromInt32(1)),
+				},
+			},
+			Template: podTemplate(cc, component, image, in, spec.Resources),
+		},
+	}
+	if component == Repo {
+		d.Annotations = map[string]string{AnnotationImage: image}
+	}
+	return d
+}
+
+func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }
+
+// GatewayStatefulSet runs the gateways. Its update strategy is OnDelete: the
+// operator replaces gateway pods itself, so that it can empty each one
+// before it goes (docs/operator.md).
+func GatewayStatefulSet(cc *chatv1.ChatCluster, in Inputs) *appsv1.StatefulSet {
+	tpl := podTemplate(cc, Gateway, Image(cc, Gateway), in, cc.Spec.Gateway.Resources)
+	grace := int64(cc.Spec.Gateway.Drain.DrainTimeout()/time.Second) + 30
+	tpl.Spec.TerminationGracePeriodSeconds = &grace
+	return &appsv1.StatefulSet{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "StatefulSet"},
+		ObjectMeta: meta(cc, Name(cc, Gateway), Gateway),
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:            replicas(cc.Spec.Gateway.Replicas, 2),
+			ServiceName:         GatewayPodsServiceName(cc),
+			Selector:            &metav1.LabelSelector{MatchLabels: SelectorLabels(cc, Gateway)},
+			PodManagementPolicy: appsv1.ParallelPodManagement,
+			UpdateStrategy:      appsv1.StatefulSetUpdateStrategy{Type: appsv1.OnDeleteStatefulSetStrategyType},
+			Template:            tpl,
+		},
+	}
+}
+
+// MigrationJob migrates the schema for the spec's repo image, once.
+func MigrationJob(cc *chatv1.ChatCluster, in Inputs) *batchv1.Job {
+	tpl := podTemplate(cc, Migrate, Image(cc, Migrate), in, cc.Spec.Repo.Resources)
+	tpl.Spec.RestartPolicy = corev1.RestartPolicyOnFailure
+	backoff := int32(4)
+	return &batchv1.Job{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "batch/v1", Kind: "Job"},
+		ObjectMeta: meta(cc, MigrationJobName(cc), Migrate),
+		Spec: batchv1.JobSpec{
+			BackoffLimit: &backoff,
+			Template:     tpl,
+		},
+	}
+}

@@ -1,0 +1,236 @@
+// Package status computes a ChatCluster's status from what the operator
+// observed, in one place and as a pure function: the controller gathers,
+// this decides, the controller writes.
+package status
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+	"github.com/gochat/gochat/operator/internal/resources"
+)
+
+// Condition reasons besides the Kafka ones (internal/kafka).
+const (
+	ReasonReachable          = "Reachable"
+	ReasonUnreachable        = "Unreachable"
+	ReasonSecretMissing      = "SecretMissing"
+	ReasonMigrated           = "Migrated"
+	ReasonMigrating          = "Migrating"
+	ReasonMigrationFailed    = "MigrationFailed"
+	ReasonRolloutComplete    = "RolloutComplete"
+	ReasonRollingOut         = "RollingOut"
+	ReasonAwaitingDrain      = "AwaitingDrain"
+	ReasonReady              = "Ready"
+	ReasonComponentsNotReady = "ComponentsNotReady"
+)
+
+// Check is the outcome of one check: nil Err is success.
+type Check struct {
+	Reason  string
+	Message string
+	Err     error
+}
+
+// Observed is everything status depends on.
+type Observed struct {
+	Deployments   map[string]*appsv1.Deployment // logic, repo, task; nil when missing
+	Gateway       *appsv1.StatefulSet
+	ClientService *corev1.Service
+	Migration     *batchv1.Job // the Job for the spec's repo image
+	MigratedImage string       // the image whose migration succeeded before
+	Secrets       Check        // every referenced Secret key exists
+	Kafka         Check
+	Topics        []string
+	Partitions    int32
+	Redis         Check
+	Sessions      int64
+}
+
+func desired(p *int32) int32 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// Compute returns the status for cc given what was observed. Conditions
+// keep their lastTransitionTime when they do not change.
+func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
+	prev := cc.Status
+	s := chatv1.ChatClusterStatus{
+		ObservedGeneration: cc.Generation,
+		Sessions:           o.Sessions,
+		Conditions:         append([]metav1.Condition(nil), prev.Conditions...),
+		MigratedImage:      o.MigratedImage,
+	}
+	set := func(t string, ok bool, reason, msg string) {
+		st := metav1.ConditionFalse
+		if ok {
+			st = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&s.Conditions, metav1.Condition{Type: t, Status: st, Reason: reason, Message: msg, ObservedGeneration: cc.Generation})
+	}
+
+	// Components.
+	comp := func(name string, want *int32) (chatv1.ComponentStatus, bool) {
+		d := o.Deployments[name]
+		st := chatv1.ComponentStatus{Replicas: desired(want)}
+		if d == nil {
+			return st, false
+		}
+		st.ReadyReplicas = d.Status.ReadyReplicas
+		done := d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas >= st.Replicas && d.Status.ReadyReplicas >= st.Replicas && d.Status.Replicas == st.Replicas
+		return st, done
+	}
+	var logicOK, repoOK, taskOK bool
+	s.Logic, logicOK = comp(resources.Logic, cc.Spec.Logic.Replicas)
+	s.Repo, repoOK = comp(resources.Repo, cc.Spec.Repo.Replicas)
+	s.Task, taskOK = comp(resources.Task, cc.Spec.Task.Replicas)
+
+	gw := chatv1.GatewayStatus{Replicas: desired(cc.Spec.Gateway.Replicas), Selector: resources.GatewaySelector(cc), Draining: prev.Gateway.Draining}
+	gwRolled, gwReady := false, false
+	if sts := o.Gateway; sts != nil {
+		gw.ReadyReplicas, gw.UpdatedReplicas = sts.Status.ReadyReplicas, sts.Status.UpdatedReplicas
+		current := sts.Status.ObservedGeneration >= sts.Generation
+		gwRolled = current && sts.Status.UpdatedReplicas >= gw.Replicas && sts.Status.Replicas == gw.Replicas
+		gwReady = current && sts.Status.ReadyReplicas >= gw.Replicas
+	}
+	s.Gateway = gw
+	s.GatewaysReady = fmt.Sprintf("%d/%d", gw.ReadyReplicas, gw.Replicas)
+	switch {
+	case gwRolled:
+		set(chatv1.ConditionGatewayRolloutComplete, true, ReasonRolloutComplete, fmt.Sprintf("%d gateway(s) run the current revision", gw.Replicas))
+	case o.Gateway != nil && o.Gateway.Status.Replicas > 0 && o.Gateway.Status.UpdateRevision != o.Gateway.Status.CurrentRevision:
+		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonAwaitingDrain,
+			fmt.Sprintf("%d of %d gateway(s) run the current revision; the others are replaced once drained", gw.UpdatedReplicas, gw.Replicas))
+	default:
+		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonRollingOut, fmt.Sprintf("%d of %d gateway(s) created on the current revision", gw.UpdatedReplicas, gw.Replicas))
+	}
+
+	// Dependencies.
+	if o.Secrets.Err != nil {
+		set(chatv1.ConditionDatabaseMigrated, false, ReasonSecretMissing, o.Secrets.Err.Error())
+	} else {
+		want := resources.Image(cc, resources.Migrate)
+		switch {
+		case o.MigratedImage == want:
+			set(chatv1.ConditionDatabaseMigrated, true, ReasonMigrated, "schema migrated for "+want)
+		case o.Migration != nil && jobFailed(o.Migration):
+			set(chatv1.ConditionDatabaseMigrated, false, ReasonMigrationFailed, "migration Job "+o.Migration.Name+" failed: see its logs")
+		default:
+			set(chatv1.ConditionDatabaseMigrated, false, ReasonMigrating, "migrating the schema for "+want)
+		}
+	}
+	check := func(t string, c Check, okReason, okMsg string) bool {
+		if c.Err != nil {
+			set(t, false, c.Reason, c.Err.Error())
+			return false
+		}
+		set(t, true, okReason, okMsg)
+		return true
+	}
+	kafkaOK := check(chatv1.ConditionKafkaTopicsReady, o.Kafka, "TopicsReady", "topics "+strings.Join(o.Topics, ", ")+" ready")
+	if kafkaOK {
+		s.Kafka = chatv1.KafkaStatus{Topics: o.Topics, Partitions: o.Partitions}
+	} else {
+		s.Kafka = prev.Kafka
+	}
+	redisOK := check(chatv1.ConditionRedisReachable, o.Redis, ReasonReachable, "Redis answers at "+cc.Spec.Redis.Address)
+	migrated := meta.IsStatusConditionTrue(s.Conditions, chatv1.ConditionDatabaseMigrated)
+
+	// Ready and phase.
+	var notReady []string
+	for name, ok := range map[string]bool{"logic": logicOK, "repo": repoOK, "task": taskOK, "gateway": gwReady && gwRolled} {
+		if !ok {
+			notReady = append(notReady, name)
+		}
+	}
+	sortStrings(notReady)
+	ready := len(notReady) == 0 && kafkaOK && redisOK && migrated && o.Secrets.Err == nil
+	if ready {
+		set(chatv1.ConditionReady, true, ReasonReady, "every component is ready")
+	} else {
+		reason, msg := ReasonComponentsNotReady, "not ready: "+strings.Join(notReady, ", ")
+		for _, t := range []string{chatv1.ConditionDatabaseMigrated, chatv1.ConditionKafkaTopicsReady, chatv1.ConditionRedisReachable} {
+			if c := meta.FindStatusCondition(s.Conditions, t); c != nil && c.Status != metav1.ConditionTrue {
+				reason, msg = c.Reason, c.Message
+				break
+			}
+		}
+		set(chatv1.ConditionReady, false, reason, msg)
+	}
+
+	wasRunning := prev.Phase == chatv1.PhaseRunning || prev.Phase == chatv1.PhaseUpgrading || prev.Phase == chatv1.PhaseDegraded
+	rolling := !gwRolled || (o.Migration != nil && o.MigratedImage != "" && o.MigratedImage != resources.Image(cc, resources.Migrate))
+	switch {
+	case o.Secrets.Err != nil:
+		s.Phase = chatv1.PhasePending
+	case ready:
+		s.Phase = chatv1.PhaseRunning
+	case !wasRunning:
+		s.Phase = chatv1.PhaseProvisioning
+	case rolling && kafkaOK && redisOK:
+		s.Phase = chatv1.PhaseUpgrading
+	default:
+		s.Phase = chatv1.PhaseDegraded
+	}
+	s.Endpoint = endpoint(cc, o.ClientService)
+	return s
+}
+
+func jobFailed(j *batchv1.Job) bool {
+	for _, c := range j.Status.Conditions {
+		if c.Type == batchv1.JobFailed && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// JobSucceeded reports a finished migration.
+func JobSucceeded(j *batchv1.Job) bool {
+	for _, c := range j.Status.Conditions {
+		if c.Type == batchv1.JobComplete && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// endpoint is the clients' WebSocket URL: the load balancer's address when
+// there is one, else the Service's cluster DNS name.
+func endpoint(cc *chatv1.ChatCluster, svc *corev1.Service) string {
+	if svc == nil {
+		return ""
+	}
+	port := cc.Spec.Gateway.Service.Port
+	host := fmt.Sprintf("%s.%s.svc", svc.Name, svc.Namespace)
+	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		host = ""
+		for _, in := range svc.Status.LoadBalancer.Ingress {
+			if in.IP != "" {
+				host = in.IP
+			} else if in.Hostname != "" {
+				host = in.Hostname
+			}
+		}
+		if host == "" {
+			return ""
+		}
+	}
+	if port == 80 {
+		return "ws://" + host + "/v1/ws"
+	}
+	return fmt.Sprintf("ws://%s:%d/v1/ws", host, port)
+}
+
+func sortStrings(s []string) { sort.Strings(s) }
