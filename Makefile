@@ -7,15 +7,18 @@ SHELL := /usr/bin/env bash
 GO        ?= go
 BIN       := $(CURDIR)/bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-MODULES   := github.com/gochat/gochat/api/... github.com/gochat/gochat/services/...
+MODULES   := github.com/gochat/gochat/api/... github.com/gochat/gochat/services/... github.com/gochat/gochat/operator/...
 
 # Tools, pinned; installed into bin/ with go install on first use.
 BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION        := v0.8.2
+CONTROLLER_GEN_VERSION     := v0.23.0
+KUSTOMIZE_VERSION          := v5.8.2
+HELM_VERSION               := v3.22.0
 
-.PHONY: all build test test-unit test-e2e lint generate verify-generated run bench clean tools help
+.PHONY: all build build-operator test test-unit lint generate manifests verify-generated run bench clean tools help install-manifests envtest
 
 all: build
 
@@ -25,14 +28,18 @@ help: ## list the targets
 build: ## build the gochat binary into bin/
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/gochat ./services/cmd/gochat
 
+build-operator: ## build the operator binary into bin/
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/operator ./operator/cmd
+
 run: ## the whole platform in one process on embedded SQLite, Redis and Kafka, at http://127.0.0.1:8080
 	$(GO) run -ldflags "-X main.version=$(VERSION)" ./services/cmd/gochat dev
 
 # Logs of the processes the tests start, and the browser test's screenshots.
 export GOCHAT_TEST_ARTIFACTS ?= $(CURDIR)/artifacts
 
-test: verify-generated ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser
+test: verify-generated $(BIN)/kustomize ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest
 	hack/check-backends.sh
+	$(BIN)/kustomize build config/default > /dev/null
 	rm -rf $(GOCHAT_TEST_ARTIFACTS)
 	$(GO) test -count=1 -timeout 20m $(MODULES)
 
@@ -43,18 +50,31 @@ bench: ## benchmarks (see docs/benchmarks.md for the method)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
 
 lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck
-	@bad=$$(gofmt -l api services); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
+	@bad=$$(gofmt -l api services operator); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(MODULES)
 	$(BIN)/staticcheck $(MODULES)
 
-generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## regenerate the gRPC code from api/proto
+generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/controller-gen ## regenerate the gRPC code and the CRD types' deepcopy
 	cd api && $(BIN)/buf lint && rm -rf gen && $(BIN)/buf generate
+	$(BIN)/controller-gen object paths=./api/v1alpha1/...
 
-verify-generated: generate ## fail when committed generated code differs from what generate makes
-	@if [ -n "$$(git status --porcelain -- api/gen)" ]; then \
-		echo "generated code is stale: run 'make generate' and commit api/gen"; git status --porcelain -- api/gen; exit 1; fi
+manifests: $(BIN)/controller-gen ## regenerate the CRD and the operator's ClusterRole in config/
+	$(BIN)/controller-gen crd paths=./api/v1alpha1/... output:crd:artifacts:config=config/crd/bases
+	$(BIN)/controller-gen rbac:roleName=manager-role paths=./operator/... output:rbac:artifacts:config=config/rbac
 
-tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/staticcheck ## install the pinned tools into bin/
+GENERATED := api/gen api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml
+
+verify-generated: generate manifests ## fail when committed generated files differ from what generate and manifests make
+	@if [ -n "$$(git status --porcelain -- $(GENERATED))" ]; then \
+		echo "generated files are stale: run 'make generate manifests' and commit them"; git status --porcelain -- $(GENERATED); exit 1; fi
+
+install-manifests: $(BIN)/kustomize ## print the operator's install manifests (kustomize build config/default)
+	$(BIN)/kustomize build config/default
+
+envtest: ## build (once, cached) the control plane for the operator tests; prints its directory
+	hack/envtest/build.sh
+
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/staticcheck $(BIN)/controller-gen $(BIN)/kustomize $(BIN)/helm ## install the pinned tools into bin/
 
 $(BIN)/buf:
 	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -64,6 +84,12 @@ $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(BIN)/controller-gen:
+	GOBIN=$(BIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+$(BIN)/kustomize:
+	GOBIN=$(BIN) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+$(BIN)/helm:
+	GOBIN=$(BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 clean: ## remove build outputs and the make run data dir
 	rm -rf $(BIN) .gochat

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/resources"
@@ -526,6 +529,20 @@ func TestValidation(t *testing.T) {
 		{"unparsable drain timeout", `{"spec":{"gateway":{"drain":{"timeout":"5 minutes"}}}}`, "spec.gateway.drain.timeout must be a duration"},
 		{"replication factor 0", `{"spec":{"kafka":{"replicationFactor":0}}}`, "spec.kafka.replicationFactor"},
 	}
+	// The sample the docs point to is valid as it stands.
+	raw, err := os.ReadFile(filepath.Join(repoRoot(), "config", "samples", "chat_v1alpha1_chatcluster.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sample chatv1.ChatCluster
+	if err := yaml.UnmarshalStrict(raw, &sample); err != nil {
+		t.Fatalf("sample: %v", err)
+	}
+	sample.Namespace = ns
+	if err := k8s.Create(bg, &sample); err != nil {
+		t.Fatalf("the sample is refused: %v", err)
+	}
+
 	good := newCluster(ns, "good")
 	if err := k8s.Create(bg, good); err != nil {
 		t.Fatal(err)
