@@ -299,6 +299,9 @@ func (r *Reconciler) migrate(ctx context.Context, cc *chatv1.ChatCluster, in res
 		return fmt.Errorf("get migration job: %w", err)
 	}
 	obs.Migration = &cur
+	if status.JobFailed(&cur) {
+		r.event(cc, corev1.EventTypeWarning, status.ReasonMigrationFailed, "Migrate", "migration Job %s failed: see its logs; delete the Job to try again", cur.Name)
+	}
 	if status.JobSucceeded(&cur) {
 		obs.MigratedImage = want
 		r.event(cc, corev1.EventTypeNormal, "MigrationSucceeded", "Migrate", "schema migrated for %s", want)

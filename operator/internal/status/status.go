@@ -124,7 +124,7 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		switch {
 		case o.MigratedImage == want:
 			set(chatv1.ConditionDatabaseMigrated, true, ReasonMigrated, "schema migrated for "+want)
-		case o.Migration != nil && jobFailed(o.Migration):
+		case o.Migration != nil && JobFailed(o.Migration):
 			set(chatv1.ConditionDatabaseMigrated, false, ReasonMigrationFailed, "migration Job "+o.Migration.Name+" failed: see its logs")
 		default:
 			set(chatv1.ConditionDatabaseMigrated, false, ReasonMigrating, "migrating the schema for "+want)
@@ -187,7 +187,8 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 	return s
 }
 
-func jobFailed(j *batchv1.Job) bool {
+// JobFailed reports a migration that ran out of retries.
+func JobFailed(j *batchv1.Job) bool {
 	for _, c := range j.Status.Conditions {
 		if c.Type == batchv1.JobFailed && c.Status == corev1.ConditionTrue {
 			return true

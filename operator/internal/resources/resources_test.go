@@ -1,0 +1,146 @@
+package resources
+
+import (
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+)
+
+func i32(v int32) *int32 { return &v }
+
+func cluster() *chatv1.ChatCluster {
+	return &chatv1.ChatCluster{
+		ObjectMeta: metav1.ObjectMeta{Name: "demo", Namespace: "chat", UID: "uid-1"},
+		Spec: chatv1.ChatClusterSpec{
+			Image:   "gochat:1",
+			Gateway: chatv1.GatewaySpec{Replicas: i32(3), Service: chatv1.GatewayServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Port: 80}, Drain: chatv1.DrainSpec{MaxUnavailable: 2}},
+			Logic:   chatv1.ComponentSpec{Replicas: i32(2), Image: "gochat-logic:2"},
+			Kafka:   chatv1.KafkaSpec{BootstrapServers: []string{"k1:9092", "k2:9092"}, Partitions: 12, ReplicationFactor: 3, Retention: "168h"},
+			Redis:   chatv1.RedisSpec{Address: "redis:6379", PasswordSecretRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "redis"}, Key: "password"}},
+			MySQL:   chatv1.MySQLSpec{DSNSecretRef: corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "mysql"}, Key: "dsn"}},
+		},
+	}
+}
+
+func TestImageAndNames(t *testing.T) {
+	cc := cluster()
+	tests := []struct{ got, want string }{
+		{Image(cc, Gateway), "gochat:1"},
+		{Image(cc, Logic), "gochat-logic:2"},
+		{Image(cc, Migrate), "gochat:1"},
+		{TopicPrefix(cc), "chat.demo"},
+		{strings.Join(Topics(cc), ","), "chat.demo.events,chat.demo.messages"},
+		{GatewaySelector(cc), "app.kubernetes.io/component=gateway,app.kubernetes.io/instance=demo,app.kubernetes.io/name=gochat"},
+		{ConfigData(cc)["GOCHAT_REPO_ADDR"], "dns:///demo-repo.chat.svc:9002"},
+		{ConfigData(cc)["GOCHAT_KAFKA_BROKERS"], "k1:9092,k2:9092"},
+	}
+	for i, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%d: got %q, want %q", i, tt.got, tt.want)
+		}
+	}
+	cc.Spec.Kafka.TopicPrefix = "custom"
+	if TopicPrefix(cc) != "custom" {
+		t.Fatal("topicPrefix ignored")
+	}
+	if a, b := MigrationJobName(cc), MigrationJobName(&chatv1.ChatCluster{ObjectMeta: cc.ObjectMeta, Spec: chatv1.ChatClusterSpec{Image: "gochat:2"}}); a == b {
+		t.Fatal("a new image must get a new migration Job")
+	}
+}
+
+// Secrets reach containers only as secretKeyRef variables, and each
+// component reads only the Secrets it needs.
+func TestSecretsOnlyByReference(t *testing.T) {
+	cc := cluster()
+	cc.Spec.Notifications = chatv1.NotificationsSpec{WebhookURL: "https://relay", WebhookSecretRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "relay"}, Key: "k"}}
+	in := Inputs{SecretHash: map[string]string{Logic: "h1"}, RepoImage: "gochat:1"}
+	tests := []struct {
+		component string
+		wantEnv   []string
+	}{
+		{Gateway, []string{"GOCHAT_JWT_SECRET"}},
+		{Logic, []string{"GOCHAT_JWT_SECRET"}},
+		{Repo, []string{"GOCHAT_MYSQL_DSN", "GOCHAT_REDIS_PASSWORD"}},
+		{Task, []string{"GOCHAT_WEBHOOK_SECRET"}},
+		{Migrate, []string{"GOCHAT_MYSQL_DSN"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.component, func(t *testing.T) {
+			var c corev1.Container
+			switch tt.component {
+			case Gateway:
+				c = GatewayStatefulSet(cc, in).Spec.Template.Spec.Containers[0]
+			case Migrate:
+				c = MigrationJob(cc, in).Spec.Template.Spec.Containers[0]
+			default:
+				c = Deployment(cc, tt.component, in).Spec.Template.Spec.Containers[0]
+			}
+			var got []string
+			for _, e := range c.Env {
+				if e.Value != "" && strings.Contains(e.Name, "SECRET") {
+					t.Fatalf("%s has a literal value", e.Name)
+				}
+				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+					got = append(got, e.Name)
+				}
+			}
+			if strings.Join(got, ",") != strings.Join(tt.wantEnv, ",") {
+				t.Fatalf("secret env %v, want %v", got, tt.wantEnv)
+			}
+		})
+	}
+	for k, v := range ConfigData(cc) {
+		if strings.Contains(strings.ToLower(k), "password") || strings.Contains(strings.ToLower(k), "secret") || strings.Contains(k, "DSN") {
+			t.Fatalf("ConfigMap key %s=%s looks like a secret", k, v)
+		}
+	}
+}
+
+func TestWorkloads(t *testing.T) {
+	cc := cluster()
+	in := Inputs{SecretHash: map[string]string{Gateway: "g", Logic: "l"}, RepoImage: "gochat:0"}
+	sts := GatewayStatefulSet(cc, in)
+	if sts.Spec.UpdateStrategy.Type != "OnDelete" || *sts.Spec.Replicas != 3 || sts.Spec.PodManagementPolicy != "Parallel" {
+		t.Fatalf("statefulset %+v", sts.Spec)
+	}
+	if g := *sts.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 330 {
+		t.Fatalf("grace %d: the default drain timeout (5m) plus 30s", g)
+	}
+	if sts.Spec.Template.Annotations[AnnotationSecretHash] != "g" {
+		t.Fatal("secret hash not in the pod template")
+	}
+	repo := Deployment(cc, Repo, in)
+	if repo.Spec.Template.Spec.Containers[0].Image != "gochat:0" || repo.Annotations[AnnotationImage] != "gochat:0" {
+		t.Fatal("the repo runs the image it was told (the migrated one), not the spec's")
+	}
+	if *Deployment(cc, Task, in).Spec.Replicas != 2 {
+		t.Fatal("unset replicas default to 2")
+	}
+	for _, o := range []metav1.Object{sts, repo, ConfigMap(cc), ServiceAccount(cc), MigrationJob(cc, in)} {
+		if refs := o.GetOwnerReferences(); len(refs) != 1 || refs[0].UID != "uid-1" || !*refs[0].Controller {
+			t.Fatalf("%s: owner references %+v", o.GetName(), refs)
+		}
+	}
+	pdbs := PodDisruptionBudgets(cc)
+	if pdbs[0].Spec.MaxUnavailable.IntValue() != 2 {
+		t.Fatal("the gateways' PDB follows drain.maxUnavailable")
+	}
+	svcs := Services(cc)
+	if svcs[0].Spec.Type != corev1.ServiceTypeLoadBalancer || svcs[0].Spec.Ports[0].Port != 80 || svcs[2].Spec.ClusterIP != "None" {
+		t.Fatalf("services %+v", svcs)
+	}
+}
+
+func TestHashData(t *testing.T) {
+	a := HashData(map[string]string{"a": "1", "b": "2"})
+	if a != HashData(map[string]string{"b": "2", "a": "1"}) {
+		t.Fatal("hash depends on map order")
+	}
+	if a == HashData(map[string]string{"a": "1", "b": "3"}) {
+		t.Fatal("hash ignores a value")
+	}
+}

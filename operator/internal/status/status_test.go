@@ -1,0 +1,107 @@
+package status
+
+import (
+	"errors"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+)
+
+func i32(v int32) *int32 { return &v }
+
+func cluster(phase chatv1.Phase) *chatv1.ChatCluster {
+	return &chatv1.ChatCluster{
+		ObjectMeta: metav1.ObjectMeta{Name: "demo", Namespace: "ns", Generation: 3},
+		Spec: chatv1.ChatClusterSpec{
+			Image: "img:1", Gateway: chatv1.GatewaySpec{Replicas: i32(2), Service: chatv1.GatewayServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Port: 80}},
+			Logic: chatv1.ComponentSpec{Replicas: i32(1)}, Repo: chatv1.ComponentSpec{Replicas: i32(1)}, Task: chatv1.ComponentSpec{Replicas: i32(1)},
+		},
+		Status: chatv1.ChatClusterStatus{Phase: phase},
+	}
+}
+
+func dep(ready int32) *appsv1.Deployment {
+	return &appsv1.Deployment{Status: appsv1.DeploymentStatus{Replicas: 1, ReadyReplicas: ready, UpdatedReplicas: 1}}
+}
+
+func healthy() Observed {
+	return Observed{
+		Deployments:   map[string]*appsv1.Deployment{"logic": dep(1), "repo": dep(1), "task": dep(1)},
+		Gateway:       &appsv1.StatefulSet{Status: appsv1.StatefulSetStatus{Replicas: 2, ReadyReplicas: 2, UpdatedReplicas: 2, CurrentRevision: "r1", UpdateRevision: "r1"}},
+		ClientService: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "demo-gateway", Namespace: "ns"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer}, Status: corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: "203.0.113.7"}}}}},
+		MigratedImage: "img:1", Topics: []string{"a", "b"}, Partitions: 12, Sessions: 42,
+	}
+}
+
+func TestCompute(t *testing.T) {
+	tests := []struct {
+		name       string
+		prev       chatv1.Phase
+		change     func(*Observed)
+		wantPhase  chatv1.Phase
+		wantReady  string // reason of Ready
+		wantFalse  string // a condition expected False
+		wantReason string
+	}{
+		{"all healthy", "", nil, chatv1.PhaseRunning, ReasonReady, "", ""},
+		{"first start, pods coming", "", func(o *Observed) { o.Deployments["logic"] = dep(0) }, chatv1.PhaseProvisioning, ReasonComponentsNotReady, "", ""},
+		{"a secret is missing", "", func(o *Observed) { o.Secrets = Check{Reason: ReasonSecretMissing, Err: errors.New("secret mysql not found")} }, chatv1.PhasePending, ReasonSecretMissing, chatv1.ConditionDatabaseMigrated, ReasonSecretMissing},
+		{"running, then Redis goes", chatv1.PhaseRunning, func(o *Observed) { o.Redis = Check{Reason: ReasonUnreachable, Err: errors.New("redis down")} }, chatv1.PhaseDegraded, ReasonUnreachable, chatv1.ConditionRedisReachable, ReasonUnreachable},
+		{"running, kafka refuses the replication factor", chatv1.PhaseRunning, func(o *Observed) {
+			o.Kafka = Check{Reason: "ReplicationFactorTooHigh", Err: errors.New("rf 3 > 1 broker")}
+		}, chatv1.PhaseDegraded, "ReplicationFactorTooHigh", chatv1.ConditionKafkaTopicsReady, "ReplicationFactorTooHigh"},
+		{"new gateway revision waits for the drain", chatv1.PhaseRunning, func(o *Observed) {
+			o.Gateway.Status.UpdatedReplicas, o.Gateway.Status.UpdateRevision = 0, "r2"
+		}, chatv1.PhaseUpgrading, ReasonComponentsNotReady, chatv1.ConditionGatewayRolloutComplete, ReasonAwaitingDrain},
+		{"migration of a new image running", chatv1.PhaseRunning, func(o *Observed) {
+			o.MigratedImage = "img:0"
+			o.Migration = &batchv1.Job{}
+		}, chatv1.PhaseUpgrading, ReasonMigrating, chatv1.ConditionDatabaseMigrated, ReasonMigrating},
+		{"migration failed", chatv1.PhaseProvisioning, func(o *Observed) {
+			o.MigratedImage = ""
+			o.Migration = &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "demo-migrate-x"}, Status: batchv1.JobStatus{Conditions: []batchv1.JobCondition{{Type: batchv1.JobFailed, Status: corev1.ConditionTrue}}}}
+		}, chatv1.PhaseProvisioning, ReasonMigrationFailed, chatv1.ConditionDatabaseMigrated, ReasonMigrationFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := healthy()
+			if tt.change != nil {
+				tt.change(&o)
+			}
+			s := Compute(cluster(tt.prev), o)
+			if s.Phase != tt.wantPhase {
+				t.Fatalf("phase %s, want %s", s.Phase, tt.wantPhase)
+			}
+			if c := meta.FindStatusCondition(s.Conditions, chatv1.ConditionReady); c == nil || c.Reason != tt.wantReady || c.ObservedGeneration != 3 {
+				t.Fatalf("Ready %+v, want reason %s", c, tt.wantReady)
+			}
+			if tt.wantFalse != "" {
+				if c := meta.FindStatusCondition(s.Conditions, tt.wantFalse); c == nil || c.Status != metav1.ConditionFalse || c.Reason != tt.wantReason || c.Message == "" {
+					t.Fatalf("%s %+v, want False %s", tt.wantFalse, c, tt.wantReason)
+				}
+			}
+		})
+	}
+}
+
+func TestComputeFields(t *testing.T) {
+	s := Compute(cluster(""), healthy())
+	if s.Endpoint != "ws://203.0.113.7/v1/ws" || s.Sessions != 42 || s.GatewaysReady != "2/2" || s.ObservedGeneration != 3 ||
+		s.Kafka.Partitions != 12 || s.Gateway.Selector == "" || s.MigratedImage != "img:1" {
+		t.Fatalf("status %+v", s)
+	}
+	// A condition that does not change keeps its transition time.
+	prev := cluster(chatv1.PhaseRunning)
+	prev.Status = s
+	old := meta.FindStatusCondition(s.Conditions, chatv1.ConditionReady).LastTransitionTime
+	again := Compute(prev, healthy())
+	if got := meta.FindStatusCondition(again.Conditions, chatv1.ConditionReady).LastTransitionTime; !got.Equal(&old) {
+		t.Fatal("lastTransitionTime moved without a transition")
+	}
+}
