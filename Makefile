@@ -37,9 +37,11 @@ run: ## the whole platform in one process on embedded SQLite, Redis and Kafka, a
 # Logs of the processes the tests start, and the browser test's screenshots.
 export GOCHAT_TEST_ARTIFACTS ?= $(CURDIR)/artifacts
 
-test: verify-generated $(BIN)/kustomize ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest
+test: verify-generated $(BIN)/kustomize $(BIN)/helm ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest
 	hack/check-backends.sh
 	$(BIN)/kustomize build config/default > /dev/null
+	$(BIN)/helm lint --strict charts/gochat-operator
+	$(BIN)/helm template t charts/gochat-operator --namespace gochat-system > /dev/null
 	rm -rf $(GOCHAT_TEST_ARTIFACTS)
 	$(GO) test -count=1 -timeout 20m $(MODULES)
 
@@ -61,8 +63,10 @@ generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/contr
 manifests: $(BIN)/controller-gen ## regenerate the CRD and the operator's ClusterRole in config/
 	$(BIN)/controller-gen crd paths=./api/v1alpha1/... output:crd:artifacts:config=config/crd/bases
 	$(BIN)/controller-gen rbac:roleName=manager-role paths=./operator/... output:rbac:artifacts:config=config/rbac
+	cp config/crd/bases/*.yaml charts/gochat-operator/crds/
+	sed -n '/^rules:/,$$p' config/rbac/role.yaml | tail -n +2 > charts/gochat-operator/files/role-rules.yaml
 
-GENERATED := api/gen api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml
+GENERATED := api/gen api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml charts/gochat-operator/crds charts/gochat-operator/files
 
 verify-generated: generate manifests ## fail when committed generated files differ from what generate and manifests make
 	@if [ -n "$$(git status --porcelain -- $(GENERATED))" ]; then \
