@@ -472,7 +472,9 @@ func (t *Task) pushOne(ctx context.Context, gw string, deliveries []*gochatv1.De
 		for attempt := 0; ; attempt++ {
 			callCtx, cancel := context.WithTimeout(ctx, t.cfg.PushTimeout)
 			begin := time.Now()
-			resp, err = client.Push(callCtx, &gochatv1.PushRequest{Deliveries: chunk})
+			// Fail fast on a gateway that is gone (a pod replaced, its
+			// presence not yet expired): waiting for it would stall the batch.
+			resp, err = client.Push(callCtx, &gochatv1.PushRequest{Deliveries: chunk}, grpc.WaitForReady(false))
 			cancel()
 			if err == nil {
 				pushSeconds.WithLabelValues("ok").Observe(time.Since(begin).Seconds())
@@ -480,6 +482,9 @@ func (t *Task) pushOne(ctx context.Context, gw string, deliveries []*gochatv1.De
 			}
 			pushSeconds.WithLabelValues("error").Observe(time.Since(begin).Seconds())
 			if attempt == 2 || ctx.Err() != nil || apierror.From(err).Code != apierror.Unavailable {
+				if apierror.From(err).Code == apierror.Unavailable {
+					t.gateways.drop(gw) // redialed if it comes back
+				}
 				return unknown, err
 			}
 			time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
@@ -507,6 +512,15 @@ func (g *gatewayConns) get(addr string) (gochatv1.PushServiceClient, error) {
 	}
 	g.conns[addr] = c
 	return gochatv1.NewPushServiceClient(c), nil
+}
+
+func (g *gatewayConns) drop(addr string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c, ok := g.conns[addr]; ok {
+		_ = c.Close()
+		delete(g.conns, addr)
+	}
 }
 
 func (g *gatewayConns) closeAll() {

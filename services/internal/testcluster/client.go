@@ -118,6 +118,7 @@ func Register(t testing.TB, base, username string) *API {
 type WS struct {
 	t      testing.TB
 	conn   net.Conn
+	r      io.Reader
 	mu     sync.Mutex
 	buf    []Frame
 	notify chan struct{}
@@ -159,11 +160,14 @@ func DialWS(t testing.TB, wsURL, token string) *WS {
 func TryDialWS(wsURL, token string) (*WS, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, _, _, err := ws.Dial(ctx, wsURL+"?token="+token)
+	conn, br, _, err := ws.Dial(ctx, wsURL+"?token="+token)
 	if err != nil {
 		return nil, err
 	}
-	c := &WS{conn: conn, notify: make(chan struct{}, 1), closed: make(chan struct{})}
+	c := &WS{conn: conn, r: conn, notify: make(chan struct{}, 1), closed: make(chan struct{})}
+	if br != nil {
+		c.r = br // frames the server sent right after the handshake (hello) may be buffered here
+	}
 	go c.readLoop()
 	return c, nil
 }
@@ -171,7 +175,7 @@ func TryDialWS(wsURL, token string) (*WS, error) {
 func (c *WS) readLoop() {
 	defer close(c.closed)
 	for {
-		msgs, err := wsutil.ReadServerMessage(c.conn, nil)
+		msgs, err := wsutil.ReadServerMessage(c.r, nil)
 		if err != nil {
 			var ce wsutil.ClosedError
 			if asClosed(err, &ce) {

@@ -1,0 +1,386 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
+	"github.com/gochat/gochat/services/internal/authtoken"
+)
+
+// logicStub answers as im-logic would for a known user; everything the
+// gateway forwards is recorded.
+type logicStub struct {
+	gochatv1.LogicServiceClient
+	mu    sync.Mutex
+	sends []*gochatv1.SendRequest
+}
+
+func (l *logicStub) GetUser(_ context.Context, in *gochatv1.GetUserRequest, _ ...grpc.CallOption) (*gochatv1.GetUserResponse, error) {
+	if in.GetId() != "u1" {
+		return nil, apierror.New(apierror.NotFound, "user not found")
+	}
+	return &gochatv1.GetUserResponse{User: &gochatv1.User{Id: "u1", Username: "ann"}}, nil
+}
+
+func (l *logicStub) Send(_ context.Context, in *gochatv1.SendRequest, _ ...grpc.CallOption) (*gochatv1.SendResponse, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sends = append(l.sends, in)
+	return &gochatv1.SendResponse{Message: &gochatv1.Message{Id: "m", ConversationId: in.ConversationId, Seq: int64(len(l.sends)), Content: in.Content}}, nil
+}
+
+// presenceStub is im-repo's presence, in memory.
+type presenceStub struct {
+	gochatv1.RepoServiceClient
+	mu       sync.Mutex
+	sessions map[string]bool
+}
+
+func (p *presenceStub) RegisterSessions(_ context.Context, in *gochatv1.RegisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.RegisterSessionsResponse, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range in.Sessions {
+		p.sessions[s.SessionId] = true
+	}
+	return &gochatv1.RegisterSessionsResponse{}, nil
+}
+
+func (p *presenceStub) UnregisterSessions(_ context.Context, in *gochatv1.UnregisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.UnregisterSessionsResponse, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range in.Sessions {
+		delete(p.sessions, s.SessionId)
+	}
+	return &gochatv1.UnregisterSessionsResponse{}, nil
+}
+
+func (p *presenceStub) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.sessions)
+}
+
+const secret = "0123456789abcdef0123456789abcdef"
+
+type fixture struct {
+	g        *Gateway
+	addr     string
+	token    string
+	logic    *logicStub
+	presence *presenceStub
+}
+
+func testConfig() Config {
+	return Config{
+		Advertise: "127.0.0.1:1", Heartbeat: time.Hour, PresenceTTL: time.Hour, HandshakeTimeout: 5 * time.Second,
+		FrameReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, CallTimeout: 5 * time.Second,
+		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxPage: 200,
+		SendRate: 1000, SendBurst: 1000, FrameRate: 1000, FrameBurst: 1000, MaxBadFrames: 5, MaxReaders: 8,
+	}
+}
+
+func start(t *testing.T, mutate func(*Config)) *fixture {
+	t.Helper()
+	cfg := testConfig()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	keys, err := authtoken.New(secret, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{logic: &logicStub{}, presence: &presenceStub{sessions: map[string]bool{}}}
+	g, err := New(cfg, keys, f.logic, f.presence, prometheus.NewRegistry(), testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	f.g, f.addr = g, ln.Addr().String()
+	f.token, _, _ = keys.Issue("u1", false, time.Now())
+	return f
+}
+
+type client struct {
+	t    *testing.T
+	conn net.Conn
+	r    io.Reader // what ws.Dial may have buffered past the handshake, then conn
+}
+
+func (f *fixture) dial(t *testing.T) *client {
+	t.Helper()
+	conn, br, _, err := ws.Dial(context.Background(), "ws://"+f.addr+"/v1/ws?token="+f.token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &client{t: t, conn: conn, r: conn}
+	if br != nil {
+		c.r = br // the hello may already be in it
+	}
+	if typ := c.next()["type"]; typ != "hello" {
+		t.Fatalf("first frame %v", typ)
+	}
+	return c
+}
+
+// next reads the next text frame (answering nothing itself).
+func (c *client) next() map[string]any {
+	c.t.Helper()
+	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		h, err := ws.ReadHeader(c.r)
+		if err != nil {
+			c.t.Fatalf("read: %v", err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(c.r, p); err != nil {
+			c.t.Fatal(err)
+		}
+		if h.OpCode == ws.OpClose {
+			code, reason := ws.ParseCloseFrameData(p)
+			return map[string]any{"type": "close", "code": float64(code), "reason": reason}
+		}
+		if h.OpCode == ws.OpPong {
+			return map[string]any{"type": "ws-pong", "payload": string(p)}
+		}
+		var m map[string]any
+		if err := json.Unmarshal(p, &m); err != nil {
+			c.t.Fatalf("frame %q: %v", p, err)
+		}
+		return m
+	}
+}
+
+func (c *client) write(h ws.Header, payload []byte) {
+	c.t.Helper()
+	if h.Masked {
+		ws.Cipher(payload, h.Mask, 0)
+	}
+	h.Length = int64(len(payload))
+	if err := ws.WriteHeader(c.conn, h); err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := c.conn.Write(payload); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func masked(op ws.OpCode, fin bool) ws.Header {
+	return ws.Header{Fin: fin, OpCode: op, Masked: true, Mask: [4]byte{1, 2, 3, 4}}
+}
+
+func TestProtocol(t *testing.T) {
+	tests := []struct {
+		name   string
+		frames func(c *client)
+		want   map[string]any // type, and code for error or close frames
+	}{
+		{"fragmented message is reassembled", func(c *client) {
+			c.write(masked(ws.OpText, false), []byte(`{"type":"pi`))
+			c.write(masked(ws.OpContinuation, false), []byte(`ng","da`))
+			c.write(masked(ws.OpContinuation, true), []byte(`ta":{}}`))
+		}, map[string]any{"type": "pong"}},
+		{"control frame between fragments", func(c *client) {
+			c.write(masked(ws.OpText, false), []byte(`{"type":"ping",`))
+			c.write(masked(ws.OpPing, true), []byte("hb"))
+			c.write(masked(ws.OpContinuation, true), []byte(`"data":{}}`))
+		}, map[string]any{"type": "ws-pong"}},
+		{"unmasked frame closes with 1002", func(c *client) {
+			c.write(ws.Header{Fin: true, OpCode: ws.OpText}, []byte(`{"type":"ping","data":{}}`))
+		}, map[string]any{"type": "close", "code": float64(1002)}},
+		{"continuation without a start closes with 1002", func(c *client) {
+			c.write(masked(ws.OpContinuation, true), []byte(`x`))
+		}, map[string]any{"type": "close", "code": float64(1002)}},
+		{"a frame over the limit is an error, the connection stays", func(c *client) {
+			c.write(masked(ws.OpText, true), []byte(`{"type":"ping","data":{"p":"`+strings.Repeat("x", 2000)+`"}}`))
+		}, map[string]any{"type": "error", "code": "payload_too_large"}},
+		{"far over the limit closes with 1009", func(c *client) {
+			c.write(masked(ws.OpText, true), make([]byte, 17*1024))
+		}, map[string]any{"type": "close", "code": float64(1009)}},
+		{"close is answered with close", func(c *client) {
+			c.write(masked(ws.OpClose, true), ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))
+		}, map[string]any{"type": "close", "code": float64(1000)}},
+		{"content over the limit never reaches im-logic", func(c *client) {
+			c.write(masked(ws.OpText, true), []byte(`{"type":"send","data":{"client_msg_id":"a","conversation_id":"c","content":"`+strings.Repeat("x", 300)+`"}}`))
+		}, map[string]any{"type": "error", "code": "payload_too_large"}},
+	}
+	f := start(t, nil)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := f.dial(t)
+			tt.frames(c)
+			got := c.next()
+			for k, v := range tt.want {
+				if k == "code" && got["type"] == "error" {
+					if code := got["data"].(map[string]any)["code"]; code != v {
+						t.Fatalf("error code %v, want %v (%v)", code, v, got)
+					}
+					continue
+				}
+				if got[k] != v {
+					t.Fatalf("%s = %v, want %v (frame %v)", k, got[k], v, got)
+				}
+			}
+		})
+	}
+	if n := len(f.logic.sends); n != 0 {
+		t.Fatalf("%d sends reached im-logic", n)
+	}
+}
+
+func TestSendForwardsCallerAndSession(t *testing.T) {
+	f := start(t, nil)
+	c := f.dial(t)
+	c.write(masked(ws.OpText, true), []byte(`{"type":"send","data":{"client_msg_id":"a","conversation_id":"c1","content":"hi"}}`))
+	ack := c.next()
+	if ack["type"] != "ack" {
+		t.Fatalf("got %v", ack)
+	}
+	in := f.logic.sends[0]
+	if in.CallerId != "u1" || in.SessionId == "" || in.ConversationId != "c1" || in.Content != "hi" {
+		t.Fatalf("forwarded %+v", in)
+	}
+}
+
+func TestPushAndPresence(t *testing.T) {
+	f := start(t, nil)
+	c1, c2 := f.dial(t), f.dial(t)
+	if f.presence.count() != 2 || f.g.Sessions() != 2 {
+		t.Fatalf("presence %d sessions %d", f.presence.count(), f.g.Sessions())
+	}
+	var ids []string
+	f.g.hub.each(func(s *session) { ids = append(ids, s.id) })
+	frame := []byte(`{"type":"message","data":{"seq":1}}`)
+	resp, err := f.g.PushServer().Push(context.Background(), &gochatv1.PushRequest{Deliveries: []*gochatv1.Delivery{
+		{SessionIds: append(ids, "gone"), Frame: frame},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Queued != 2 || len(resp.UnknownSessionIds) != 1 || resp.UnknownSessionIds[0] != "gone" {
+		t.Fatalf("push answer %+v", resp)
+	}
+	for _, c := range []*client{c1, c2} {
+		if m := c.next(); m["type"] != "message" {
+			t.Fatalf("got %v", m)
+		}
+	}
+	c1.conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for (f.presence.count() != 1 || f.g.Sessions() != 1) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if f.presence.count() != 1 || f.g.Sessions() != 1 {
+		t.Fatalf("after a close: presence %d sessions %d", f.presence.count(), f.g.Sessions())
+	}
+}
+
+func TestSlowConsumerIsDropped(t *testing.T) {
+	f := start(t, func(c *Config) { c.MaxQueueBytes = 4096; c.WriteTimeout = 500 * time.Millisecond })
+	c := f.dial(t)
+	var id string
+	f.g.hub.each(func(s *session) { id = s.id })
+	big := []byte(`{"type":"message","data":{"content":"` + strings.Repeat("x", 1000) + `"}}`)
+	// The client reads nothing: its socket buffers fill, then its queue.
+	for i := 0; i < 20000 && f.g.hub.get(id) != nil; i++ {
+		_, _ = f.g.PushServer().Push(context.Background(), &gochatv1.PushRequest{Deliveries: []*gochatv1.Delivery{{SessionIds: []string{id}, Frame: big}}})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.g.hub.get(id) != nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if f.g.hub.get(id) != nil {
+		t.Fatal("a client that reads nothing is still held")
+	}
+	_ = c
+}
+
+func TestHeartbeatTimeout(t *testing.T) {
+	f := start(t, func(c *Config) { c.Heartbeat = 100 * time.Millisecond })
+	c := f.dial(t)
+	got := c.next() // silent for 3 heartbeats
+	if got["type"] != "close" || got["code"] != float64(1001) {
+		t.Fatalf("got %v", got)
+	}
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	f := start(t, nil)
+	tests := []struct {
+		name   string
+		url    string
+		status int
+	}{
+		{"no token", "ws://" + f.addr + "/v1/ws", 401},
+		{"bad token", "ws://" + f.addr + "/v1/ws?token=abc", 401},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, _, err := ws.Dial(context.Background(), tt.url)
+			var se ws.StatusError
+			if err == nil || !asStatus(err, &se) || int(se) != tt.status {
+				t.Fatalf("dial: %v, want status %d", err, tt.status)
+			}
+		})
+	}
+	f.g.draining.Store(true)
+	if _, _, _, err := ws.Dial(context.Background(), "ws://"+f.addr+"/v1/ws?token="+f.token); err == nil {
+		t.Fatal("a draining gateway took a client")
+	}
+	resp, err := http.Get("http://" + f.addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while draining: %d", resp.StatusCode)
+	}
+	// The HTTP API shares the port.
+	resp, err = http.Get("http://" + f.addr + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/healthz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}
+
+func asStatus(err error, se *ws.StatusError) bool {
+	s, ok := err.(ws.StatusError)
+	if ok {
+		*se = s
+	}
+	return ok
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("GOCHAT_TEST_VERBOSE") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
