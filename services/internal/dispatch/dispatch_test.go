@@ -1,0 +1,63 @@
+package dispatch
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+)
+
+// Events go to their topic keyed by conversation, over the Kafka protocol.
+func TestPublish(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := KafkaConfig{Brokers: cluster.ListenAddrs(), TopicPrefix: "t", EnsureTopics: true, Partitions: 3, ReplicationFactor: 1, Retention: time.Hour}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	pub, err := NewPublisher(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Message{Message: &gochatv1.Message{ConversationId: "c1", Seq: 7}}, OriginSessionId: "s"})
+	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Read{Read: &gochatv1.ReadEvent{ConversationId: "c2", Seq: 3}}})
+	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Group{Group: &gochatv1.GroupEvent{ConversationId: "c3"}}})
+	pub.Close(ctx)
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumeTopics("t.messages", "t.events"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	got := map[string]string{} // key -> topic
+	for len(got) < 3 && ctx.Err() == nil {
+		fs := cl.PollFetches(ctx)
+		fs.EachRecord(func(r *kgo.Record) {
+			ev, err := Decode(r.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m := ev.GetMessage(); m != nil && (m.Seq != 7 || ev.OriginSessionId != "s") {
+				t.Fatalf("message %+v", ev)
+			}
+			got[string(r.Key)] = r.Topic
+		})
+	}
+	want := map[string]string{"c1": "t.messages", "c2": "t.events", "c3": "t.events"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("records %v, want %v", got, want)
+		}
+	}
+	if _, err := Decode([]byte{0xff, 0xff}); err == nil {
+		t.Fatal("garbage decoded")
+	}
+}
