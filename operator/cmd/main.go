@@ -56,7 +56,7 @@ func main() {
 			// Only callers the API server authenticates and authorizes (RBAC
 			// on the /metrics non-resource URL) may read the metrics.
 			FilterProvider: filters.WithAuthenticationAndAuthorization,
-			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+			TLSOpts:        []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
 		},
 		HealthProbeBindAddress:        probeAddr,
 		LeaderElection:                leaderElect,

@@ -387,11 +387,11 @@ func TestStatus(t *testing.T) {
 }
 
 func TestUpdate(t *testing.T) {
-	ns, cc, _ := setup(t, nil)
+	ns, _, _ := setup(t, nil)
 	eventually(t, 30*time.Second, "logic deployment", func() error {
 		return k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo-logic"}, &appsv1.Deployment{})
 	})
-	cc = getCluster(t, ns, "demo")
+	cc := getCluster(t, ns, "demo")
 	patch := client.MergeFrom(cc.DeepCopy())
 	cc.Spec.Logic.Replicas = i32(4)
 	cc.Spec.Redis.Address = "redis.data:6380"
@@ -626,7 +626,7 @@ func retentionOf(configs kadm.ResourceConfigs, topic string) string {
 }
 
 func TestKafka(t *testing.T) {
-	ns, cc, _ := setup(t, nil)
+	ns, _, _ := setup(t, nil)
 	msgs := ns + ".demo.messages"
 	eventually(t, 30*time.Second, "topics created", func() error {
 		topics, configs := kafkaTopics(t)
@@ -641,7 +641,7 @@ func TestKafka(t *testing.T) {
 		}
 		return nil
 	})
-	cc = getCluster(t, ns, "demo")
+	cc := getCluster(t, ns, "demo")
 	patch := client.MergeFrom(cc.DeepCopy())
 	cc.Spec.Kafka.Partitions = 6
 	cc.Spec.Kafka.Retention = "48h"

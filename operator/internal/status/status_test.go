@@ -51,7 +51,9 @@ func TestCompute(t *testing.T) {
 	}{
 		{"all healthy", "", nil, chatv1.PhaseRunning, ReasonReady, "", ""},
 		{"first start, pods coming", "", func(o *Observed) { o.Deployments["logic"] = dep(0) }, chatv1.PhaseProvisioning, ReasonComponentsNotReady, "", ""},
-		{"a secret is missing", "", func(o *Observed) { o.Secrets = Check{Reason: ReasonSecretMissing, Err: errors.New("secret mysql not found")} }, chatv1.PhasePending, ReasonSecretMissing, chatv1.ConditionDatabaseMigrated, ReasonSecretMissing},
+		{"a secret is missing", "", func(o *Observed) {
+			o.Secrets = Check{Reason: ReasonSecretMissing, Err: errors.New("secret mysql not found")}
+		}, chatv1.PhasePending, ReasonSecretMissing, chatv1.ConditionDatabaseMigrated, ReasonSecretMissing},
 		{"running, then Redis goes", chatv1.PhaseRunning, func(o *Observed) { o.Redis = Check{Reason: ReasonUnreachable, Err: errors.New("redis down")} }, chatv1.PhaseDegraded, ReasonUnreachable, chatv1.ConditionRedisReachable, ReasonUnreachable},
 		{"running, kafka refuses the replication factor", chatv1.PhaseRunning, func(o *Observed) {
 			o.Kafka = Check{Reason: "ReplicationFactorTooHigh", Err: errors.New("rf 3 > 1 broker")}

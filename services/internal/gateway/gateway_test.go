@@ -150,32 +150,30 @@ func (f *fixture) dial(t *testing.T) *client {
 	return c
 }
 
-// next reads the next text frame (answering nothing itself).
+// next reads the next frame (answering nothing itself).
 func (c *client) next() map[string]any {
 	c.t.Helper()
 	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for {
-		h, err := ws.ReadHeader(c.r)
-		if err != nil {
-			c.t.Fatalf("read: %v", err)
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(c.r, p); err != nil {
-			c.t.Fatal(err)
-		}
-		if h.OpCode == ws.OpClose {
-			code, reason := ws.ParseCloseFrameData(p)
-			return map[string]any{"type": "close", "code": float64(code), "reason": reason}
-		}
-		if h.OpCode == ws.OpPong {
-			return map[string]any{"type": "ws-pong", "payload": string(p)}
-		}
-		var m map[string]any
-		if err := json.Unmarshal(p, &m); err != nil {
-			c.t.Fatalf("frame %q: %v", p, err)
-		}
-		return m
+	h, err := ws.ReadHeader(c.r)
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
 	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(c.r, p); err != nil {
+		c.t.Fatal(err)
+	}
+	if h.OpCode == ws.OpClose {
+		code, reason := ws.ParseCloseFrameData(p)
+		return map[string]any{"type": "close", "code": float64(code), "reason": reason}
+	}
+	if h.OpCode == ws.OpPong {
+		return map[string]any{"type": "ws-pong", "payload": string(p)}
+	}
+	var m map[string]any
+	if err := json.Unmarshal(p, &m); err != nil {
+		c.t.Fatalf("frame %q: %v", p, err)
+	}
+	return m
 }
 
 func (c *client) write(h ws.Header, payload []byte) {
