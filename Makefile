@@ -37,7 +37,7 @@ run: ## the whole platform in one process on embedded SQLite, Redis and Kafka, a
 # Logs of the processes the tests start, and the browser test's screenshots.
 export GOCHAT_TEST_ARTIFACTS ?= $(CURDIR)/artifacts
 
-test: verify-generated $(BIN)/kustomize $(BIN)/helm ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest
+test: lint verify-generated $(BIN)/kustomize $(BIN)/helm ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest
 	hack/check-backends.sh
 	$(BIN)/kustomize build config/default > /dev/null
 	$(BIN)/helm lint --strict charts/gochat-operator

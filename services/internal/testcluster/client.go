@@ -255,33 +255,30 @@ func (c *WS) Next(t testing.TB, typ string, timeout time.Duration) Frame {
 func (c *WS) Wait(typ string, timeout time.Duration) (Frame, bool) {
 	deadline := time.After(timeout)
 	for {
-		c.mu.Lock()
-		for i, f := range c.buf {
-			if typ == "" || f.Type == typ {
-				c.buf = append(c.buf[:i:i], c.buf[i+1:]...)
-				c.mu.Unlock()
-				return f, true
-			}
+		if f, ok := c.take(typ); ok {
+			return f, true
 		}
-		c.mu.Unlock()
 		select {
 		case <-c.notify:
 		case <-c.closed:
-			// Take what arrived before the close.
-			c.mu.Lock()
-			for i, f := range c.buf {
-				if typ == "" || f.Type == typ {
-					c.buf = append(c.buf[:i:i], c.buf[i+1:]...)
-					c.mu.Unlock()
-					return f, true
-				}
-			}
-			c.mu.Unlock()
-			return Frame{}, false
+			return c.take(typ) // what arrived before the close
 		case <-deadline:
 			return Frame{}, false
 		}
 	}
+}
+
+// take removes and returns the first buffered frame of type typ ("" any).
+func (c *WS) take(typ string) (Frame, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, f := range c.buf {
+		if typ == "" || f.Type == typ {
+			c.buf = append(c.buf[:i:i], c.buf[i+1:]...)
+			return f, true
+		}
+	}
+	return Frame{}, false
 }
 
 // Drain returns and forgets every buffered frame of type typ.

@@ -151,43 +151,46 @@ func (p *Process) dumpLog(path string) {
 // WaitTCP waits until something accepts connections on addr.
 func WaitTCP(t testing.TB, addr string, p *Process) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+	waitFor(t, "a listener on "+addr, p, func() bool {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
 			c.Close()
-			return
 		}
-		if p != nil && p.Exited() {
-			p.Stop()
-			t.Fatalf("%s exited before listening on %s", p.Name, addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on %s after 30s", addr)
+		return err == nil
+	})
 }
 
 // WaitHTTP waits until url answers 200.
 func WaitHTTP(t testing.TB, url string, p *Process) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	waitFor(t, url+" answering 200", p, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := http.DefaultClient.Do(req)
-		cancel()
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// waitFor polls ready for 30s, failing early if the process it waits for exits.
+func waitFor(t testing.TB, what string, p *Process, ready func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if ready() {
+			return
 		}
 		if p != nil && p.Exited() {
 			p.Stop()
-			t.Fatalf("%s exited before %s answered", p.Name, url)
+			t.Fatalf("%s exited while waiting for %s", p.Name, what)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("%s not ready after 30s", url)
+	t.Fatalf("no %s after 30s", what)
 }
 
 func freeAddrs(n int) ([]string, error) {
