@@ -493,6 +493,21 @@ func testBadInput(t *testing.T, c *tc.Cluster) {
 		t.Fatalf("%d sends at once were not rate limited", floodSize)
 	}
 
+	// HTTP sends have the same limit, per user.
+	httpLimited := false
+	for i := 0; i < floodSize && !httpLimited; i++ {
+		st, err := b.Do(http.MethodPost, "/v1/conversations/"+conv.ID+"/messages", map[string]string{"client_msg_id": fmt.Sprint("h", i), "content": "flood"}, nil)
+		if st == http.StatusTooManyRequests {
+			if e, ok := err.(*tc.APIError); !ok || e.Code != "rate_limited" {
+				t.Fatalf("429 without a rate_limited body: %v", err)
+			}
+			httpLimited = true
+		}
+	}
+	if !httpLimited {
+		t.Fatalf("%d HTTP sends at once were not rate limited", floodSize)
+	}
+
 	// Repeated abuse closes the connection with 1008; the gateway carries on.
 	abuser := tc.DialWS(t, c.WSURL(), b.Token)
 	for i := 0; i < 40; i++ {

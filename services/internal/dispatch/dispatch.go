@@ -43,6 +43,21 @@ type KafkaConfig struct {
 	Retention         time.Duration
 }
 
+// Validate refuses settings Kafka would refuse later, naming the flag.
+func (c KafkaConfig) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("--kafka-brokers is empty")
+	case c.TopicPrefix == "":
+		return errors.New("--kafka-topic-prefix is empty")
+	case c.EnsureTopics && (c.Partitions < 1 || c.ReplicationFactor < 1):
+		return fmt.Errorf("--kafka-partitions and --kafka-replication-factor must be at least 1, got %d and %d", c.Partitions, c.ReplicationFactor)
+	case c.EnsureTopics && c.Retention < time.Minute:
+		return fmt.Errorf("--kafka-retention must be at least 1m, got %s", c.Retention)
+	}
+	return nil
+}
+
 // Topics are the topic names for a prefix.
 type Topics struct{ Messages, Events string }
 

@@ -44,6 +44,30 @@ type Config struct {
 	WebRoot          http.Handler // the web client at /, or nil
 }
 
+// Validate refuses settings the gateway cannot work with, naming the flag.
+func (c Config) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Heartbeat > 0, "--heartbeat must be positive, got %s", c.Heartbeat)
+	check(c.PresenceTTL >= 3*time.Second, "--presence-ttl must be at least 3s, got %s", c.PresenceTTL)
+	for name, d := range map[string]time.Duration{"--handshake-timeout": c.HandshakeTimeout, "--frame-read-timeout": c.FrameReadTimeout, "--write-timeout": c.WriteTimeout, "--call-timeout": c.CallTimeout} {
+		check(d > 0, "%s must be positive, got %s", name, d)
+	}
+	check(c.MaxFrameBytes >= 1024, "--max-frame-bytes must be at least 1024, got %d", c.MaxFrameBytes)
+	check(c.MaxContentBytes > 0 && c.MaxContentBytes < c.MaxFrameBytes, "--max-content-bytes must be positive and below --max-frame-bytes, got %d", c.MaxContentBytes)
+	check(c.MaxQueueBytes >= c.MaxFrameBytes, "--max-queue-bytes must be at least --max-frame-bytes, got %d", c.MaxQueueBytes)
+	check(c.MaxPage >= 1 && c.MaxPage <= 1000, "--max-page must be 1 to 1000, got %d", c.MaxPage)
+	check(c.SendRate > 0 && c.SendBurst >= 1, "--send-rate and --send-burst must be positive")
+	check(c.FrameRate > 0 && c.FrameBurst >= 1, "--frame-rate and --frame-burst must be positive")
+	check(c.MaxBadFrames >= 1, "--max-bad-frames must be at least 1")
+	check(c.MaxReaders >= 1, "--max-readers must be at least 1")
+	return errors.Join(errs...)
+}
+
 type gatewayMetrics struct {
 	sessions        prometheus.GaugeFunc
 	connects        prometheus.Counter
@@ -68,6 +92,7 @@ type Gateway struct {
 	metrics  gatewayMetrics
 	draining atomic.Bool
 	httpSrv  *http.Server
+	httpSend *userLimits
 
 	ctx      context.Context // lives as long as Run; parent of every call a session makes
 	spawnWG  sync.WaitGroup
@@ -77,6 +102,9 @@ type Gateway struct {
 
 // New builds a gateway; Run serves it.
 func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, repo gochatv1.RepoServiceClient, reg prometheus.Registerer, log *slog.Logger) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	p, err := newPoller(cfg.MaxReaders)
 	if err != nil {
 		return nil, err
@@ -85,6 +113,7 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 	g := &Gateway{
 		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p,
 		presence: newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
+		httpSend: newUserLimits(cfg.SendRate, cfg.SendBurst),
 		ctx:      context.Background(),
 	}
 	f := promauto.With(reg)
@@ -229,7 +258,8 @@ func (g *Gateway) route(conn net.Conn, httpLn *chanListener) {
 	}
 }
 
-// sweep closes sessions that have been silent for three heartbeats.
+// sweep closes sessions that have been silent for three heartbeats, and
+// forgets idle users' HTTP send limits.
 func (g *Gateway) sweep(ctx context.Context) {
 	t := time.NewTicker(g.cfg.Heartbeat / 2)
 	defer t.Stop()
@@ -238,6 +268,7 @@ func (g *Gateway) sweep(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			g.httpSend.forget(now.Add(-time.Minute))
 			deadline := now.Add(-3 * g.cfg.Heartbeat).UnixMilli()
 			g.hub.each(func(s *session) {
 				if s.lastSeen.Load() < deadline {

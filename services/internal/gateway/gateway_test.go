@@ -382,3 +382,50 @@ func testLogger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"defaults of the test", func(*Config) {}, ""},
+		{"zero heartbeat", func(c *Config) { c.Heartbeat = 0 }, "--heartbeat"},
+		{"content over the frame", func(c *Config) { c.MaxContentBytes = 4096 }, "--max-content-bytes"},
+		{"no readers", func(c *Config) { c.MaxReaders = 0 }, "--max-readers"},
+		{"negative rate", func(c *Config) { c.SendRate = -1 }, "--send-rate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := testConfig()
+			tt.mutate(&c)
+			err := c.Validate()
+			if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Fatalf("Validate() = %v, want an error about %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestUserLimits(t *testing.T) {
+	u := newUserLimits(1, 3)
+	now := time.Now()
+	for i := 0; i < 3; i++ {
+		if !u.allow("a", now) {
+			t.Fatalf("send %d refused within the burst", i)
+		}
+	}
+	if u.allow("a", now) {
+		t.Fatal("send over the burst allowed")
+	}
+	if !u.allow("b", now) {
+		t.Fatal("one user's flood limited another")
+	}
+	if !u.allow("a", now.Add(1100*time.Millisecond)) {
+		t.Fatal("the bucket did not refill")
+	}
+	u.forget(now.Add(time.Second))
+	if len(u.users) != 1 {
+		t.Fatalf("%d users kept, want the one active since the cutoff", len(u.users))
+	}
+}

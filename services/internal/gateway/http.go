@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -325,6 +326,11 @@ func (g *Gateway) postMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(b.Content) > g.cfg.MaxContentBytes {
 		writeError(w, apierror.New(apierror.PayloadTooLarge, "content is %d bytes, at most %d are allowed", len(b.Content), g.cfg.MaxContentBytes))
+		return
+	}
+	if !g.httpSend.allow(caller(r.Context()), time.Now()) {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, apierror.New(apierror.RateLimited, "too many sends, at most %g per second", g.cfg.SendRate))
 		return
 	}
 	resp, err := g.logic.Send(r.Context(), &gochatv1.SendRequest{

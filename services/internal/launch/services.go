@@ -133,6 +133,12 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 
 // Run serves im-repo until ctx ends.
 func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
+	if o.StoreWorkers < 1 || o.StoreMaxBatch < 1 || o.StoreMaxBatch > 5000 {
+		return fmt.Errorf("--store-workers must be at least 1 and --store-max-batch 1 to 5000, got %d and %d", o.StoreWorkers, o.StoreMaxBatch)
+	}
+	if o.MemberCacheTTL < time.Second {
+		return fmt.Errorf("--member-cache-ttl must be at least 1s, got %s", o.MemberCacheTTL)
+	}
 	db, err := repo.OpenDB(o.DB.DBConfig)
 	if err != nil {
 		return err
@@ -195,6 +201,15 @@ func (o *Logic) Register(fs *flag.FlagSet) {
 
 // Run serves im-logic until ctx ends.
 func (o *Logic) Run(ctx context.Context, log *slog.Logger) error {
+	if o.MaxContentBytes < 1 || o.MaxContentBytes > repo.MaxContentBytes {
+		return fmt.Errorf("--max-content-bytes must be 1 to %d, got %d", repo.MaxContentBytes, o.MaxContentBytes)
+	}
+	if o.MaxGroupMembers < 2 {
+		return fmt.Errorf("--max-group-members must be at least 2, got %d", o.MaxGroupMembers)
+	}
+	if err := o.Kafka.Config().Validate(); err != nil {
+		return err
+	}
 	keys, err := o.Auth.Keys()
 	if err != nil {
 		return err
@@ -339,6 +354,12 @@ func (o *Task) Register(fs *flag.FlagSet) {
 func (o *Task) Run(ctx context.Context, log *slog.Logger) error {
 	if o.WebhookURL != "" && o.WebhookSecret == "" {
 		return errors.New("--webhook-url needs --webhook-secret (GOCHAT_WEBHOOK_SECRET) to sign its bodies")
+	}
+	if o.MaxPoll < 1 || o.PushTimeout <= 0 {
+		return fmt.Errorf("--max-poll must be at least 1 and --push-timeout positive")
+	}
+	if err := o.Kafka.Config().Validate(); err != nil {
+		return err
 	}
 	conn, err := rpc.Dial(o.RepoAddr)
 	if err != nil {
