@@ -1,0 +1,194 @@
+// Command gochat-load puts load on a running GoChat through its public client
+// API. The "idle" scenario measures what held connections cost a gateway:
+// it opens --conns WebSocket sessions for --users guest users, holds them
+// for --hold, and reads the gateway's own process metrics before and after.
+//
+//	gochat-load idle --url http://127.0.0.1:8080 --conns 19000 --users 200
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "idle" {
+		fmt.Fprintln(os.Stderr, "usage: gochat-load idle [flags]  (gochat-load idle -h for the flags)")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet("idle", flag.ExitOnError)
+	url := fs.String("url", "http://127.0.0.1:8080", "the gateway's base URL")
+	conns := fs.Int("conns", 1000, "WebSocket sessions to open")
+	users := fs.Int("users", 100, "guest users the sessions are spread over")
+	parallel := fs.Int("parallel", 64, "handshakes in flight at once")
+	hold := fs.Duration("hold", 10*time.Second, "how long to hold the sessions before measuring again")
+	ping := fs.Duration("ping", 20*time.Second, "each session sends a ping this often, as an idle client does (0: never)")
+	_ = fs.Parse(os.Args[2:])
+	if err := idle(*url, *conns, *users, *parallel, *hold, *ping); err != nil {
+		fmt.Fprintln(os.Stderr, "gochat-load:", err)
+		os.Exit(1)
+	}
+}
+
+type metrics struct{ rss, heap, goroutines, sessions float64 }
+
+// scrape reads the gateway's own gauges from /metrics.
+func scrape(base string) (metrics, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return metrics{}, err
+	}
+	defer resp.Body.Close()
+	var m metrics
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(val, 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "process_resident_memory_bytes":
+			m.rss = v
+		case "go_memstats_heap_inuse_bytes":
+			m.heap = v
+		case "go_goroutines":
+			m.goroutines = v
+		case "gochat_gateway_sessions":
+			m.sessions = v
+		}
+	}
+	return m, sc.Err()
+}
+
+func guestToken(base string, i int) (string, error) {
+	body, _ := json.Marshal(map[string]string{"nickname": fmt.Sprintf("load-%d", i)})
+	resp, err := http.Post(base+"/v1/auth/guest", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Token string `json:"token"`
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &r) != nil {
+		return "", fmt.Errorf("guest login: %s %s", resp.Status, b)
+	}
+	return r.Token, nil
+}
+
+func idle(base string, n, users, parallel int, hold, ping time.Duration) error {
+	tokens := make([]string, users)
+	for i := range tokens {
+		t, err := guestToken(base, i)
+		if err != nil {
+			return err
+		}
+		tokens[i] = t
+	}
+	time.Sleep(time.Second)
+	before, err := scrape(base)
+	if err != nil {
+		return fmt.Errorf("scrape before: %w", err)
+	}
+	wsBase := "ws" + strings.TrimPrefix(base, "http") + "/v1/ws?token="
+	held := make([]net.Conn, n)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			conn, br, _, err := ws.Dial(ctx, wsBase+tokens[i%users])
+			if err == nil {
+				var r io.ReadWriter = conn
+				if br != nil {
+					r = struct {
+						io.Reader
+						io.Writer
+					}{br, conn}
+				}
+				_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+				var msg []byte
+				msg, err = wsutil.ReadServerText(r)
+				if err == nil && !bytes.Contains(msg, []byte(`"hello"`)) {
+					err = errors.New("first frame is not hello")
+				}
+				_ = conn.SetReadDeadline(time.Time{})
+			}
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+				if conn != nil {
+					conn.Close()
+				}
+				return
+			}
+			held[i] = conn
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	ok := n - int(failed.Load())
+	fmt.Printf("opened %d of %d sessions in %s (%.0f/s), %d failed", ok, n, took.Round(time.Millisecond), float64(ok)/took.Seconds(), failed.Load())
+	if e := firstErr.Load(); e != nil {
+		fmt.Printf(" (first error: %v)", e)
+	}
+	fmt.Println()
+	// Hold, pinging like idle clients do; the pongs are not read (a client's
+	// socket buffer absorbs them), which is what an idle client costs.
+	pingFrame := []byte(`{"type":"ping","data":{}}`)
+	end := time.Now().Add(hold)
+	for ping > 0 && time.Now().Add(ping).Before(end) {
+		time.Sleep(ping)
+		for _, c := range held {
+			if c != nil {
+				_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				_ = wsutil.WriteClientText(c, pingFrame)
+			}
+		}
+	}
+	time.Sleep(time.Until(end))
+	after, err := scrape(base)
+	if err != nil {
+		return fmt.Errorf("scrape after: %w", err)
+	}
+	per := func(a, b float64) float64 { return (a - b) / float64(ok) }
+	fmt.Printf("gateway sessions: %.0f -> %.0f\n", before.sessions, after.sessions)
+	fmt.Printf("gateway RSS:      %.1f MiB -> %.1f MiB, %.0f bytes per session\n", before.rss/(1<<20), after.rss/(1<<20), per(after.rss, before.rss))
+	fmt.Printf("gateway Go heap:  %.1f MiB -> %.1f MiB, %.0f bytes per session\n", before.heap/(1<<20), after.heap/(1<<20), per(after.heap, before.heap))
+	fmt.Printf("goroutines:       %.0f -> %.0f\n", before.goroutines, after.goroutines)
+	for _, c := range held {
+		if c != nil {
+			c.Close()
+		}
+	}
+	return nil
+}
