@@ -49,7 +49,7 @@ test: lint verify-generated $(BIN)/kustomize $(BIN)/helm ## every test: unit, Ma
 test-unit: ## only the tests that need no backend
 	$(GO) test -count=1 -short $(MODULES)
 
-bench: ## benchmarks (see docs/benchmarks.md for the method)
+bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
 
 lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck

@@ -55,3 +55,14 @@ func TestFrames(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// BenchmarkMessageFrame is the per-message encoding im-task does once per
+// message, whatever the number of recipients.
+func BenchmarkMessageFrame(b *testing.B) {
+	m := &gochatv1.Message{Id: "06h1s1vps3z2gv1neczt3pdf08", ConversationId: "06h1s1vpcnk0jx6a6x2wwsrqf4", Seq: 42,
+		SenderId: "06h1s1vnfzft4fccqwq7cj9rk4", ClientMsgId: "c-42", ContentType: "text", Content: "hello, this is a chat message of ordinary length", CreatedAtMs: 1795766400123}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Frame(TypeMessage, MessageFrom(m))
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -427,5 +428,24 @@ func TestUserLimits(t *testing.T) {
 	u.forget(now.Add(time.Second))
 	if len(u.users) != 1 {
 		t.Fatalf("%d users kept, want the one active since the cutoff", len(u.users))
+	}
+}
+
+// BenchmarkHubLookup is the per-recipient cost of a push: finding the session.
+func BenchmarkHubLookup(b *testing.B) {
+	h := newHub()
+	ids := make([]string, 19000)
+	for i := range ids {
+		ids[i] = strings.Repeat("x", 10) + strconv.Itoa(i)
+		h.add(&session{id: ids[i]})
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		if h.get(ids[i%len(ids)]) == nil {
+			b.Fatal("missing session")
+		}
+		i++
 	}
 }
