@@ -373,6 +373,14 @@ func (r *Reconciler) ensureTopics(ctx context.Context, cc *chatv1.ChatCluster, o
 	obs.Topics, obs.Partitions = resources.Topics(cc), partitions
 }
 
+// quietRedis drops go-redis's own log lines: a failed PING is reported in
+// the RedisReachable condition, with its error, instead.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
+func init() { redis.SetLogger(quietRedis{}) }
+
 func (r *Reconciler) checkRedis(ctx context.Context, cc *chatv1.ChatCluster) status.Check {
 	opts := &redis.Options{Addr: cc.Spec.Redis.Address, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1, PoolSize: 1}
 	if ref := cc.Spec.Redis.PasswordSecretRef; ref != nil {

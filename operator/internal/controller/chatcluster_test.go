@@ -250,7 +250,9 @@ func playKubelet(t *testing.T, ns, component string) {
 		}
 		p.Status.PodIP = fmt.Sprintf("10.0.0.%d", i+10)
 		p.Status.StartTime = &now
-		if err := k8s.Status().Update(bg, p); err != nil && !apierrors.IsConflict(err) {
+		// A pod may be replaced or updated by its controller meanwhile: the
+		// caller plays again until what it waits for holds.
+		if err := k8s.Status().Update(bg, p); err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
 			t.Fatal(err)
 		}
 	}
