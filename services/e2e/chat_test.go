@@ -26,7 +26,10 @@ const wait = 15 * time.Second
 
 func TestChat(t *testing.T) {
 	hook := newWebhook(t)
-	c := tc.StartCluster(t, tc.Options{TaskEnv: []string{"GOCHAT_WEBHOOK_URL=" + hook.srv.URL, "GOCHAT_WEBHOOK_SECRET=" + hook.secret}})
+	c := tc.StartCluster(t, tc.Options{
+		TaskEnv:    []string{"GOCHAT_WEBHOOK_URL=" + hook.srv.URL, "GOCHAT_WEBHOOK_SECRET=" + hook.secret},
+		LogicFlags: []string{"--kafka-delivery-timeout=3s", "--outbox-relay-after=2s"},
+	})
 	t.Run("auth", func(t *testing.T) { testAuth(t, c) })
 	t.Run("direct message reaches every device", func(t *testing.T) { testDirect(t, c) })
 	t.Run("group of five in seq order", func(t *testing.T) { testGroup(t, c) })
@@ -38,6 +41,7 @@ func TestChat(t *testing.T) {
 	t.Run("group membership changes", func(t *testing.T) { testMembership(t, c) })
 	t.Run("offline users are notified", func(t *testing.T) { testNotify(t, c, hook) })
 	t.Run("sends survive a stopped im-task", func(t *testing.T) { testTaskDown(t, c) })
+	t.Run("sends survive a Kafka outage", func(t *testing.T) { testKafkaDown(t, c) })
 }
 
 var userSeq int
@@ -684,5 +688,31 @@ func testNotify(t *testing.T, c *tc.Cluster, hook *webhook) {
 	defer hook.mu.Unlock()
 	if hook.bad != 0 {
 		t.Fatalf("%d webhook calls had a bad signature or body", hook.bad)
+	}
+}
+
+// testKafkaDown: with Kafka down longer than the producer retries, sends are
+// still acked and stored; the outbox relay publishes them once Kafka is back,
+// and every one is delivered, in order.
+func testKafkaDown(t *testing.T, c *tc.Cluster) {
+	a, b := register(t, c, "out"), register(t, c, "age")
+	conv := direct(t, a, b)
+	wa := tc.DialWS(t, c.WSURL(), a.Token)
+	wb := tc.DialWS(t, c.WSURL(), b.Token)
+	c.Kafka.Stop()
+	var acked []clientapi.Message
+	for i := 0; i < 5; i++ {
+		acked = append(acked, send(t, wa, map[string]any{"client_msg_id": fmt.Sprint("k", i), "conversation_id": conv.ID, "content": fmt.Sprint("during the outage ", i)}).Message)
+	}
+	time.Sleep(4 * time.Second) // past --kafka-delivery-timeout: the producer has given up on them
+	if f, ok := wb.Wait("message", 100*time.Millisecond); ok {
+		t.Fatalf("pushed with Kafka down: %s", f.Data)
+	}
+	c.Kafka.Restart()
+	got := wb.Messages(t, 5, 60*time.Second)
+	for i, m := range got {
+		if m.ID != acked[i].ID {
+			t.Fatalf("message %d: got seq %d, want seq %d", i, m.Seq, acked[i].Seq)
+		}
 	}
 }

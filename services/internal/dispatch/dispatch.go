@@ -38,6 +38,7 @@ type KafkaConfig struct {
 	TLSCAFile    string
 	// Topic creation when a service starts (false when an operator owns the topics).
 	EnsureTopics      bool
+	DeliveryTimeout   time.Duration
 	Partitions        int32
 	ReplicationFactor int16
 	Retention         time.Duration
@@ -123,8 +124,8 @@ var (
 )
 
 // Publisher sends dispatch events to Kafka without making the caller wait:
-// the sender already has its ack, and a record that cannot be published is
-// not a lost message (it is stored; clients sync on the seq gap).
+// the sender already has its ack. A message record that cannot be published
+// stays in im-repo's outbox, and im-logic's relay publishes it again.
 type Publisher struct {
 	cl     *kgo.Client
 	topics Topics
@@ -141,7 +142,7 @@ func NewPublisher(ctx context.Context, c KafkaConfig, log *slog.Logger) (*Publis
 	opts = append(opts,
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(time.Millisecond),
-		kgo.RecordDeliveryTimeout(time.Minute),
+		kgo.RecordDeliveryTimeout(max(c.DeliveryTimeout, time.Second)),
 		kgo.MaxBufferedRecords(100_000),
 		kgo.ProducerBatchCompression(kgo.Lz4Compression(), kgo.NoCompression()),
 	)
@@ -166,8 +167,9 @@ func (p *Publisher) Close(ctx context.Context) {
 	p.cl.Close()
 }
 
-// Publish queues an event keyed by its conversation.
-func (p *Publisher) Publish(ev *gochatv1.DispatchEvent) {
+// Publish queues an event keyed by its conversation; done (if not nil) runs
+// once Kafka has it (nil error) or the producer gave up on it.
+func (p *Publisher) Publish(ev *gochatv1.DispatchEvent, done func(error)) {
 	topic, key := p.topics.Events, ""
 	switch e := ev.Event.(type) {
 	case *gochatv1.DispatchEvent_Message:
@@ -180,15 +182,21 @@ func (p *Publisher) Publish(ev *gochatv1.DispatchEvent) {
 	b, err := proto.Marshal(ev)
 	if err != nil {
 		p.log.Error("encode dispatch event", "err", err)
+		if done != nil {
+			done(err)
+		}
 		return
 	}
 	p.cl.TryProduce(context.Background(), &kgo.Record{Topic: topic, Key: []byte(key), Value: b}, func(r *kgo.Record, err error) {
 		if err != nil {
 			published.WithLabelValues(r.Topic, "error").Inc()
-			p.log.Error("publish dispatch event failed; members will catch up by sync", "topic", r.Topic, "conversation_id", string(r.Key), "err", err)
-			return
+			p.log.Error("publish dispatch event failed", "topic", r.Topic, "conversation_id", string(r.Key), "err", err)
+		} else {
+			published.WithLabelValues(r.Topic, "ok").Inc()
 		}
-		published.WithLabelValues(r.Topic, "ok").Inc()
+		if done != nil {
+			done(err)
+		}
 	})
 }
 

@@ -20,17 +20,27 @@ func TestPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cluster.Close()
-	cfg := KafkaConfig{Brokers: cluster.ListenAddrs(), TopicPrefix: "t", EnsureTopics: true, Partitions: 3, ReplicationFactor: 1, Retention: time.Hour}
+	cfg := KafkaConfig{Brokers: cluster.ListenAddrs(), TopicPrefix: "t", EnsureTopics: true, Partitions: 3, ReplicationFactor: 1, Retention: time.Hour, DeliveryTimeout: 10 * time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	pub, err := NewPublisher(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Message{Message: &gochatv1.Message{ConversationId: "c1", Seq: 7}}, OriginSessionId: "s"})
-	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Read{Read: &gochatv1.ReadEvent{ConversationId: "c2", Seq: 3}}})
-	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Group{Group: &gochatv1.GroupEvent{ConversationId: "c3"}}})
+	delivered := make(chan struct{}, 1)
+	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Message{Message: &gochatv1.Message{ConversationId: "c1", Seq: 7}}, OriginSessionId: "s"}, func(err error) {
+		if err == nil {
+			delivered <- struct{}{}
+		}
+	})
+	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Read{Read: &gochatv1.ReadEvent{ConversationId: "c2", Seq: 3}}}, nil)
+	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Group{Group: &gochatv1.GroupEvent{ConversationId: "c3"}}}, nil)
 	pub.Close(ctx)
+	select {
+	case <-delivered:
+	default:
+		t.Fatal("the delivery callback did not run")
+	}
 
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumeTopics("t.messages", "t.events"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {

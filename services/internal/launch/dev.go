@@ -103,7 +103,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 	logicSvc := &Logic{GRPCAddr: logicAddr, RepoAddr: repoAddr, Auth: auth}
 	logicSvc.Kafka.KafkaConfig = kafka
 	logicSvc.Kafka.SetBrokers(kafka.Brokers)
-	logicSvc.MaxContentBytes, logicSvc.MaxGroupMembers = 4096, 1000
+	logicSvc.MaxContentBytes, logicSvc.MaxGroupMembers, logicSvc.RelayAfter = 4096, 1000, 30*time.Second
 
 	taskSvc := &Task{RepoAddr: repoAddr}
 	taskSvc.Kafka.KafkaConfig = kafka

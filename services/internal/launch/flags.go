@@ -91,6 +91,7 @@ func (f *KafkaFlags) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.TLS, "kafka-tls", false, "connect to Kafka over TLS")
 	fs.StringVar(&f.TLSCAFile, "kafka-tls-ca", "", "PEM file of the CA that signs the brokers' certificates (implies --kafka-tls)")
 	fs.BoolVar(&f.EnsureTopics, "kafka-ensure-topics", true, "create missing topics at start (off when the operator manages them)")
+	fs.DurationVar(&f.DeliveryTimeout, "kafka-delivery-timeout", time.Minute, "how long the producer retries a record before leaving it to the outbox relay")
 	p := fs.Int("kafka-partitions", 12, "partitions of topics this service creates")
 	rf := fs.Int("kafka-replication-factor", 1, "replication factor of topics this service creates")
 	fs.DurationVar(&f.Retention, "kafka-retention", 168*time.Hour, "retention of topics this service creates")

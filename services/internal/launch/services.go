@@ -197,6 +197,7 @@ func (o *Logic) Register(fs *flag.FlagSet) {
 	o.Kafka.Register(fs)
 	fs.IntVar(&o.MaxContentBytes, "max-content-bytes", 4096, "largest message content in bytes")
 	fs.IntVar(&o.MaxGroupMembers, "max-group-members", 1000, "largest group")
+	fs.DurationVar(&o.RelayAfter, "outbox-relay-after", 30*time.Second, "publish again a stored message still waiting for Kafka after this long")
 }
 
 // Run serves im-logic until ctx ends.
@@ -206,6 +207,9 @@ func (o *Logic) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	if o.MaxGroupMembers < 2 {
 		return fmt.Errorf("--max-group-members must be at least 2, got %d", o.MaxGroupMembers)
+	}
+	if o.RelayAfter < time.Second {
+		return fmt.Errorf("--outbox-relay-after must be at least 1s, got %s", o.RelayAfter)
 	}
 	if err := o.Kafka.Config().Validate(); err != nil {
 		return err
@@ -229,9 +233,11 @@ func (o *Logic) Run(ctx context.Context, log *slog.Logger) error {
 		pub.Close(fctx)
 	}()
 	gs := rpc.NewServer(log)
-	gochatv1.RegisterLogicServiceServer(gs, logic.NewServer(gochatv1.NewRepoServiceClient(conn), keys, pub, o.Config, log))
+	srv := logic.NewServer(gochatv1.NewRepoServiceClient(conn), keys, pub, o.Config, log)
+	gochatv1.RegisterLogicServiceServer(gs, srv)
 	withHealth(gs)
 	g, gctx := newGroup(ctx)
+	g.Go(func() error { srv.Run(gctx); return nil })
 	g.Go(func() error { return serveGRPC(gctx, o.GRPCAddr, gs) })
 	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
 	log.Info("im-logic serving", "grpc", o.GRPCAddr)

@@ -22,15 +22,19 @@ var sends = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "gochat_logic_sends_total", Help: "Send calls by result: stored, duplicate or the error code.",
 }, []string{"result"})
 
-// Publisher takes dispatch events for Kafka.
+// Publisher takes dispatch events for Kafka; done, if not nil, runs once
+// Kafka has one (nil) or the producer gave up on it.
 type Publisher interface {
-	Publish(ev *gochatv1.DispatchEvent)
+	Publish(ev *gochatv1.DispatchEvent, done func(error))
 }
 
 // Config is im-logic's own settings.
 type Config struct {
 	MaxContentBytes int
 	MaxGroupMembers int
+	// RelayAfter is how long a stored message may wait in the outbox before
+	// the relay publishes it again.
+	RelayAfter time.Duration
 }
 
 // Server implements gochatv1.LogicServiceServer.
@@ -39,15 +43,19 @@ type Server struct {
 	repo gochatv1.RepoServiceClient
 	keys *authtoken.Keys
 	pub  Publisher
-	cfg  Config
-	log  *slog.Logger
-	now  func() time.Time
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	outbox *outbox
 }
 
 // NewServer returns im-logic over an im-repo client.
 func NewServer(repo gochatv1.RepoServiceClient, keys *authtoken.Keys, pub Publisher, cfg Config, log *slog.Logger) *Server {
-	return &Server{repo: repo, keys: keys, pub: pub, cfg: cfg, log: log, now: time.Now}
+	return &Server{repo: repo, keys: keys, pub: pub, cfg: cfg, log: log, now: time.Now, outbox: newOutbox(repo, pub, cfg.RelayAfter, log)}
 }
+
+// Run clears and relays the dispatch outbox until ctx ends.
+func (s *Server) Run(ctx context.Context) { s.outbox.run(ctx) }
 
 func (s *Server) auth(u *gochatv1.User) (*gochatv1.AuthResponse, error) {
 	tok, exp, err := s.keys.Issue(u.Id, u.Guest, s.now())
@@ -164,7 +172,7 @@ func (s *Server) groupEvent(kind gochatv1.GroupEventKind, convID, actor string, 
 			Kind: kind, ConversationId: convID, UserIds: users, ActorId: actor,
 		}},
 		ExtraRecipients: extra,
-	})
+	}, nil)
 }
 
 func (s *Server) CreateGroup(ctx context.Context, in *gochatv1.GroupRequest) (*gochatv1.Conversation, error) {
@@ -295,7 +303,7 @@ func (s *Server) send(ctx context.Context, in *gochatv1.SendRequest) (*gochatv1.
 		return nil, err
 	}
 	if !r.Duplicate {
-		s.pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Message{Message: r.Message}, OriginSessionId: in.SessionId})
+		s.outbox.publish(r.Message, in.SessionId)
 	}
 	return &gochatv1.SendResponse{Message: r.Message, Duplicate: r.Duplicate}, nil
 }
@@ -312,7 +320,7 @@ func (s *Server) MarkRead(ctx context.Context, in *gochatv1.MarkReadRequest) (*g
 		s.pub.Publish(&gochatv1.DispatchEvent{
 			Event:           &gochatv1.DispatchEvent_Read{Read: &gochatv1.ReadEvent{ConversationId: in.ConversationId, UserId: in.CallerId, Seq: r.ReadSeq}},
 			OriginSessionId: in.SessionId,
-		})
+		}, nil)
 	}
 	return &gochatv1.Empty{}, nil
 }

@@ -31,6 +31,13 @@ var migrations = []migration{
 		// The v1 row types are the ones in models.go as of this release.
 		return tx.Migrator().CreateTable(&userRow{}, &conversationRow{}, &memberRow{}, &messageRow{})
 	}},
+	{version: 2, name: "dispatch outbox", up: func(tx *gorm.DB) error {
+		type outbox struct {
+			MessageID  string `gorm:"primaryKey;size:26"`
+			StoredAtMs int64  `gorm:"not null;index:idx_outbox_stored"`
+		}
+		return tx.Table("outbox").Migrator().CreateTable(&outbox{})
+	}},
 }
 
 // SchemaVersion is the version this build expects.

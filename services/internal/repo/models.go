@@ -62,3 +62,12 @@ type messageRow struct {
 }
 
 func (messageRow) TableName() string { return "messages" }
+
+// outboxRow is a stored message whose dispatch record Kafka has not yet
+// confirmed. It is written in the message's own transaction.
+type outboxRow struct {
+	MessageID  string `gorm:"primaryKey;size:26"`
+	StoredAtMs int64  `gorm:"not null;index:idx_outbox_stored"`
+}
+
+func (outboxRow) TableName() string { return "outbox" }

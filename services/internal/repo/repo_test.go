@@ -98,6 +98,7 @@ func TestRepo(t *testing.T) {
 			t.Run("membership", func(t *testing.T) { testMembership(t, e) })
 			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
 			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
+			t.Run("dispatch outbox", func(t *testing.T) { testOutbox(t, e) })
 		})
 	}
 }
@@ -415,5 +416,66 @@ func testPresence(t *testing.T, e *env) {
 		t.Fatalf("after unregister and expiry: %v", got)
 	}
 	_, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{{UserId: a.Id}}, TtlMs: 1000})
+	wantCode(t, err, apierror.InvalidArgument)
+}
+
+func testOutbox(t *testing.T, e *env) {
+	// Empty what the earlier subtests left, acknowledging it all.
+	for {
+		r, err := e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{StoredBeforeMs: time.Now().Add(time.Minute).UnixMilli(), Limit: 200})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Messages) == 0 {
+			break
+		}
+		var ids []string
+		for _, m := range r.Messages {
+			ids = append(ids, m.Id)
+		}
+		if _, err := e.client.AckDispatched(ctx, &gochatv1.AckDispatchedRequest{MessageIds: ids}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := user(t, e, "a")
+	g := group(t, e, a)
+	var ids []string
+	for i := 0; i < 3; i++ {
+		r, err := store(e, g.Id, a.Id, fmt.Sprint("o", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.Message.Id)
+	}
+	if _, err := store(e, g.Id, a.Id, "o0"); err != nil { // a retry adds nothing
+		t.Fatal(err)
+	}
+	pending := func() []string {
+		r, err := e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{StoredBeforeMs: time.Now().Add(time.Minute).UnixMilli(), Limit: 200})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, m := range r.Messages {
+			if m.ConversationId == g.Id {
+				out = append(out, m.Id)
+			}
+		}
+		return out
+	}
+	if got := pending(); len(got) != 3 || got[0] != ids[0] || got[2] != ids[2] {
+		t.Fatalf("outbox %v, want %v in seq order", got, ids)
+	}
+	r, err := e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{StoredBeforeMs: time.Now().Add(-time.Hour).UnixMilli()})
+	if err != nil || len(r.Messages) != 0 {
+		t.Fatalf("messages younger than the cutoff were listed: %v %v", r, err)
+	}
+	if _, err := e.client.AckDispatched(ctx, &gochatv1.AckDispatchedRequest{MessageIds: ids[:2]}); err != nil {
+		t.Fatal(err)
+	}
+	if got := pending(); len(got) != 1 || got[0] != ids[2] {
+		t.Fatalf("outbox after ack %v", got)
+	}
+	_, err = e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{})
 	wantCode(t, err, apierror.InvalidArgument)
 }

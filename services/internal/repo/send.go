@@ -321,6 +321,13 @@ func (s *Store) insertPending(tx *gorm.DB, batch []*storeReq, pending []int, res
 	if err := tx.CreateInBatches(&rows, 500).Error; err != nil {
 		return fmt.Errorf("insert messages: %w", err)
 	}
+	outbox := make([]outboxRow, len(rows))
+	for i := range rows {
+		outbox[i] = outboxRow{MessageID: rows[i].ID, StoredAtMs: now}
+	}
+	if err := tx.CreateInBatches(&outbox, 500).Error; err != nil {
+		return fmt.Errorf("record messages in the outbox: %w", err)
+	}
 
 	// The sender has read their own message: one statement for the batch.
 	sb.Reset()

@@ -336,3 +336,26 @@ func (s *Server) GetPresence(ctx context.Context, in *gochatv1.GetPresenceReques
 	}
 	return &gochatv1.GetPresenceResponse{Sessions: sessions}, nil
 }
+
+func (s *Server) AckDispatched(ctx context.Context, in *gochatv1.AckDispatchedRequest) (*gochatv1.AckDispatchedResponse, error) {
+	if err := checkIDs("message_ids", in.MessageIds); err != nil {
+		return nil, err
+	}
+	if len(in.MessageIds) > 0 {
+		if err := s.store.AckDispatched(ctx, in.MessageIds); err != nil {
+			return nil, err
+		}
+	}
+	return &gochatv1.AckDispatchedResponse{}, nil
+}
+
+func (s *Server) ListUndispatched(ctx context.Context, in *gochatv1.ListUndispatchedRequest) (*gochatv1.ListUndispatchedResponse, error) {
+	if in.StoredBeforeMs <= 0 {
+		return nil, invalid("stored_before_ms is required")
+	}
+	msgs, err := s.store.ListUndispatched(ctx, in.StoredBeforeMs, pageLimit(in.Limit))
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.ListUndispatchedResponse{Messages: msgs}, nil
+}

@@ -559,3 +559,28 @@ func (s *Store) UnreadCounts(ctx context.Context, userIDs []string) (map[string]
 func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
+
+// AckDispatched removes messages from the outbox.
+func (s *Store) AckDispatched(ctx context.Context, messageIDs []string) error {
+	if err := s.db.WithContext(ctx).Where("message_id IN ?", messageIDs).Delete(&outboxRow{}).Error; err != nil {
+		return fmt.Errorf("clear outbox: %w", err)
+	}
+	return nil
+}
+
+// ListUndispatched returns outbox messages stored before a time, oldest first.
+func (s *Store) ListUndispatched(ctx context.Context, storedBeforeMs int64, limit int) ([]*gochatv1.Message, error) {
+	var rows []messageRow
+	err := s.db.WithContext(ctx).Table("outbox AS o").Select("m.*").
+		Joins("JOIN messages AS m ON m.id = o.message_id").
+		Where("o.stored_at_ms < ?", storedBeforeMs).
+		Order("o.stored_at_ms, m.conversation_id, m.seq").Limit(limit).Scan(&rows).Error
+	if err != nil {
+		return nil, fmt.Errorf("list outbox: %w", err)
+	}
+	out := make([]*gochatv1.Message, len(rows))
+	for i := range rows {
+		out[i] = messageToProto(&rows[i])
+	}
+	return out, nil
+}

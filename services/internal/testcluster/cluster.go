@@ -21,6 +21,8 @@ type Options struct {
 	GatewayFlags []string
 	// TaskEnv is added to im-task's environment (a webhook, say).
 	TaskEnv []string
+	// LogicFlags are added to im-logic's command line.
+	LogicFlags []string
 }
 
 // StartCluster starts everything against a fresh database and Redis prefix,
@@ -37,7 +39,8 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	c.HTTP = gwHTTP
 	topicPrefix := RandomName("e2e")
 
-	c.Kafka = Start(t, "kafka", nil, "dev-kafka", "--addr", kafkaAddr)
+	// The broker keeps its log on disk, so a test can stop and restart it.
+	c.Kafka = Start(t, "kafka", nil, "dev-kafka", "--addr", kafkaAddr, "--data-dir", t.TempDir())
 	WaitTCP(t, kafkaAddr, c.Kafka)
 
 	common := []string{"GOCHAT_LOG_LEVEL=debug"}
@@ -48,7 +51,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	WaitTCP(t, repoAddr, c.Repo)
 
 	c.Logic = Start(t, "im-logic", append(append(common, kafkaEnv...), "GOCHAT_JWT_SECRET="+c.Secret),
-		"logic", "--grpc-addr", logicAddr, "--metrics-addr", logicMetrics, "--repo-addr", repoAddr)
+		append([]string{"logic", "--grpc-addr", logicAddr, "--metrics-addr", logicMetrics, "--repo-addr", repoAddr}, o.LogicFlags...)...)
 	WaitTCP(t, logicAddr, c.Logic)
 
 	c.Task = Start(t, "im-task", append(append(append(common, kafkaEnv...), o.TaskEnv...), "GOCHAT_CONSUMER_GROUP="+topicPrefix),

@@ -1796,6 +1796,184 @@ func (x *GetPresenceResponse) GetSessions() []*Session {
 	return nil
 }
 
+type AckDispatchedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MessageIds    []string               `protobuf:"bytes,1,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckDispatchedRequest) Reset() {
+	*x = AckDispatchedRequest{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckDispatchedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckDispatchedRequest) ProtoMessage() {}
+
+func (x *AckDispatchedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckDispatchedRequest.ProtoReflect.Descriptor instead.
+func (*AckDispatchedRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *AckDispatchedRequest) GetMessageIds() []string {
+	if x != nil {
+		return x.MessageIds
+	}
+	return nil
+}
+
+type AckDispatchedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckDispatchedResponse) Reset() {
+	*x = AckDispatchedResponse{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckDispatchedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckDispatchedResponse) ProtoMessage() {}
+
+func (x *AckDispatchedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckDispatchedResponse.ProtoReflect.Descriptor instead.
+func (*AckDispatchedResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{35}
+}
+
+type ListUndispatchedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only messages stored before this time (Unix ms): younger ones are still
+	// on their way through the normal publish.
+	StoredBeforeMs int64 `protobuf:"varint,1,opt,name=stored_before_ms,json=storedBeforeMs,proto3" json:"stored_before_ms,omitempty"`
+	Limit          int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListUndispatchedRequest) Reset() {
+	*x = ListUndispatchedRequest{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUndispatchedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUndispatchedRequest) ProtoMessage() {}
+
+func (x *ListUndispatchedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUndispatchedRequest.ProtoReflect.Descriptor instead.
+func (*ListUndispatchedRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListUndispatchedRequest) GetStoredBeforeMs() int64 {
+	if x != nil {
+		return x.StoredBeforeMs
+	}
+	return 0
+}
+
+func (x *ListUndispatchedRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListUndispatchedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUndispatchedResponse) Reset() {
+	*x = ListUndispatchedResponse{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUndispatchedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUndispatchedResponse) ProtoMessage() {}
+
+func (x *ListUndispatchedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUndispatchedResponse.ProtoReflect.Descriptor instead.
+func (*ListUndispatchedResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListUndispatchedResponse) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
 var File_gochat_v1_repo_proto protoreflect.FileDescriptor
 
 const file_gochat_v1_repo_proto_rawDesc = "" +
@@ -1902,7 +2080,16 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x12GetPresenceRequest\x12\x19\n" +
 	"\buser_ids\x18\x01 \x03(\tR\auserIds\"E\n" +
 	"\x13GetPresenceResponse\x12.\n" +
-	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions2\x8e\v\n" +
+	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\"7\n" +
+	"\x14AckDispatchedRequest\x12\x1f\n" +
+	"\vmessage_ids\x18\x01 \x03(\tR\n" +
+	"messageIds\"\x17\n" +
+	"\x15AckDispatchedResponse\"Y\n" +
+	"\x17ListUndispatchedRequest\x12(\n" +
+	"\x10stored_before_ms\x18\x01 \x01(\x03R\x0estoredBeforeMs\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"J\n" +
+	"\x18ListUndispatchedResponse\x12.\n" +
+	"\bmessages\x18\x01 \x03(\v2\x12.gochat.v1.MessageR\bmessages2\xbf\f\n" +
 	"\vRepoService\x12I\n" +
 	"\n" +
 	"CreateUser\x12\x1c.gochat.v1.CreateUserRequest\x1a\x1d.gochat.v1.CreateUserResponse\x12@\n" +
@@ -1920,7 +2107,9 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\fStoreMessage\x12\x1e.gochat.v1.StoreMessageRequest\x1a\x1f.gochat.v1.StoreMessageResponse\x12O\n" +
 	"\fListMessages\x12\x1e.gochat.v1.ListMessagesRequest\x1a\x1f.gochat.v1.ListMessagesResponse\x12R\n" +
 	"\rUpdateReadSeq\x12\x1f.gochat.v1.UpdateReadSeqRequest\x1a .gochat.v1.UpdateReadSeqResponse\x12O\n" +
-	"\fUnreadCounts\x12\x1e.gochat.v1.UnreadCountsRequest\x1a\x1f.gochat.v1.UnreadCountsResponse\x12[\n" +
+	"\fUnreadCounts\x12\x1e.gochat.v1.UnreadCountsRequest\x1a\x1f.gochat.v1.UnreadCountsResponse\x12R\n" +
+	"\rAckDispatched\x12\x1f.gochat.v1.AckDispatchedRequest\x1a .gochat.v1.AckDispatchedResponse\x12[\n" +
+	"\x10ListUndispatched\x12\".gochat.v1.ListUndispatchedRequest\x1a#.gochat.v1.ListUndispatchedResponse\x12[\n" +
 	"\x10RegisterSessions\x12\".gochat.v1.RegisterSessionsRequest\x1a#.gochat.v1.RegisterSessionsResponse\x12a\n" +
 	"\x12UnregisterSessions\x12$.gochat.v1.UnregisterSessionsRequest\x1a%.gochat.v1.UnregisterSessionsResponse\x12L\n" +
 	"\vGetPresence\x12\x1d.gochat.v1.GetPresenceRequest\x1a\x1e.gochat.v1.GetPresenceResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
@@ -1937,7 +2126,7 @@ func file_gochat_v1_repo_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_repo_proto_rawDescData
 }
 
-var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_gochat_v1_repo_proto_goTypes = []any{
 	(*CreateUserRequest)(nil),          // 0: gochat.v1.CreateUserRequest
 	(*CreateUserResponse)(nil),         // 1: gochat.v1.CreateUserResponse
@@ -1973,66 +2162,75 @@ var file_gochat_v1_repo_proto_goTypes = []any{
 	(*UnregisterSessionsResponse)(nil), // 31: gochat.v1.UnregisterSessionsResponse
 	(*GetPresenceRequest)(nil),         // 32: gochat.v1.GetPresenceRequest
 	(*GetPresenceResponse)(nil),        // 33: gochat.v1.GetPresenceResponse
-	(*User)(nil),                       // 34: gochat.v1.User
-	(*Conversation)(nil),               // 35: gochat.v1.Conversation
-	(*Member)(nil),                     // 36: gochat.v1.Member
-	(*Message)(nil),                    // 37: gochat.v1.Message
-	(*Session)(nil),                    // 38: gochat.v1.Session
+	(*AckDispatchedRequest)(nil),       // 34: gochat.v1.AckDispatchedRequest
+	(*AckDispatchedResponse)(nil),      // 35: gochat.v1.AckDispatchedResponse
+	(*ListUndispatchedRequest)(nil),    // 36: gochat.v1.ListUndispatchedRequest
+	(*ListUndispatchedResponse)(nil),   // 37: gochat.v1.ListUndispatchedResponse
+	(*User)(nil),                       // 38: gochat.v1.User
+	(*Conversation)(nil),               // 39: gochat.v1.Conversation
+	(*Member)(nil),                     // 40: gochat.v1.Member
+	(*Message)(nil),                    // 41: gochat.v1.Message
+	(*Session)(nil),                    // 42: gochat.v1.Session
 }
 var file_gochat_v1_repo_proto_depIdxs = []int32{
-	34, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
-	34, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
-	34, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
-	35, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
-	35, // 4: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
-	35, // 5: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
-	36, // 6: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
+	38, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
+	38, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
+	38, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
+	39, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
+	39, // 4: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
+	39, // 5: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
+	40, // 6: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
 	17, // 7: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
-	37, // 8: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
-	37, // 9: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
+	41, // 8: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
+	41, // 9: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
 	26, // 10: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
-	38, // 11: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	38, // 12: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	38, // 13: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
-	0,  // 14: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
-	2,  // 15: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
-	4,  // 16: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
-	6,  // 17: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
-	8,  // 18: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
-	9,  // 19: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
-	11, // 20: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
-	13, // 21: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
-	14, // 22: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
-	16, // 23: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
-	19, // 24: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
-	21, // 25: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
-	23, // 26: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
-	25, // 27: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
-	28, // 28: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
-	30, // 29: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
-	32, // 30: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
-	1,  // 31: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
-	3,  // 32: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
-	5,  // 33: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
-	7,  // 34: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
-	7,  // 35: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
-	10, // 36: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
-	12, // 37: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
-	7,  // 38: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
-	15, // 39: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	18, // 40: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
-	20, // 41: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
-	22, // 42: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	24, // 43: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
-	27, // 44: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
-	29, // 45: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
-	31, // 46: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
-	33, // 47: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
-	31, // [31:48] is the sub-list for method output_type
-	14, // [14:31] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	42, // 11: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	42, // 12: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	42, // 13: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
+	41, // 14: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
+	0,  // 15: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
+	2,  // 16: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
+	4,  // 17: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
+	6,  // 18: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
+	8,  // 19: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
+	9,  // 20: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
+	11, // 21: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
+	13, // 22: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
+	14, // 23: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
+	16, // 24: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
+	19, // 25: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
+	21, // 26: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
+	23, // 27: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
+	25, // 28: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
+	34, // 29: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
+	36, // 30: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
+	28, // 31: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
+	30, // 32: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
+	32, // 33: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
+	1,  // 34: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
+	3,  // 35: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
+	5,  // 36: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
+	7,  // 37: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
+	7,  // 38: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
+	10, // 39: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
+	12, // 40: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
+	7,  // 41: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
+	15, // 42: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	18, // 43: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
+	20, // 44: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
+	22, // 45: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	24, // 46: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
+	27, // 47: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
+	35, // 48: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
+	37, // 49: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
+	29, // 50: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
+	31, // 51: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
+	33, // 52: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
+	34, // [34:53] is the sub-list for method output_type
+	15, // [15:34] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_repo_proto_init() }
@@ -2051,7 +2249,7 @@ func file_gochat_v1_repo_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_repo_proto_rawDesc), len(file_gochat_v1_repo_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,8 @@ const (
 	RepoService_ListMessages_FullMethodName       = "/gochat.v1.RepoService/ListMessages"
 	RepoService_UpdateReadSeq_FullMethodName      = "/gochat.v1.RepoService/UpdateReadSeq"
 	RepoService_UnreadCounts_FullMethodName       = "/gochat.v1.RepoService/UnreadCounts"
+	RepoService_AckDispatched_FullMethodName      = "/gochat.v1.RepoService/AckDispatched"
+	RepoService_ListUndispatched_FullMethodName   = "/gochat.v1.RepoService/ListUndispatched"
 	RepoService_RegisterSessions_FullMethodName   = "/gochat.v1.RepoService/RegisterSessions"
 	RepoService_UnregisterSessions_FullMethodName = "/gochat.v1.RepoService/UnregisterSessions"
 	RepoService_GetPresence_FullMethodName        = "/gochat.v1.RepoService/GetPresence"
@@ -63,6 +65,12 @@ type RepoServiceClient interface {
 	UpdateReadSeq(ctx context.Context, in *UpdateReadSeqRequest, opts ...grpc.CallOption) (*UpdateReadSeqResponse, error)
 	// UnreadCounts sums max_seq - read_seq over each user's conversations.
 	UnreadCounts(ctx context.Context, in *UnreadCountsRequest, opts ...grpc.CallOption) (*UnreadCountsResponse, error)
+	// The dispatch outbox: StoreMessage records each new message in it, in the
+	// same transaction. AckDispatched removes messages Kafka has taken;
+	// ListUndispatched returns the ones still waiting, oldest first, so that a
+	// publish lost to a crash or a Kafka outage is made again.
+	AckDispatched(ctx context.Context, in *AckDispatchedRequest, opts ...grpc.CallOption) (*AckDispatchedResponse, error)
+	ListUndispatched(ctx context.Context, in *ListUndispatchedRequest, opts ...grpc.CallOption) (*ListUndispatchedResponse, error)
 	// RegisterSessions adds or renews sessions in presence with a TTL.
 	RegisterSessions(ctx context.Context, in *RegisterSessionsRequest, opts ...grpc.CallOption) (*RegisterSessionsResponse, error)
 	UnregisterSessions(ctx context.Context, in *UnregisterSessionsRequest, opts ...grpc.CallOption) (*UnregisterSessionsResponse, error)
@@ -218,6 +226,26 @@ func (c *repoServiceClient) UnreadCounts(ctx context.Context, in *UnreadCountsRe
 	return out, nil
 }
 
+func (c *repoServiceClient) AckDispatched(ctx context.Context, in *AckDispatchedRequest, opts ...grpc.CallOption) (*AckDispatchedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckDispatchedResponse)
+	err := c.cc.Invoke(ctx, RepoService_AckDispatched_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *repoServiceClient) ListUndispatched(ctx context.Context, in *ListUndispatchedRequest, opts ...grpc.CallOption) (*ListUndispatchedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListUndispatchedResponse)
+	err := c.cc.Invoke(ctx, RepoService_ListUndispatched_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *repoServiceClient) RegisterSessions(ctx context.Context, in *RegisterSessionsRequest, opts ...grpc.CallOption) (*RegisterSessionsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RegisterSessionsResponse)
@@ -273,6 +301,12 @@ type RepoServiceServer interface {
 	UpdateReadSeq(context.Context, *UpdateReadSeqRequest) (*UpdateReadSeqResponse, error)
 	// UnreadCounts sums max_seq - read_seq over each user's conversations.
 	UnreadCounts(context.Context, *UnreadCountsRequest) (*UnreadCountsResponse, error)
+	// The dispatch outbox: StoreMessage records each new message in it, in the
+	// same transaction. AckDispatched removes messages Kafka has taken;
+	// ListUndispatched returns the ones still waiting, oldest first, so that a
+	// publish lost to a crash or a Kafka outage is made again.
+	AckDispatched(context.Context, *AckDispatchedRequest) (*AckDispatchedResponse, error)
+	ListUndispatched(context.Context, *ListUndispatchedRequest) (*ListUndispatchedResponse, error)
 	// RegisterSessions adds or renews sessions in presence with a TTL.
 	RegisterSessions(context.Context, *RegisterSessionsRequest) (*RegisterSessionsResponse, error)
 	UnregisterSessions(context.Context, *UnregisterSessionsRequest) (*UnregisterSessionsResponse, error)
@@ -329,6 +363,12 @@ func (UnimplementedRepoServiceServer) UpdateReadSeq(context.Context, *UpdateRead
 }
 func (UnimplementedRepoServiceServer) UnreadCounts(context.Context, *UnreadCountsRequest) (*UnreadCountsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UnreadCounts not implemented")
+}
+func (UnimplementedRepoServiceServer) AckDispatched(context.Context, *AckDispatchedRequest) (*AckDispatchedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AckDispatched not implemented")
+}
+func (UnimplementedRepoServiceServer) ListUndispatched(context.Context, *ListUndispatchedRequest) (*ListUndispatchedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListUndispatched not implemented")
 }
 func (UnimplementedRepoServiceServer) RegisterSessions(context.Context, *RegisterSessionsRequest) (*RegisterSessionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterSessions not implemented")
@@ -612,6 +652,42 @@ func _RepoService_UnreadCounts_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RepoService_AckDispatched_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckDispatchedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepoServiceServer).AckDispatched(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepoService_AckDispatched_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepoServiceServer).AckDispatched(ctx, req.(*AckDispatchedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RepoService_ListUndispatched_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListUndispatchedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepoServiceServer).ListUndispatched(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepoService_ListUndispatched_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepoServiceServer).ListUndispatched(ctx, req.(*ListUndispatchedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RepoService_RegisterSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RegisterSessionsRequest)
 	if err := dec(in); err != nil {
@@ -728,6 +804,14 @@ var RepoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UnreadCounts",
 			Handler:    _RepoService_UnreadCounts_Handler,
+		},
+		{
+			MethodName: "AckDispatched",
+			Handler:    _RepoService_AckDispatched_Handler,
+		},
+		{
+			MethodName: "ListUndispatched",
+			Handler:    _RepoService_ListUndispatched_Handler,
 		},
 		{
 			MethodName: "RegisterSessions",
