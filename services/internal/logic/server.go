@@ -40,9 +40,9 @@ type Config struct {
 // Server implements gochatv1.LogicServiceServer.
 type Server struct {
 	gochatv1.UnimplementedLogicServiceServer
-	repo gochatv1.RepoServiceClient
-	keys *authtoken.Keys
-	pub  Publisher
+	repo   gochatv1.RepoServiceClient
+	keys   *authtoken.Keys
+	pub    Publisher
 	cfg    Config
 	log    *slog.Logger
 	now    func() time.Time
