@@ -295,18 +295,16 @@ func (g *Gateway) handleFrame(s *session, payload []byte) error {
 	if err := json.Unmarshal(payload, &f); err != nil {
 		return g.clientError(s, apierror.New(apierror.InvalidArgument, "malformed JSON frame: %v", err), "")
 	}
-	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.CallTimeout)
-	defer cancel()
 	switch f.Type {
 	case clientapi.TypePing:
 		s.enqueue(pongFrame)
 		return nil
 	case clientapi.TypeSend:
-		return g.handleSend(ctx, s, f.Data)
+		return g.withCall(s, f.Data, g.handleSend)
 	case clientapi.TypeSync:
-		return g.handleSync(ctx, s, f.Data)
+		return g.withCall(s, f.Data, g.handleSync)
 	case clientapi.TypeRead:
-		return g.handleRead(ctx, s, f.Data)
+		return g.withCall(s, f.Data, g.handleRead)
 	case "":
 		return g.clientError(s, apierror.New(apierror.InvalidArgument, "frame has no type"), "")
 	default:
@@ -315,6 +313,13 @@ func (g *Gateway) handleFrame(s *session, payload []byte) error {
 }
 
 var pongFrame = clientapi.Frame(clientapi.TypePong, struct{}{})
+
+// withCall runs a handler that calls im-logic, under the call timeout.
+func (g *Gateway) withCall(s *session, data json.RawMessage, h func(context.Context, *session, json.RawMessage) error) error {
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.CallTimeout)
+	defer cancel()
+	return h(ctx, s, data)
+}
 
 func decodeData(raw json.RawMessage, v any) *apierror.Error {
 	if len(raw) == 0 || string(raw) == "null" {
