@@ -156,6 +156,11 @@ func startControllerManager(env *envtest.Environment, assets string) (func(), er
 // returned stop is called (or the test ends).
 func startManager(t *testing.T, ns string) (stop func()) {
 	t.Helper()
+	return startManagerWith(t, cfg, ns)
+}
+
+func startManagerWith(t *testing.T, cfg *rest.Config, ns string) (stop func()) {
+	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:     scheme,
 		Metrics:    metricsserver.Options{BindAddress: "0"},

@@ -1,0 +1,76 @@
+package controller_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+
+	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+)
+
+// TestRBAC runs the operator as a ServiceAccount bound to nothing but the
+// ClusterRole in config/rbac/role.yaml (what the install ships), and brings a
+// cluster to Running: a missing permission fails a reconcile and the test.
+func TestRBAC(t *testing.T) {
+	ns := newNamespace(t)
+	raw, err := os.ReadFile(filepath.Join(repoRoot(), "config", "rbac", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.UnmarshalStrict(raw, &role); err != nil {
+		t.Fatal(err)
+	}
+	role.ObjectMeta = metav1.ObjectMeta{Name: "gochat-manager-" + ns}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "gochat-operator"}}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "gochat-manager-" + ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: sa.Name}},
+	}
+	if err := k8s.Create(bg, &role); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(bg, sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(bg, binding); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = k8s.Delete(bg, binding)
+		_ = k8s.Delete(bg, &role)
+	})
+	as := rest.CopyConfig(cfg)
+	as.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + sa.Name}
+
+	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+	startManagerWith(t, as, ns)
+	cc := newCluster(ns, "demo")
+	cc.Spec.Kafka.DeleteTopicsOnDelete = true
+	cc.Spec.Kafka.TopicPrefix = "rbac-" + ns
+	if err := k8s.Create(bg, cc); err != nil {
+		t.Fatal(err)
+	}
+	bringUp(t, ns)
+	// Deleting goes through the finalizer (topic deletion, then its removal).
+	if err := k8s.Delete(bg, getCluster(t, ns, "demo")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "deleted", func() error {
+		if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo"}, &chatv1.ChatCluster{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
+}
