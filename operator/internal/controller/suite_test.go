@@ -79,6 +79,7 @@ func run(m *testing.M) int {
 	cfg, err = env.Start()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "start envtest: %v\n", err)
+		_ = env.Stop() // a failed CRD install leaves the control plane running
 		return 1
 	}
 	defer env.Stop() //nolint:errcheck

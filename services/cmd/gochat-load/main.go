@@ -2,8 +2,11 @@
 // API. The "idle" scenario measures what held connections cost a gateway:
 // it opens --conns WebSocket sessions for --users guest users, holds them
 // for --hold, and reads the gateway's own process metrics before and after.
+// The "send" scenario measures the send path: pairs of users send to each
+// other at a fixed rate and it reports acks, deliveries and their latencies.
 //
 //	gochat-load idle --url http://127.0.0.1:8080 --conns 19000 --users 200
+//	gochat-load send --url http://127.0.0.1:8080 --pairs 100 --rate 50 --duration 20s
 package main
 
 import (
@@ -29,9 +32,16 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 2 || os.Args[1] != "idle" {
-		fmt.Fprintln(os.Stderr, "usage: gochat-load idle [flags]  (gochat-load idle -h for the flags)")
+	if len(os.Args) < 2 || (os.Args[1] != "idle" && os.Args[1] != "send") {
+		fmt.Fprintln(os.Stderr, "usage: gochat-load idle|send [flags]  (gochat-load idle -h, gochat-load send -h for the flags)")
 		os.Exit(2)
+	}
+	if os.Args[1] == "send" {
+		if err := sendMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "gochat-load:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	fs := flag.NewFlagSet("idle", flag.ExitOnError)
 	url := fs.String("url", "http://127.0.0.1:8080", "the gateway's base URL")
