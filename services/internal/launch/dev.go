@@ -98,7 +98,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 		repoSvc.DB.SQLitePath = filepath.Join(d.DataDir, "gochat.db")
 	}
 	repoSvc.DB.MaxOpenConns = 16
-	repoSvc.MemberCacheTTL, repoSvc.StoreWorkers, repoSvc.StoreMaxBatch = 5*time.Minute, 4, 256
+	repoSvc.MemberCacheTTL, repoSvc.StoreWorkers, repoSvc.StoreMaxBatch = 5*time.Minute, 1, 256
 
 	logicSvc := &Logic{GRPCAddr: logicAddr, RepoAddr: repoAddr, Auth: auth}
 	logicSvc.Kafka.KafkaConfig = kafka
