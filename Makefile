@@ -52,8 +52,9 @@ test-unit: ## only the tests that need no backend
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
 
-lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck
+lint: $(BIN)/staticcheck ## gofmt, go mod tidy, go vet and staticcheck
 	@bad=$$(gofmt -l api services operator); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
+	@for m in api services operator; do (cd $$m && $(GO) mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: run go mod tidy in $$m"; exit 1; }; done
 	$(GO) vet $(MODULES)
 	$(BIN)/staticcheck $(MODULES)
 
