@@ -30,7 +30,13 @@ var handled = promauto.NewHistogramVec(prometheus.HistogramOpts{
 func NewServer(log *slog.Logger) *grpc.Server {
 	return grpc.NewServer(
 		grpc.ChainUnaryInterceptor(errorInterceptor(log)),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Connections are recycled every few minutes so that clients resolve
+		// the service's DNS name again and find replicas added since: a
+		// headless Service gives no other signal of a scale-up.
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: 30 * time.Second, Timeout: 10 * time.Second,
+			MaxConnectionAge: 5 * time.Minute, MaxConnectionAgeGrace: 30 * time.Second,
+		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(16<<20),
 	)
