@@ -174,7 +174,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { defer wg.Done(); g.sweep(runCtx) }()
 	go func() {
 		defer wg.Done()
-		if err := g.httpSrv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := g.httpSrv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			errs <- err
 		}
 	}()
@@ -184,6 +184,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = g.httpSrv.Shutdown(shutdownCtx)
+	_ = httpLn.Close()
 	g.hub.each(func(s *session) { s.closeWith(1001, "server shutting down") })
 	g.spawnMu.Lock()
 	g.stopping = true
@@ -210,7 +211,6 @@ func (g *Gateway) acceptLoop(ctx context.Context, ln net.Listener, httpLn *chanL
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer httpLn.Close()
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
