@@ -361,6 +361,28 @@ func TestHandshakeRefusals(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz while draining: %d", resp.StatusCode)
 	}
+	// A known path with another method: a JSON error too.
+	resp, err = http.Get("http://" + f.addr + "/v1/auth/register")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || body.Error.Code != "invalid_argument" || resp.Header.Get("Allow") == "" {
+		t.Fatalf("GET on a POST endpoint: %d %+v allow=%q", resp.StatusCode, body, resp.Header.Get("Allow"))
+	}
+	resp, err = http.Get("http://" + f.addr + "/v1/nothing-here")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || body.Error.Code != "not_found" {
+		t.Fatalf("unknown path: %d %+v", resp.StatusCode, body)
+	}
 	// The HTTP API shares the port.
 	resp, err = http.Get("http://" + f.addr + "/healthz")
 	if err != nil || resp.StatusCode != 200 {

@@ -42,13 +42,33 @@ func (g *Gateway) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", g.readyz)
 	mux.Handle("GET /metrics", promhttp.Handler())
-	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, apierror.New(apierror.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
-	})
+	mux.HandleFunc("/v1/", notFound(mux))
 	if g.cfg.WebRoot != nil {
 		mux.Handle("/", g.cfg.WebRoot)
 	}
 	return mux
+}
+
+// notFound answers paths under /v1/ that no route takes: 405 with Allow when
+// the path exists for other methods, else 404; both as API errors.
+func notFound(mux *http.ServeMux) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/v1/" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			e := apierror.New(apierror.InvalidArgument, "%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", "))
+			writeJSON(w, http.StatusMethodNotAllowed, map[string]clientapi.ErrorData{"error": {Code: string(e.Code), Message: e.Message}})
+			return
+		}
+		writeError(w, apierror.New(apierror.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
+	}
 }
 
 func (g *Gateway) readyz(w http.ResponseWriter, _ *http.Request) {
