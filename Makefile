@@ -18,7 +18,7 @@ CONTROLLER_GEN_VERSION     := v0.23.0
 KUSTOMIZE_VERSION          := v5.8.2
 HELM_VERSION               := v3.22.0
 
-.PHONY: all build build-operator test test-unit lint generate manifests verify-generated run bench clean tools help install-manifests envtest
+.PHONY: all build build-operator test lint generate manifests verify-generated run bench clean tools help install-manifests envtest
 
 all: build
 
@@ -45,9 +45,6 @@ test: lint verify-generated $(BIN)/kustomize $(BIN)/helm ## every test: unit, Ma
 	$(BIN)/helm template t charts/gochat-operator --namespace gochat-system > /dev/null
 	rm -rf $(GOCHAT_TEST_ARTIFACTS)
 	$(GO) test -count=1 -timeout 20m $(MODULES)
-
-test-unit: ## only the tests that need no backend
-	$(GO) test -count=1 -short $(MODULES)
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)

@@ -68,7 +68,7 @@ func main() {
 		os.Exit(1)
 	}
 	r := &controller.Reconciler{
-		Client: mgr.GetClient(), Scheme: mgr.GetScheme(),
+		Client:   mgr.GetClient(),
 		Recorder: mgr.GetEventRecorder("gochat-operator"),
 		Sessions: gatewaySessions, Resync: resync,
 	}

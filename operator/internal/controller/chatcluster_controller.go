@@ -47,7 +47,6 @@ const secretIndex = "spec.secretNames"
 // Reconciler reconciles ChatClusters.
 type Reconciler struct {
 	client.Client
-	Scheme   *runtime.Scheme
 	Recorder events.EventRecorder
 	// Sessions counts a gateway pod's sessions (its admin gRPC Stats); nil: not counted.
 	Sessions func(ctx context.Context, pod *corev1.Pod) (int64, error)

@@ -171,7 +171,7 @@ func startManagerWith(t *testing.T, cfg *rest.Config, ns string) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &controller.Reconciler{Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
+	r := &controller.Reconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+	"github.com/gochat/gochat/operator/internal/kafka"
 	"github.com/gochat/gochat/operator/internal/resources"
 )
 
@@ -138,7 +139,7 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		set(t, true, okReason, okMsg)
 		return true
 	}
-	kafkaOK := check(chatv1.ConditionKafkaTopicsReady, o.Kafka, "TopicsReady", "topics "+strings.Join(o.Topics, ", ")+" ready")
+	kafkaOK := check(chatv1.ConditionKafkaTopicsReady, o.Kafka, kafka.ReasonReady, "topics "+strings.Join(o.Topics, ", ")+" ready")
 	if kafkaOK {
 		s.Kafka = chatv1.KafkaStatus{Topics: o.Topics, Partitions: o.Partitions}
 	} else {
@@ -154,7 +155,7 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 			notReady = append(notReady, name)
 		}
 	}
-	sortStrings(notReady)
+	sort.Strings(notReady)
 	ready := len(notReady) == 0 && kafkaOK && redisOK && migrated && o.Secrets.Err == nil
 	if ready {
 		set(chatv1.ConditionReady, true, ReasonReady, "every component is ready")
@@ -233,5 +234,3 @@ func endpoint(cc *chatv1.ChatCluster, svc *corev1.Service) string {
 	}
 	return fmt.Sprintf("ws://%s:%d/v1/ws", host, port)
 }
-
-func sortStrings(s []string) { sort.Strings(s) }

@@ -12,12 +12,9 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -27,7 +24,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 )
 
@@ -91,38 +87,20 @@ func scrape(base string) (metrics, error) {
 	return m, sc.Err()
 }
 
-func guestToken(base string, i int) (string, error) {
-	body, _ := json.Marshal(map[string]string{"nickname": fmt.Sprintf("load-%d", i)})
-	resp, err := http.Post(base+"/v1/auth/guest", "application/json", bytes.NewReader(body))
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Token string `json:"token"`
-	}
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &r) != nil {
-		return "", fmt.Errorf("guest login: %s %s", resp.Status, b)
-	}
-	return r.Token, nil
-}
-
 func idle(base string, n, users, parallel int, hold, ping time.Duration) error {
 	tokens := make([]string, users)
 	for i := range tokens {
-		t, err := guestToken(base, i)
+		g, err := newGuest(base, i)
 		if err != nil {
 			return err
 		}
-		tokens[i] = t
+		tokens[i] = g.token
 	}
 	time.Sleep(time.Second)
 	before, err := scrape(base)
 	if err != nil {
 		return fmt.Errorf("scrape before: %w", err)
 	}
-	wsBase := "ws" + strings.TrimPrefix(base, "http") + "/v1/ws?token="
 	held := make([]net.Conn, n)
 	var failed atomic.Int64
 	var firstErr atomic.Value
@@ -134,33 +112,25 @@ func idle(base string, n, users, parallel int, hold, ping time.Duration) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			conn, br, _, err := ws.Dial(ctx, wsBase+tokens[i%users])
+			c, err := dialWS(base, tokens[i%users])
 			if err == nil {
-				var r io.ReadWriter = conn
-				if br != nil {
-					r = struct {
-						io.Reader
-						io.Writer
-					}{br, conn}
-				}
-				_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+				_ = c.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 				var msg []byte
-				msg, err = wsutil.ReadServerText(r)
+				msg, err = wsutil.ReadServerText(c.r)
 				if err == nil && !bytes.Contains(msg, []byte(`"hello"`)) {
 					err = errors.New("first frame is not hello")
 				}
-				_ = conn.SetReadDeadline(time.Time{})
+				_ = c.conn.SetReadDeadline(time.Time{})
+				if err != nil {
+					c.conn.Close()
+				}
 			}
 			if err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, err)
-				if conn != nil {
-					conn.Close()
-				}
 				return
 			}
+			conn := c.conn
 			held[i] = conn
 		}()
 	}

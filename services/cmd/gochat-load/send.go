@@ -173,17 +173,25 @@ func sendMain(args []string) error {
 			}
 		}
 	}
+	// since is how long ago the message a frame names (by client_msg_id) was sent.
+	since := func(data json.RawMessage) (time.Duration, bool) {
+		var d struct {
+			ClientMsgID string `json:"client_msg_id"`
+		}
+		_ = json.Unmarshal(data, &d)
+		t, ok := sentAt.Load(d.ClientMsgID)
+		if !ok {
+			return 0, false
+		}
+		return time.Since(t.(time.Time)), true
+	}
 	for _, p := range ps {
 		wg.Add(2)
 		go read(p.from, func(f frame) {
 			switch f.Type {
 			case "ack":
-				var a struct {
-					ClientMsgID string `json:"client_msg_id"`
-				}
-				_ = json.Unmarshal(f.Data, &a)
-				if t, ok := sentAt.Load(a.ClientMsgID); ok {
-					ackLat.add(time.Since(t.(time.Time)))
+				if d, ok := since(f.Data); ok {
+					ackLat.add(d)
 				}
 				acked.Add(1)
 			case "error":
@@ -194,12 +202,8 @@ func sendMain(args []string) error {
 			if f.Type != "message" {
 				return
 			}
-			var m struct {
-				ClientMsgID string `json:"client_msg_id"`
-			}
-			_ = json.Unmarshal(f.Data, &m)
-			if t, ok := sentAt.Load(m.ClientMsgID); ok {
-				deliverLat.add(time.Since(t.(time.Time)))
+			if d, ok := since(f.Data); ok {
+				deliverLat.add(d)
 			}
 			delivered.Add(1)
 		})

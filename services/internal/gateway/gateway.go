@@ -328,5 +328,3 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 func (g *Gateway) Stats() *gochatv1.StatsResponse {
 	return &gochatv1.StatsResponse{Sessions: g.Sessions(), Draining: g.draining.Load()}
 }
-
-func (g *Gateway) String() string { return fmt.Sprintf("gateway(%s)", g.cfg.Advertise) }

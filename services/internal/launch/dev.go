@@ -85,7 +85,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	kafka.EnsureTopics = true
 
-	ports, err := freePorts(4)
+	ports, err := freePorts(3)
 	if err != nil {
 		return err
 	}

@@ -127,7 +127,7 @@ func (s *Store) GetUserByUsername(ctx context.Context, username string) (*gochat
 	return userToProto(u), u.PasswordHash, nil
 }
 
-// existingUsers returns which of the ids are users, so membership never points at nobody.
+// requireUsers fails unless every id is a user, so membership never points at nobody.
 func (s *Store) requireUsers(tx *gorm.DB, userIDs []string) error {
 	if len(userIDs) == 0 {
 		return nil
