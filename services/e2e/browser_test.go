@@ -11,7 +11,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	tc "github.com/gochat/gochat/services/internal/testcluster"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 // startDev runs `gochat dev` as a process on a data dir and waits until it serves.

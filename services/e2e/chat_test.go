@@ -19,7 +19,7 @@ import (
 
 	"github.com/gochat/gochat/services/internal/clientapi"
 	"github.com/gochat/gochat/services/internal/task"
-	tc "github.com/gochat/gochat/services/internal/testcluster"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 const wait = 15 * time.Second

@@ -12,7 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/gochat/gochat/services/internal/clientapi"
-	tc "github.com/gochat/gochat/services/internal/testcluster"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 // TestDevRestart: `gochat dev` keeps users, history and seqs in its data dir.

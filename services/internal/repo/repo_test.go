@@ -16,7 +16,7 @@ import (
 	"github.com/gochat/gochat/services/internal/apierror"
 	"github.com/gochat/gochat/services/internal/repo"
 	"github.com/gochat/gochat/services/internal/rpc"
-	tc "github.com/gochat/gochat/services/internal/testcluster"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 type env struct {
