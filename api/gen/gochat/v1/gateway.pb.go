@@ -209,11 +209,14 @@ func (*StatsRequest) Descriptor() ([]byte, []int) {
 }
 
 type StatsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sessions      int64                  `protobuf:"varint,1,opt,name=sessions,proto3" json:"sessions,omitempty"`
-	Draining      bool                   `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Sessions int64                  `protobuf:"varint,1,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	Draining bool                   `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	// When the drain began and when it ends whatever happens (Unix ms); 0 when not draining.
+	DrainStartedUnixMs  int64 `protobuf:"varint,3,opt,name=drain_started_unix_ms,json=drainStartedUnixMs,proto3" json:"drain_started_unix_ms,omitempty"`
+	DrainDeadlineUnixMs int64 `protobuf:"varint,4,opt,name=drain_deadline_unix_ms,json=drainDeadlineUnixMs,proto3" json:"drain_deadline_unix_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
@@ -260,6 +263,118 @@ func (x *StatsResponse) GetDraining() bool {
 	return false
 }
 
+func (x *StatsResponse) GetDrainStartedUnixMs() int64 {
+	if x != nil {
+		return x.DrainStartedUnixMs
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetDrainDeadlineUnixMs() int64 {
+	if x != nil {
+		return x.DrainDeadlineUnixMs
+	}
+	return 0
+}
+
+type DrainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the reconnects and closes are spread over; 0: the gateway's --drain-window.
+	WindowMs int64 `protobuf:"varint,1,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	// How long the drain may take in all; 0: the gateway's --drain-timeout.
+	TimeoutMs     int64 `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainRequest) Reset() {
+	*x = DrainRequest{}
+	mi := &file_gochat_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainRequest) ProtoMessage() {}
+
+func (x *DrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
+func (*DrainRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DrainRequest) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+func (x *DrainRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type DrainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stats         *StatsResponse         `protobuf:"bytes,1,opt,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainResponse) Reset() {
+	*x = DrainResponse{}
+	mi := &file_gochat_v1_gateway_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainResponse) ProtoMessage() {}
+
+func (x *DrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_gateway_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
+func (*DrainResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DrainResponse) GetStats() *StatsResponse {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
 var File_gochat_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_gochat_v1_gateway_proto_rawDesc = "" +
@@ -276,14 +391,23 @@ const file_gochat_v1_gateway_proto_rawDesc = "" +
 	"\fPushResponse\x12.\n" +
 	"\x13unknown_session_ids\x18\x01 \x03(\tR\x11unknownSessionIds\x12\x16\n" +
 	"\x06queued\x18\x02 \x01(\x03R\x06queued\"\x0e\n" +
-	"\fStatsRequest\"G\n" +
+	"\fStatsRequest\"\xaf\x01\n" +
 	"\rStatsResponse\x12\x1a\n" +
 	"\bsessions\x18\x01 \x01(\x03R\bsessions\x12\x1a\n" +
-	"\bdraining\x18\x02 \x01(\bR\bdraining2F\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\x121\n" +
+	"\x15drain_started_unix_ms\x18\x03 \x01(\x03R\x12drainStartedUnixMs\x123\n" +
+	"\x16drain_deadline_unix_ms\x18\x04 \x01(\x03R\x13drainDeadlineUnixMs\"J\n" +
+	"\fDrainRequest\x12\x1b\n" +
+	"\twindow_ms\x18\x01 \x01(\x03R\bwindowMs\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x02 \x01(\x03R\ttimeoutMs\"?\n" +
+	"\rDrainResponse\x12.\n" +
+	"\x05stats\x18\x01 \x01(\v2\x18.gochat.v1.StatsResponseR\x05stats2F\n" +
 	"\vPushService\x127\n" +
-	"\x04Push\x12\x16.gochat.v1.PushRequest\x1a\x17.gochat.v1.PushResponse2Q\n" +
+	"\x04Push\x12\x16.gochat.v1.PushRequest\x1a\x17.gochat.v1.PushResponse2\x8d\x01\n" +
 	"\x13GatewayAdminService\x12:\n" +
-	"\x05Stats\x12\x17.gochat.v1.StatsRequest\x1a\x18.gochat.v1.StatsResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
+	"\x05Stats\x12\x17.gochat.v1.StatsRequest\x1a\x18.gochat.v1.StatsResponse\x12:\n" +
+	"\x05Drain\x12\x17.gochat.v1.DrainRequest\x1a\x18.gochat.v1.DrainResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
 
 var (
 	file_gochat_v1_gateway_proto_rawDescOnce sync.Once
@@ -297,25 +421,30 @@ func file_gochat_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_gateway_proto_rawDescData
 }
 
-var file_gochat_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_gochat_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_gochat_v1_gateway_proto_goTypes = []any{
 	(*Delivery)(nil),      // 0: gochat.v1.Delivery
 	(*PushRequest)(nil),   // 1: gochat.v1.PushRequest
 	(*PushResponse)(nil),  // 2: gochat.v1.PushResponse
 	(*StatsRequest)(nil),  // 3: gochat.v1.StatsRequest
 	(*StatsResponse)(nil), // 4: gochat.v1.StatsResponse
+	(*DrainRequest)(nil),  // 5: gochat.v1.DrainRequest
+	(*DrainResponse)(nil), // 6: gochat.v1.DrainResponse
 }
 var file_gochat_v1_gateway_proto_depIdxs = []int32{
 	0, // 0: gochat.v1.PushRequest.deliveries:type_name -> gochat.v1.Delivery
-	1, // 1: gochat.v1.PushService.Push:input_type -> gochat.v1.PushRequest
-	3, // 2: gochat.v1.GatewayAdminService.Stats:input_type -> gochat.v1.StatsRequest
-	2, // 3: gochat.v1.PushService.Push:output_type -> gochat.v1.PushResponse
-	4, // 4: gochat.v1.GatewayAdminService.Stats:output_type -> gochat.v1.StatsResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4, // 1: gochat.v1.DrainResponse.stats:type_name -> gochat.v1.StatsResponse
+	1, // 2: gochat.v1.PushService.Push:input_type -> gochat.v1.PushRequest
+	3, // 3: gochat.v1.GatewayAdminService.Stats:input_type -> gochat.v1.StatsRequest
+	5, // 4: gochat.v1.GatewayAdminService.Drain:input_type -> gochat.v1.DrainRequest
+	2, // 5: gochat.v1.PushService.Push:output_type -> gochat.v1.PushResponse
+	4, // 6: gochat.v1.GatewayAdminService.Stats:output_type -> gochat.v1.StatsResponse
+	6, // 7: gochat.v1.GatewayAdminService.Drain:output_type -> gochat.v1.DrainResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_gateway_proto_init() }
@@ -329,7 +458,7 @@ func file_gochat_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_gateway_proto_rawDesc), len(file_gochat_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -128,6 +128,7 @@ var PushService_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	GatewayAdminService_Stats_FullMethodName = "/gochat.v1.GatewayAdminService/Stats"
+	GatewayAdminService_Drain_FullMethodName = "/gochat.v1.GatewayAdminService/Drain"
 )
 
 // GatewayAdminServiceClient is the client API for GatewayAdminService service.
@@ -137,6 +138,12 @@ const (
 // GatewayAdminService is how the operator (and people) see and steer one gateway.
 type GatewayAdminServiceClient interface {
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
+	// Drain empties the gateway before it goes away: it stops taking clients,
+	// fails readiness, sends every session a reconnect frame with after_ms
+	// spread over the window, and closes the sessions at a bounded rate, all
+	// before the deadline. A second Drain changes nothing and returns the
+	// current state.
+	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 }
 
 type gatewayAdminServiceClient struct {
@@ -157,6 +164,16 @@ func (c *gatewayAdminServiceClient) Stats(ctx context.Context, in *StatsRequest,
 	return out, nil
 }
 
+func (c *gatewayAdminServiceClient) Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainResponse)
+	err := c.cc.Invoke(ctx, GatewayAdminService_Drain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayAdminServiceServer is the server API for GatewayAdminService service.
 // All implementations must embed UnimplementedGatewayAdminServiceServer
 // for forward compatibility.
@@ -164,6 +181,12 @@ func (c *gatewayAdminServiceClient) Stats(ctx context.Context, in *StatsRequest,
 // GatewayAdminService is how the operator (and people) see and steer one gateway.
 type GatewayAdminServiceServer interface {
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
+	// Drain empties the gateway before it goes away: it stops taking clients,
+	// fails readiness, sends every session a reconnect frame with after_ms
+	// spread over the window, and closes the sessions at a bounded rate, all
+	// before the deadline. A second Drain changes nothing and returns the
+	// current state.
+	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	mustEmbedUnimplementedGatewayAdminServiceServer()
 }
 
@@ -176,6 +199,9 @@ type UnimplementedGatewayAdminServiceServer struct{}
 
 func (UnimplementedGatewayAdminServiceServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
+}
+func (UnimplementedGatewayAdminServiceServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Drain not implemented")
 }
 func (UnimplementedGatewayAdminServiceServer) mustEmbedUnimplementedGatewayAdminServiceServer() {}
 func (UnimplementedGatewayAdminServiceServer) testEmbeddedByValue()                             {}
@@ -216,6 +242,24 @@ func _GatewayAdminService_Stats_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayAdminService_Drain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayAdminServiceServer).Drain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayAdminService_Drain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayAdminServiceServer).Drain(ctx, req.(*DrainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayAdminService_ServiceDesc is the grpc.ServiceDesc for GatewayAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -226,6 +270,10 @@ var GatewayAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stats",
 			Handler:    _GatewayAdminService_Stats_Handler,
+		},
+		{
+			MethodName: "Drain",
+			Handler:    _GatewayAdminService_Drain_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
