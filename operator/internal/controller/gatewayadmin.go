@@ -28,7 +28,7 @@ func (r *Reconciler) GatewayAdmin(ctx context.Context, cc *chatv1.ChatCluster, p
 	if r.GatewayAddr == nil {
 		return nil, nil, fmt.Errorf("gateway admin calls are off (no GatewayAddr)")
 	}
-	cfg, err := r.adminTLS(ctx, cc)
+	cfg, err := r.AdminTLS(ctx, cc)
 	if err != nil {
 		return nil, nil, err
 	}

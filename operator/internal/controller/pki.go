@@ -337,10 +337,25 @@ type operatorCert struct {
 	cert   tls.Certificate
 }
 
-// adminTLS is the operator's client TLS for cc's gateways: a certificate
+// AdminTLSForPod is AdminTLS for the cluster a gateway pod belongs to (its
+// namespace and app.kubernetes.io/instance label): for dialers that are
+// handed only the pod.
+func (r *Reconciler) AdminTLSForPod(ctx context.Context, pod *corev1.Pod) (*tls.Config, error) {
+	name := pod.Labels["app.kubernetes.io/instance"]
+	if name == "" {
+		return nil, fmt.Errorf("pod %s has no app.kubernetes.io/instance label", pod.Name)
+	}
+	var cc chatv1.ChatCluster
+	if err := r.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: name}, &cc); err != nil {
+		return nil, fmt.Errorf("cluster of pod %s: %w", pod.Name, err)
+	}
+	return r.AdminTLS(ctx, &cc)
+}
+
+// AdminTLS is the operator's client TLS for cc's gateways: a certificate
 // for component operator minted from the cluster's CA, and the bundle to
-// check the gateway with.
-func (r *Reconciler) adminTLS(ctx context.Context, cc *chatv1.ChatCluster) (*tls.Config, error) {
+// check the gateway with. Every operator call to a gateway uses it.
+func (r *Reconciler) AdminTLS(ctx context.Context, cc *chatv1.ChatCluster) (*tls.Config, error) {
 	now := r.now()
 	st, err := r.readCA(ctx, cc)
 	if err != nil {

@@ -305,6 +305,21 @@ func TestGatewayAdminOverMTLS(t *testing.T) {
 		t.Fatalf("a fresh gateway reports %d sessions", st.Sessions)
 	}
 
+	// Dialers handed only the pod (the roll's) find the cluster from its labels.
+	pod.Namespace, pod.Labels = ns, resources.SelectorLabels(cc, resources.Gateway)
+	cfg, err := r.AdminTLSForPod(bg, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPod, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer byPod.Close()
+	if _, err := gochatv1.NewGatewayAdminServiceClient(byPod).Stats(ctx, &gochatv1.StatsRequest{}); err != nil {
+		t.Fatalf("Stats with AdminTLSForPod: %v", err)
+	}
+
 	// The same call without a certificate is refused.
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true}))) //nolint:gosec // the caller under test has no certificate
 	if err != nil {
