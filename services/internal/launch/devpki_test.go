@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -122,5 +123,46 @@ func TestTLSFlagsIdentity(t *testing.T) {
 				t.Fatalf("got %v, %v", id, err)
 			}
 		})
+	}
+}
+
+func TestIssueCert(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("issue", time.Now(), 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ca.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	if err := os.WriteFile(caCert, ca.CertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caKey, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	c := IssueCert{CACert: caCert, CAKey: caKey, Component: "admin", OutDir: out, Validity: time.Hour}
+	if err := c.Run(context.Background(), quiet); err != nil {
+		t.Fatal(err)
+	}
+	f := TLSFlags{CA: filepath.Join(out, "ca.crt"), Cert: filepath.Join(out, "admin.crt"), Key: filepath.Join(out, "admin.key")}
+	if id, err := f.Identity(pki.Admin, quiet); err != nil || id.Component() != pki.Admin {
+		t.Fatalf("issued admin identity: %v", err)
+	}
+	if fi, err := os.Stat(f.Key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
+	}
+	for _, bad := range []IssueCert{
+		{CACert: caCert, CAKey: caKey, Component: "root", OutDir: out, Validity: time.Hour},
+		{CACert: caCert, Component: "admin", OutDir: out, Validity: time.Hour},
+		{CACert: caKey, CAKey: caKey, Component: "admin", OutDir: out, Validity: time.Hour},
+		{CACert: caCert, CAKey: caKey, Component: "admin", OutDir: out},
+	} {
+		if err := bad.Run(context.Background(), quiet); err == nil {
+			t.Fatalf("%+v issued", bad)
+		}
 	}
 }
