@@ -368,6 +368,13 @@ func (r *Reconciler) AdminTLS(ctx context.Context, cc *chatv1.ChatCluster) (*tls
 	if r.opCerts.certs == nil {
 		r.opCerts.certs = map[types.UID]operatorCert{}
 	}
+	// Certificates of deleted clusters go once expired: the map stays as
+	// small as the set of clusters of the last day.
+	for uid, c := range r.opCerts.certs {
+		if now.After(c.cert.Leaf.NotAfter) {
+			delete(r.opCerts.certs, uid)
+		}
+	}
 	c, ok := r.opCerts.certs[cc.UID]
 	if !ok || c.signer != fp || pki.NeedsRenewal(c.cert.Leaf, now) {
 		kp, err := signer.Issue(pki.Operator, now, operatorCertValidity)
