@@ -26,6 +26,7 @@ import (
 // established connections keep theirs until they are recycled.
 type Identity struct {
 	caFile, certFile, keyFile string
+	want                      pki.Component
 	log                       *slog.Logger
 
 	mu      sync.Mutex
@@ -50,13 +51,9 @@ type loaded struct {
 // LoadIdentity reads the CA bundle, certificate and key, and checks that
 // the certificate chains to the bundle and names the component want.
 func LoadIdentity(caFile, certFile, keyFile string, want pki.Component, log *slog.Logger) (*Identity, error) {
-	id := &Identity{caFile: caFile, certFile: certFile, keyFile: keyFile, log: log}
-	cur, err := id.current()
-	if err != nil {
+	id := &Identity{caFile: caFile, certFile: certFile, keyFile: keyFile, want: want, log: log}
+	if _, err := id.current(); err != nil {
 		return nil, err
-	}
-	if cur.component != want {
-		return nil, fmt.Errorf("certificate %s is for component %q, this is %q", certFile, cur.component, want)
 	}
 	return id, nil
 }
@@ -147,6 +144,11 @@ func (id *Identity) read() (*loaded, error) {
 	comp, err := pki.Verify(cert.Leaf, inter, roots, x509.ExtKeyUsageClientAuth, time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("%s against %s: %w", id.certFile, id.caFile, err)
+	}
+	// A rotation never changes who a process is: a certificate for another
+	// component is refused, at start and on reload alike.
+	if comp != id.want {
+		return nil, fmt.Errorf("certificate %s is for component %q, this is %q", id.certFile, comp, id.want)
 	}
 	return &loaded{cert: cert, leaf: cert.Leaf, roots: roots, component: comp}, nil
 }

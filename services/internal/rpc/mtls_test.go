@@ -279,6 +279,15 @@ func TestRotationOnDisk(t *testing.T) {
 		t.Fatalf("old CA's client after rotation: got %v, want Unauthenticated", err)
 	}
 
+	// Files of another component are not taken up on reload either.
+	writeIdentity(t, srvDir, newCA.CertPEM(), newCA, pki.Gateway)
+	if _, err := call(newLogic); err != nil {
+		t.Fatalf("after a gateway certificate landed in im-repo's files: %v", err)
+	}
+	if srvID.Component() != pki.Repo {
+		t.Fatalf("im-repo became %q", srvID.Component())
+	}
+
 	// A broken write keeps the last good files.
 	if err := os.WriteFile(filepath.Join(srvDir, "tls.key"), []byte("half a key"), 0o600); err != nil {
 		t.Fatal(err)
