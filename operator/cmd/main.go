@@ -2,18 +2,11 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"flag"
-	"fmt"
-	"net"
 	"os"
-	"strconv"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -23,10 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
-	"github.com/gochat/gochat/operator/internal/resources"
 )
 
 func main() {
@@ -68,9 +59,9 @@ func main() {
 		os.Exit(1)
 	}
 	r := &controller.Reconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("gochat-operator"),
-		Sessions: gatewaySessions, Resync: resync,
+		Client:      mgr.GetClient(),
+		Recorder:    mgr.GetEventRecorder("gochat-operator"),
+		GatewayAddr: controller.PodGRPCAddr, Resync: resync,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up controller")
@@ -83,21 +74,4 @@ func main() {
 		log.Error(err, "manager stopped")
 		os.Exit(1)
 	}
-}
-
-// gatewaySessions asks one gateway pod for its session count over its admin gRPC service.
-func gatewaySessions(ctx context.Context, pod *corev1.Pod) (int64, error) {
-	addr := net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(resources.GatewayGRPCPort))
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return 0, fmt.Errorf("dial gateway %s: %w", addr, err)
-	}
-	defer conn.Close()
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	st, err := gochatv1.NewGatewayAdminServiceClient(conn).Stats(cctx, &gochatv1.StatsRequest{})
-	if err != nil {
-		return 0, fmt.Errorf("stats of gateway %s: %w", pod.Name, err)
-	}
-	return st.Sessions, nil
 }

@@ -18,7 +18,7 @@ import (
 func startDev(t *testing.T, dataDir string, extra ...string) (*tc.Process, string) {
 	t.Helper()
 	addr := tc.FreePort(t)
-	args := append([]string{"dev", "--data-dir", dataDir, "--http-addr", addr}, extra...)
+	args := append([]string{"dev", "--data-dir", dataDir, "--http-addr", addr, "--metrics-addr", tc.FreePort(t)}, extra...)
 	p := tc.Start(t, "gochat-dev", nil, args...)
 	tc.WaitHTTP(t, "http://"+addr+"/readyz", p)
 	return p, "http://" + addr

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -25,8 +27,13 @@ func TestDevRestart(t *testing.T) {
 		a.Must(t, http.MethodPost, "/v1/conversations/"+conv.ID+"/messages", map[string]string{"client_msg_id": fmt.Sprint("k", i), "content": fmt.Sprint("kept ", i)}, nil)
 	}
 	dev.Stop()
+	certBefore := readFile(t, filepath.Join(dir, "tls", "gateway.crt"))
 
 	_, base = startDev(t, dir)
+	// The dev CA and certificates are kept and reused, not made anew.
+	if certAfter := readFile(t, filepath.Join(dir, "tls", "gateway.crt")); certAfter != certBefore {
+		t.Fatal("gochat dev issued a new gateway certificate on restart")
+	}
 	var login struct {
 		Token string `json:"token"`
 	}
@@ -56,6 +63,15 @@ func TestDevRestart(t *testing.T) {
 			break
 		}
 	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // TestDevRealBackends: `gochat dev` on this machine's MariaDB and Redis and

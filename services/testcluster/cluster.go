@@ -4,15 +4,21 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/gochat/gochat/api/pki"
 )
 
 // Cluster is the four services and a Kafka broker, each its own process.
+// The services talk mutual TLS with certificates from the cluster's own CA.
 type Cluster struct {
 	Kafka, Repo, Logic, Gateway, Task *Process
 	HTTP                              string // the gateway's client address, host:port
+	GatewayGRPC, LogicGRPC, RepoGRPC  string // gRPC addresses, host:port
+	GatewayMetrics                    string // the gateway's /metrics address, host:port
 	MySQLDSN                          string
 	RedisPrefix                       string
 	Secret                            string
+	CA                                *pki.CA
 }
 
 // Options change a cluster from the defaults.
@@ -35,8 +41,9 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	addrs, err := freeAddrs(9)
 	mustf(t, err, "free ports")
 	kafkaAddr, repoAddr, logicAddr, gwHTTP, gwGRPC := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
-	repoMetrics, logicMetrics, taskMetrics := addrs[5], addrs[6], addrs[7]
-	c.HTTP = gwHTTP
+	repoMetrics, logicMetrics, taskMetrics, gwMetrics := addrs[5], addrs[6], addrs[7], addrs[8]
+	c.HTTP, c.GatewayGRPC, c.LogicGRPC, c.RepoGRPC, c.GatewayMetrics = gwHTTP, gwGRPC, logicAddr, repoAddr, gwMetrics
+	c.CA = NewCA(t)
 	topicPrefix := RandomName("e2e")
 
 	// The broker keeps its log on disk, so a test can stop and restart it.
@@ -45,21 +52,21 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 
 	common := []string{"GOCHAT_LOG_LEVEL=debug"}
 	kafkaEnv := []string{"GOCHAT_KAFKA_BROKERS=" + kafkaAddr, "GOCHAT_KAFKA_TOPIC_PREFIX=" + topicPrefix, "GOCHAT_KAFKA_PARTITIONS=4"}
-	c.Repo = Start(t, "im-repo", append(common,
+	c.Repo = Start(t, "im-repo", append(append(common, IssueFiles(t, c.CA, pki.Repo).Env()...),
 		"GOCHAT_MYSQL_DSN="+c.MySQLDSN, "GOCHAT_REDIS_ADDR="+RedisAddr(), "GOCHAT_REDIS_PREFIX="+prefix),
 		"repo", "--grpc-addr", repoAddr, "--metrics-addr", repoMetrics, "--migrate")
 	WaitTCP(t, repoAddr, c.Repo)
 
-	c.Logic = Start(t, "im-logic", append(append(common, kafkaEnv...), "GOCHAT_JWT_SECRET="+c.Secret),
+	c.Logic = Start(t, "im-logic", append(append(append(common, kafkaEnv...), IssueFiles(t, c.CA, pki.Logic).Env()...), "GOCHAT_JWT_SECRET="+c.Secret),
 		append([]string{"logic", "--grpc-addr", logicAddr, "--metrics-addr", logicMetrics, "--repo-addr", repoAddr}, o.LogicFlags...)...)
 	WaitTCP(t, logicAddr, c.Logic)
 
-	c.Task = Start(t, "im-task", append(append(append(common, kafkaEnv...), o.TaskEnv...), "GOCHAT_CONSUMER_GROUP="+topicPrefix),
+	c.Task = Start(t, "im-task", append(append(append(append(common, kafkaEnv...), o.TaskEnv...), IssueFiles(t, c.CA, pki.Task).Env()...), "GOCHAT_CONSUMER_GROUP="+topicPrefix),
 		"task", "--metrics-addr", taskMetrics, "--repo-addr", repoAddr)
 	WaitHTTP(t, fmt.Sprintf("http://%s/healthz", taskMetrics), c.Task)
 
-	args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--logic-addr", logicAddr, "--repo-addr", repoAddr}, o.GatewayFlags...)
-	c.Gateway = Start(t, "im-gateway", append(common, "GOCHAT_JWT_SECRET="+c.Secret), args...)
+	args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--metrics-addr", gwMetrics, "--logic-addr", logicAddr, "--repo-addr", repoAddr}, o.GatewayFlags...)
+	c.Gateway = Start(t, "im-gateway", append(append(common, IssueFiles(t, c.CA, pki.Gateway).Env()...), "GOCHAT_JWT_SECRET="+c.Secret), args...)
 	WaitHTTP(t, "http://"+gwHTTP+"/readyz", c.Gateway)
 	return c
 }

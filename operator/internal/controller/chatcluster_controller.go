@@ -48,8 +48,12 @@ const secretIndex = "spec.secretNames"
 type Reconciler struct {
 	client.Client
 	Recorder events.EventRecorder
-	// Sessions counts a gateway pod's sessions (its admin gRPC Stats); nil: not counted.
-	Sessions func(ctx context.Context, pod *corev1.Pod) (int64, error)
+	// GatewayAddr is where a gateway pod's admin gRPC service is
+	// (PodGRPCAddr); nil: the operator calls no gateway (sessions not counted).
+	GatewayAddr func(pod *corev1.Pod) string
+	// Now is the clock of certificate renewal (nil: time.Now).
+	Now     func() time.Time
+	opCerts operatorCerts
 	// Resync is how often a healthy cluster is checked again (topics, Redis, sessions).
 	Resync time.Duration
 }
@@ -58,7 +62,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;update;patch;delete
@@ -121,6 +125,9 @@ func (r *Reconciler) event(cc *chatv1.ChatCluster, kind, reason, action, format 
 func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (status.Observed, error) {
 	obs := status.Observed{Deployments: map[string]*appsv1.Deployment{}, MigratedImage: cc.Status.MigratedImage}
 	if err := r.ensureJWTSecret(ctx, cc); err != nil {
+		return obs, err
+	}
+	if err := r.ensurePKI(ctx, cc); err != nil {
 		return obs, err
 	}
 	hashes, secretsErr := r.secretHashes(ctx, cc)
@@ -420,7 +427,7 @@ func (r *Reconciler) observe(ctx context.Context, cc *chatv1.ChatCluster, obs *s
 	if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.Name(cc, resources.Gateway)}, &svc); err == nil {
 		obs.ClientService = &svc
 	}
-	if r.Sessions != nil {
+	if r.GatewayAddr != nil {
 		var pods corev1.PodList
 		if err := r.List(ctx, &pods, client.InNamespace(cc.Namespace), client.MatchingLabels(resources.SelectorLabels(cc, resources.Gateway))); err == nil {
 			for i := range pods.Items {
@@ -428,7 +435,7 @@ func (r *Reconciler) observe(ctx context.Context, cc *chatv1.ChatCluster, obs *s
 				if p.Status.PodIP == "" || p.Status.Phase != corev1.PodRunning {
 					continue
 				}
-				if n, err := r.Sessions(ctx, p); err == nil {
+				if n, err := r.gatewaySessions(ctx, cc, p); err == nil {
 					obs.Sessions += n
 				}
 			}

@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+	"github.com/gochat/gochat/operator/internal/controller"
 	"github.com/gochat/gochat/operator/internal/resources"
 )
 
@@ -92,11 +93,11 @@ func getCluster(t *testing.T, ns, name string) *chatv1.ChatCluster {
 }
 
 // setup makes a namespace with the MySQL Secret, starts a manager and creates a cluster.
-func setup(t *testing.T, mutate func(*chatv1.ChatCluster)) (string, *chatv1.ChatCluster, func()) {
+func setup(t *testing.T, mutate func(*chatv1.ChatCluster), opts ...func(*controller.Reconciler)) (string, *chatv1.ChatCluster, func()) {
 	t.Helper()
 	ns := newNamespace(t)
 	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:s3cret-pw@tcp(mysql:3306)/gochat"})
-	stop := startManager(t, ns)
+	stop := startManager(t, ns, opts...)
 	cc := newCluster(ns, "demo")
 	if mutate != nil {
 		mutate(cc)

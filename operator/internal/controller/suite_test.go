@@ -155,12 +155,12 @@ func startControllerManager(env *envtest.Environment, assets string) (func(), er
 
 // startManager runs the operator's manager for one namespace until the
 // returned stop is called (or the test ends).
-func startManager(t *testing.T, ns string) (stop func()) {
+func startManager(t *testing.T, ns string, opts ...func(*controller.Reconciler)) (stop func()) {
 	t.Helper()
-	return startManagerWith(t, cfg, ns)
+	return startManagerWith(t, cfg, ns, opts...)
 }
 
-func startManagerWith(t *testing.T, cfg *rest.Config, ns string) (stop func()) {
+func startManagerWith(t *testing.T, cfg *rest.Config, ns string, opts ...func(*controller.Reconciler)) (stop func()) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:     scheme,
@@ -172,6 +172,9 @@ func startManagerWith(t *testing.T, cfg *rest.Config, ns string) (stop func()) {
 		t.Fatal(err)
 	}
 	r := &controller.Reconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
+	for _, o := range opts {
+		o(r)
+	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,7 @@ const (
 	GatewayGRPCPort = 9000
 	LogicGRPCPort   = 9001
 	RepoGRPCPort    = 9002
+	GatewayMetrics  = 9100
 	LogicMetrics    = 9101
 	RepoMetrics     = 9102
 	TaskMetrics     = 9103

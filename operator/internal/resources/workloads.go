@@ -86,10 +86,6 @@ func securityContext() *corev1.SecurityContext {
 	}
 }
 
-func grpcProbe(port int32) *corev1.Probe {
-	return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: port}}, PeriodSeconds: 10, FailureThreshold: 3}
-}
-
 func httpProbe(path string, port int32) *corev1.Probe {
 	return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(port)}}, PeriodSeconds: 5, FailureThreshold: 3}
 }
@@ -106,20 +102,24 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 	}
 	switch component {
 	case Gateway:
-		c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: GatewayHTTPPort}, {Name: "grpc", ContainerPort: GatewayGRPCPort}}
+		c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: GatewayHTTPPort}, {Name: "grpc", ContainerPort: GatewayGRPCPort}, {Name: "metrics", ContainerPort: GatewayMetrics}}
 		c.ReadinessProbe = httpProbe("/readyz", GatewayHTTPPort)
 		c.LivenessProbe = httpProbe("/healthz", GatewayHTTPPort)
 	case Logic:
+		// Probes are HTTP on the metrics port: gRPC is mutual TLS, which
+		// kubelet gRPC probes cannot speak.
 		c.Ports = []corev1.ContainerPort{{Name: "grpc", ContainerPort: LogicGRPCPort}, {Name: "metrics", ContainerPort: LogicMetrics}}
-		c.ReadinessProbe, c.LivenessProbe = grpcProbe(LogicGRPCPort), grpcProbe(LogicGRPCPort)
+		c.ReadinessProbe, c.LivenessProbe = httpProbe("/healthz", LogicMetrics), httpProbe("/healthz", LogicMetrics)
 	case Repo:
 		c.Ports = []corev1.ContainerPort{{Name: "grpc", ContainerPort: RepoGRPCPort}, {Name: "metrics", ContainerPort: RepoMetrics}}
-		c.ReadinessProbe, c.LivenessProbe = grpcProbe(RepoGRPCPort), grpcProbe(RepoGRPCPort)
+		c.ReadinessProbe, c.LivenessProbe = httpProbe("/healthz", RepoMetrics), httpProbe("/healthz", RepoMetrics)
 	case Task:
 		c.Ports = []corev1.ContainerPort{{Name: "metrics", ContainerPort: TaskMetrics}}
 		c.LivenessProbe = httpProbe("/healthz", TaskMetrics)
 	}
 	vols, mounts := kafkaCAVolume(cc, component)
+	tlsVols, tlsMounts, tlsEnv := tlsMount(cc, component)
+	vols, mounts, c.Env = append(vols, tlsVols...), append(mounts, tlsMounts...), append(c.Env, tlsEnv...)
 	c.VolumeMounts = mounts
 	f := false
 	return corev1.PodTemplateSpec{

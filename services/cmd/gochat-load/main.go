@@ -41,13 +41,14 @@ func main() {
 	}
 	fs := flag.NewFlagSet("idle", flag.ExitOnError)
 	url := fs.String("url", "http://127.0.0.1:8080", "the gateway's base URL")
+	metricsURL := fs.String("metrics-url", "http://127.0.0.1:9100", "base URL of the gateway's metrics address (its --metrics-addr)")
 	conns := fs.Int("conns", 1000, "WebSocket sessions to open")
 	users := fs.Int("users", 100, "guest users the sessions are spread over")
 	parallel := fs.Int("parallel", 64, "handshakes in flight at once")
 	hold := fs.Duration("hold", 10*time.Second, "how long to hold the sessions before measuring again")
 	ping := fs.Duration("ping", 20*time.Second, "each session sends a ping this often, as an idle client does (0: never)")
 	_ = fs.Parse(os.Args[2:])
-	if err := idle(*url, *conns, *users, *parallel, *hold, *ping); err != nil {
+	if err := idle(*url, *metricsURL, *conns, *users, *parallel, *hold, *ping); err != nil {
 		fmt.Fprintln(os.Stderr, "gochat-load:", err)
 		os.Exit(1)
 	}
@@ -55,7 +56,7 @@ func main() {
 
 type metrics struct{ rss, heap, goroutines, sessions float64 }
 
-// scrape reads the gateway's own gauges from /metrics.
+// scrape reads the gateway's own gauges from /metrics on its metrics address.
 func scrape(base string) (metrics, error) {
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
@@ -87,7 +88,7 @@ func scrape(base string) (metrics, error) {
 	return m, sc.Err()
 }
 
-func idle(base string, n, users, parallel int, hold, ping time.Duration) error {
+func idle(base, metricsBase string, n, users, parallel int, hold, ping time.Duration) error {
 	tokens := make([]string, users)
 	for i := range tokens {
 		g, err := newGuest(base, i)
@@ -97,7 +98,7 @@ func idle(base string, n, users, parallel int, hold, ping time.Duration) error {
 		tokens[i] = g.token
 	}
 	time.Sleep(time.Second)
-	before, err := scrape(base)
+	before, err := scrape(metricsBase)
 	if err != nil {
 		return fmt.Errorf("scrape before: %w", err)
 	}
@@ -156,7 +157,7 @@ func idle(base string, n, users, parallel int, hold, ping time.Duration) error {
 		}
 	}
 	time.Sleep(time.Until(end))
-	after, err := scrape(base)
+	after, err := scrape(metricsBase)
 	if err != nil {
 		return fmt.Errorf("scrape after: %w", err)
 	}

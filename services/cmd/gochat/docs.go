@@ -21,6 +21,12 @@ upper case with underscores and a `+"`GOCHAT_`"+` prefix, an environment variabl
 environment. Pass secrets (`+"`GOCHAT_JWT_SECRET`, `GOCHAT_MYSQL_DSN`, `GOCHAT_REDIS_PASSWORD`, `GOCHAT_KAFKA_SASL_PASSWORD`, `GOCHAT_WEBHOOK_SECRET`"+`)
 through the environment: command lines are visible to every user of the machine.
 
+Every service's gRPC is mutual TLS: `+"`--tls-ca`, `--tls-cert` and `--tls-key`"+` (`+"`GOCHAT_TLS_CA`"+`,
+`+"`GOCHAT_TLS_CERT`, `GOCHAT_TLS_KEY`"+`) are required, and are re-read when the files change.
+`+"`--insecure-internal`"+` serves and dials plaintext with no caller checks instead: for tests only.
+`+"`gochat dev`"+` makes its own CA and certificates; the operator mounts them from Secrets
+(docs/architecture.md, "Internal authentication").
+
 This page is generated from the code: `+"`go test ./services/cmd/gochat -run TestConfigDocs -update`"+`.
 `)
 	for _, c := range commands {

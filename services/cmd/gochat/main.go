@@ -38,6 +38,7 @@ var commands = []command{
 	{"migrate", "migrate the database schema to this version, then exit", func() service { return &migrateCmd{} }},
 	{"dev", "all four services in one process on embedded SQLite, Redis and Kafka", func() service { return &launch.Dev{} }},
 	{"dev-kafka", "only the embedded Kafka broker of dev (for tests and local runs)", func() service { return &launch.DevKafka{} }},
+	{"issue-cert", "mint a certificate for a component (admin: a person's credential for the gateways' admin service) from a CA's files", func() service { return &launch.IssueCert{} }},
 }
 
 func usage() {

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
 	"github.com/gochat/gochat/services/internal/clientapi"
@@ -41,7 +39,6 @@ func (g *Gateway) routes() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", g.readyz)
-	mux.Handle("GET /metrics", promhttp.Handler())
 	mux.HandleFunc("/v1/", notFound(mux))
 	if g.cfg.WebRoot != nil {
 		mux.Handle("/", g.cfg.WebRoot)

@@ -18,6 +18,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/gateway"
 	"github.com/gochat/gochat/services/internal/webclient"
 )
@@ -27,20 +28,22 @@ import (
 // production one; only the backends are embedded (SQLite, an in-process
 // Redis, an in-process Kafka), each replaceable by a real one with a flag.
 type Dev struct {
-	DataDir   string
-	HTTPAddr  string
-	MySQLDSN  string
-	Redis     RedisFlags
-	Kafka     KafkaFlags
-	JWTSecret string
-	fs        *flag.FlagSet
+	DataDir     string
+	HTTPAddr    string
+	MetricsAddr string
+	MySQLDSN    string
+	Redis       RedisFlags
+	Kafka       KafkaFlags
+	JWTSecret   string
+	fs          *flag.FlagSet
 }
 
 // Register adds dev's flags.
 func (d *Dev) Register(fs *flag.FlagSet) {
 	d.fs = fs
-	fs.StringVar(&d.DataDir, "data-dir", ".gochat", "where the embedded database, Kafka log and token secret live")
+	fs.StringVar(&d.DataDir, "data-dir", ".gochat", "where the embedded database, Kafka log, token secret and internal TLS CA and certificates live")
 	fs.StringVar(&d.HTTPAddr, "http-addr", "127.0.0.1:8080", "address of the web client and the client API")
+	fs.StringVar(&d.MetricsAddr, "metrics-addr", "127.0.0.1:9100", "address of /metrics (every service of the process) and /healthz (empty: off)")
 	fs.StringVar(&d.MySQLDSN, "mysql-dsn", "", "use this MySQL instead of the embedded SQLite")
 	d.Redis.Register(fs)
 	fs.Lookup("redis-addr").DefValue = ""
@@ -58,6 +61,11 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 		return fmt.Errorf("create data dir: %w", err)
 	}
 	secret, err := d.secret()
+	if err != nil {
+		return err
+	}
+	// The services talk mutual TLS on loopback as they do in a cluster.
+	tlsFlags, err := devPKI(filepath.Join(d.DataDir, "tls"), time.Now(), log)
 	if err != nil {
 		return err
 	}
@@ -92,7 +100,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 	repoAddr, logicAddr, gwGRPC := ports[0], ports[1], ports[2]
 	auth := AuthFlags{Secret: secret, TTL: 7 * 24 * time.Hour}
 
-	repoSvc := &Repo{GRPCAddr: repoAddr, Migrate: true, Redis: redisFlags}
+	repoSvc := &Repo{GRPCAddr: repoAddr, Migrate: true, Redis: redisFlags, TLS: tlsFlags[pki.Repo]}
 	repoSvc.DB.MySQLDSN = d.MySQLDSN
 	if d.MySQLDSN == "" {
 		repoSvc.DB.SQLitePath = filepath.Join(d.DataDir, "gochat.db")
@@ -100,17 +108,17 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 	repoSvc.DB.MaxOpenConns = 16
 	repoSvc.MemberCacheTTL, repoSvc.StoreWorkers, repoSvc.StoreMaxBatch = 5*time.Minute, 1, 256
 
-	logicSvc := &Logic{GRPCAddr: logicAddr, RepoAddr: repoAddr, Auth: auth}
+	logicSvc := &Logic{GRPCAddr: logicAddr, RepoAddr: repoAddr, Auth: auth, TLS: tlsFlags[pki.Logic]}
 	logicSvc.Kafka.KafkaConfig = kafka
 	logicSvc.Kafka.SetBrokers(kafka.Brokers)
 	logicSvc.MaxContentBytes, logicSvc.MaxGroupMembers, logicSvc.RelayAfter = 4096, 1000, 30*time.Second
 
-	taskSvc := &Task{RepoAddr: repoAddr}
+	taskSvc := &Task{RepoAddr: repoAddr, TLS: tlsFlags[pki.Task]}
 	taskSvc.Kafka.KafkaConfig = kafka
 	taskSvc.Kafka.SetBrokers(kafka.Brokers)
 	taskSvc.ConsumerGroup, taskSvc.MaxPoll, taskSvc.PushTimeout = "gochat-task", 2000, 5*time.Second
 
-	gwSvc := &Gateway{HTTPAddr: d.HTTPAddr, GRPCAddr: gwGRPC, LogicAddr: logicAddr, RepoAddr: repoAddr, Auth: auth}
+	gwSvc := &Gateway{HTTPAddr: d.HTTPAddr, GRPCAddr: gwGRPC, MetricsAddr: d.MetricsAddr, LogicAddr: logicAddr, RepoAddr: repoAddr, Auth: auth, TLS: tlsFlags[pki.Gateway]}
 	gwSvc.Config = DefaultGatewayConfig()
 	web, err := fs.Sub(webclient.Files, "static")
 	if err != nil {

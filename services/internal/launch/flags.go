@@ -4,6 +4,7 @@ package launch
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -13,10 +14,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/authtoken"
 	"github.com/gochat/gochat/services/internal/config"
 	"github.com/gochat/gochat/services/internal/dispatch"
 	"github.com/gochat/gochat/services/internal/repo"
+	"github.com/gochat/gochat/services/internal/rpc"
 )
 
 // LogFlags choose the log level.
@@ -138,4 +141,41 @@ func (f AuthFlags) Keys() (*authtoken.Keys, error) {
 		return nil, fmt.Errorf("--jwt-secret (GOCHAT_JWT_SECRET) is required")
 	}
 	return authtoken.New(f.Secret, f.TTL)
+}
+
+// TLSFlags say where a service's mutual-TLS files are: the CA bundle it
+// trusts, its certificate and its key (docs/architecture.md, "Internal
+// authentication"). Without them a service refuses to start, unless
+// --insecure-internal asks for plaintext, which is for tests only.
+type TLSFlags struct {
+	CA, Cert, Key string
+	Insecure      bool
+}
+
+// Register adds the flags.
+func (f *TLSFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&f.CA, "tls-ca", "", "PEM bundle of the CAs whose certificates this service trusts for gRPC (re-read when it changes)")
+	fs.StringVar(&f.Cert, "tls-cert", "", "PEM certificate of this service, issued for its component (re-read when it changes)")
+	fs.StringVar(&f.Key, "tls-key", "", "PEM private key of --tls-cert")
+	fs.BoolVar(&f.Insecure, "insecure-internal", false, "serve and dial gRPC in plaintext with no caller checks: for tests only, never in production")
+}
+
+// Identity loads the files as component's identity; nil with
+// --insecure-internal. Missing files are an error, not a fallback.
+func (f TLSFlags) Identity(c pki.Component, log *slog.Logger) (*rpc.Identity, error) {
+	given := f.CA != "" || f.Cert != "" || f.Key != ""
+	switch {
+	case f.Insecure && given:
+		return nil, errors.New("--insecure-internal and --tls-ca/--tls-cert/--tls-key exclude each other")
+	case f.Insecure:
+		log.Warn("internal gRPC is plaintext and unauthenticated (--insecure-internal): anyone who reaches a port may call it; for tests only")
+		return nil, nil
+	case f.CA == "" || f.Cert == "" || f.Key == "":
+		return nil, errors.New("--tls-ca, --tls-cert and --tls-key (GOCHAT_TLS_CA, GOCHAT_TLS_CERT, GOCHAT_TLS_KEY) are required: internal gRPC is mutual TLS (--insecure-internal turns it off, for tests only)")
+	}
+	id, err := rpc.LoadIdentity(f.CA, f.Cert, f.Key, c, log)
+	if err != nil {
+		return nil, fmt.Errorf("internal TLS: %w", err)
+	}
+	return id, nil
 }

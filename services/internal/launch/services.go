@@ -19,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/dispatch"
 	"github.com/gochat/gochat/services/internal/gateway"
 	"github.com/gochat/gochat/services/internal/logic"
@@ -116,6 +117,7 @@ type Repo struct {
 	Migrate     bool
 	DB          DBFlags
 	Redis       RedisFlags
+	TLS         TLSFlags
 	repo.Config
 }
 
@@ -126,6 +128,7 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Migrate, "migrate", false, "migrate the schema at start (otherwise the schema must already be current)")
 	o.DB.Register(fs)
 	o.Redis.Register(fs)
+	o.TLS.Register(fs)
 	fs.DurationVar(&o.MemberCacheTTL, "member-cache-ttl", 5*time.Minute, "how long member lists stay in the Redis cache")
 	fs.IntVar(&o.StoreWorkers, "store-workers", 1, "transactions storing messages at once per replica (MySQL; SQLite uses 1); one makes the largest batches (docs/benchmarks.md)")
 	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
@@ -138,6 +141,10 @@ func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	if o.MemberCacheTTL < time.Second {
 		return fmt.Errorf("--member-cache-ttl must be at least 1s, got %s", o.MemberCacheTTL)
+	}
+	id, err := o.TLS.Identity(pki.Repo, log)
+	if err != nil {
+		return err
 	}
 	db, err := repo.OpenDB(o.DB.DBConfig)
 	if err != nil {
@@ -162,7 +169,7 @@ func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	o.RedisPrefix = o.Redis.Prefix
 	srv := repo.NewServer(db, rdb, o.Config, log)
 	g, gctx := newGroup(ctx)
-	gs := rpc.NewServer(log)
+	gs := rpc.NewServer(log, id)
 	gochatv1.RegisterRepoServiceServer(gs, srv)
 	withHealth(gs)
 	// The batcher outlives the gRPC server so in-flight stores get answers.
@@ -185,6 +192,7 @@ type Logic struct {
 	RepoAddr    string
 	Auth        AuthFlags
 	Kafka       KafkaFlags
+	TLS         TLSFlags
 	logic.Config
 }
 
@@ -195,6 +203,7 @@ func (o *Logic) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address (dns:///name:port spreads over replicas)")
 	o.Auth.Register(fs)
 	o.Kafka.Register(fs)
+	o.TLS.Register(fs)
 	fs.IntVar(&o.MaxContentBytes, "max-content-bytes", 4096, "largest message content in bytes")
 	fs.IntVar(&o.MaxGroupMembers, "max-group-members", 1000, "largest group")
 	fs.DurationVar(&o.RelayAfter, "outbox-relay-after", 30*time.Second, "publish again a stored message still waiting for Kafka after this long")
@@ -218,7 +227,11 @@ func (o *Logic) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	conn, err := rpc.Dial(o.RepoAddr)
+	id, err := o.TLS.Identity(pki.Logic, log)
+	if err != nil {
+		return err
+	}
+	conn, err := rpc.Dial(o.RepoAddr, id, pki.Repo)
 	if err != nil {
 		return err
 	}
@@ -232,7 +245,7 @@ func (o *Logic) Run(ctx context.Context, log *slog.Logger) error {
 		defer cancel()
 		pub.Close(fctx)
 	}()
-	gs := rpc.NewServer(log)
+	gs := rpc.NewServer(log, id)
 	srv := logic.NewServer(gochatv1.NewRepoServiceClient(conn), keys, pub, o.Config, log)
 	gochatv1.RegisterLogicServiceServer(gs, srv)
 	withHealth(gs)
@@ -246,11 +259,13 @@ func (o *Logic) Run(ctx context.Context, log *slog.Logger) error {
 
 // Gateway is im-gateway's settings.
 type Gateway struct {
-	HTTPAddr  string
-	GRPCAddr  string
-	LogicAddr string
-	RepoAddr  string
-	Auth      AuthFlags
+	HTTPAddr    string
+	GRPCAddr    string
+	MetricsAddr string
+	LogicAddr   string
+	RepoAddr    string
+	Auth        AuthFlags
+	TLS         TLSFlags
 	gateway.Config
 }
 
@@ -258,10 +273,12 @@ type Gateway struct {
 func (o *Gateway) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.HTTPAddr, "http-addr", ":8080", "address of the client API (HTTP and WebSocket)")
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9000", "address of the push and admin gRPC services")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9100", "address of /metrics and /healthz, kept off the public client port (empty: off)")
 	fs.StringVar(&o.Advertise, "advertise-addr", "", "host:port im-task dials for pushes (default: $POD_IP or 127.0.0.1, with the gRPC port)")
 	fs.StringVar(&o.LogicAddr, "logic-addr", "127.0.0.1:9001", "im-logic's gRPC address")
 	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address (presence)")
 	o.Auth.Register(fs)
+	o.TLS.Register(fs)
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 25*time.Second, "heartbeat_ms told to clients; silent for 3 heartbeats means gone")
 	fs.DurationVar(&o.PresenceTTL, "presence-ttl", 90*time.Second, "how long a session stays in presence without renewal")
 	fs.DurationVar(&o.HandshakeTimeout, "handshake-timeout", 10*time.Second, "time to complete a WebSocket handshake")
@@ -306,12 +323,16 @@ func (o *Gateway) Run(ctx context.Context, log *slog.Logger) error {
 	if o.Advertise, err = o.advertise(); err != nil {
 		return err
 	}
-	logicConn, err := rpc.Dial(o.LogicAddr)
+	id, err := o.TLS.Identity(pki.Gateway, log)
+	if err != nil {
+		return err
+	}
+	logicConn, err := rpc.Dial(o.LogicAddr, id, pki.Logic)
 	if err != nil {
 		return err
 	}
 	defer logicConn.Close()
-	repoConn, err := rpc.Dial(o.RepoAddr)
+	repoConn, err := rpc.Dial(o.RepoAddr, id, pki.Repo)
 	if err != nil {
 		return err
 	}
@@ -324,7 +345,7 @@ func (o *Gateway) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen for clients on %s: %w", o.HTTPAddr, err)
 	}
-	gs := rpc.NewServer(log)
+	gs := rpc.NewServer(log, id)
 	ps := gw.PushServer()
 	gochatv1.RegisterPushServiceServer(gs, ps)
 	gochatv1.RegisterGatewayAdminServiceServer(gs, ps)
@@ -332,7 +353,8 @@ func (o *Gateway) Run(ctx context.Context, log *slog.Logger) error {
 	g, gctx := newGroup(ctx)
 	g.Go(func() error { return gw.Serve(gctx, ln) })
 	g.Go(func() error { return serveGRPC(gctx, o.GRPCAddr, gs) })
-	log.Info("im-gateway serving", "http", ln.Addr().String(), "grpc", o.GRPCAddr, "advertise", o.Advertise)
+	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
+	log.Info("im-gateway serving", "http", ln.Addr().String(), "grpc", o.GRPCAddr, "metrics", o.MetricsAddr, "advertise", o.Advertise)
 	return g.Wait()
 }
 
@@ -341,6 +363,7 @@ type Task struct {
 	MetricsAddr string
 	RepoAddr    string
 	Kafka       KafkaFlags
+	TLS         TLSFlags
 	task.Config
 }
 
@@ -349,6 +372,7 @@ func (o *Task) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9103", "address of /metrics and /healthz (empty: off)")
 	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address")
 	o.Kafka.Register(fs)
+	o.TLS.Register(fs)
 	fs.StringVar(&o.ConsumerGroup, "consumer-group", "gochat-task", "Kafka consumer group of im-task replicas")
 	fs.IntVar(&o.MaxPoll, "max-poll", 2000, "most records handled in one batch")
 	fs.DurationVar(&o.PushTimeout, "push-timeout", 5*time.Second, "time limit of one push call to a gateway")
@@ -367,12 +391,17 @@ func (o *Task) Run(ctx context.Context, log *slog.Logger) error {
 	if err := o.Kafka.Config().Validate(); err != nil {
 		return err
 	}
-	conn, err := rpc.Dial(o.RepoAddr)
+	id, err := o.TLS.Identity(pki.Task, log)
+	if err != nil {
+		return err
+	}
+	conn, err := rpc.Dial(o.RepoAddr, id, pki.Repo)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	o.Config.Kafka = o.Kafka.Config()
+	o.Config.TLS = id
 	t := task.New(o.Config, gochatv1.NewRepoServiceClient(conn), log)
 	g, gctx := newGroup(ctx)
 	g.Go(func() error { return t.Run(gctx) })

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/apierror"
 	"github.com/gochat/gochat/services/internal/repo"
 	"github.com/gochat/gochat/services/internal/rpc"
@@ -57,14 +58,14 @@ func start(t *testing.T, dialect string) *env {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { srv.Run(runCtx); close(done) }()
-	gs := rpc.NewServer(log)
+	gs := rpc.NewServer(log, nil) // plaintext: these tests are about storage; internal/rpc tests the authorization
 	gochatv1.RegisterRepoServiceServer(gs, srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = gs.Serve(ln) }()
-	conn, err := rpc.Dial(ln.Addr().String())
+	conn, err := rpc.Dial(ln.Addr().String(), nil, pki.Repo)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 // Package rpc sets up GoChat's gRPC servers and clients the same way everywhere:
 // API errors pass through, other errors are logged and hidden, every call is
-// counted and timed, and connections are long-lived with keepalives.
+// counted and timed, connections are long-lived with keepalives, and every
+// call between services is mutual TLS authorized by the caller's component.
 package rpc
 
 import (
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/apierror"
 )
 
@@ -26,10 +28,28 @@ var handled = promauto.NewHistogramVec(prometheus.HistogramOpts{
 	Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 }, []string{"method", "code"})
 
-// NewServer returns a gRPC server with GoChat's interceptor and keepalive policy.
-func NewServer(log *slog.Logger) *grpc.Server {
+var denied = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "gochat_grpc_server_denied_total",
+	Help: "gRPC calls refused before they reached the service, by method and code (Unauthenticated, PermissionDenied).",
+}, []string{"method", "code"})
+
+// NewServer returns a gRPC server with GoChat's interceptors and keepalive
+// policy. With an identity it serves mutual TLS and authorizes every call by
+// the caller's component (Authorization); a nil identity serves plaintext
+// and checks nothing, which only --insecure-internal asks for.
+func NewServer(log *slog.Logger, id *Identity) *grpc.Server {
+	return newServer(log, id, Authorization)
+}
+
+func newServer(log *slog.Logger, id *Identity, table map[string][]pki.Component) *grpc.Server {
+	creds := insecure.NewCredentials()
+	if id != nil {
+		creds = id.serverCredentials()
+	}
 	return grpc.NewServer(
-		grpc.ChainUnaryInterceptor(errorInterceptor(log)),
+		grpc.Creds(creds),
+		grpc.ChainUnaryInterceptor(authUnary(id, table), errorInterceptor(log)),
+		grpc.ChainStreamInterceptor(authStream(id, table)),
 		// Connections are recycled every few minutes so that clients resolve
 		// the service's DNS name again and find replicas added since: a
 		// headless Service gives no other signal of a scale-up.
@@ -65,9 +85,16 @@ func errorInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 
 // Dial opens a long-lived client connection. addr may name several replicas
 // behind one DNS name ("dns:///im-repo:9002"): calls are spread round robin.
-func Dial(addr string) (*grpc.ClientConn, error) {
+// With an identity the connection is mutual TLS and the server must prove
+// to be component server (whatever address was dialled); a nil identity
+// dials plaintext (--insecure-internal).
+func Dial(addr string, id *Identity, server pki.Component) (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if id != nil {
+		creds = id.clientCredentials(server)
+	}
 	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		// Wait for a backend that is starting or restarting rather than fail

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/apierror"
 	"github.com/gochat/gochat/services/internal/clientapi"
 	"github.com/gochat/gochat/services/internal/dispatch"
@@ -48,6 +49,8 @@ type Config struct {
 	PushTimeout   time.Duration
 	WebhookURL    string
 	WebhookSecret string
+	// TLS is im-task's identity for dialling gateways (nil: plaintext).
+	TLS *rpc.Identity
 }
 
 // Task is one im-task process.
@@ -62,7 +65,7 @@ type Task struct {
 
 // New returns a task over an im-repo client.
 func New(cfg Config, repo gochatv1.RepoServiceClient, log *slog.Logger) *Task {
-	t := &Task{cfg: cfg, log: log, repo: repo, gateways: &gatewayConns{conns: map[string]*grpc.ClientConn{}}, order: newPushOrder(100_000)}
+	t := &Task{cfg: cfg, log: log, repo: repo, gateways: &gatewayConns{conns: map[string]*grpc.ClientConn{}, id: cfg.TLS}, order: newPushOrder(100_000)}
 	if cfg.WebhookURL != "" {
 		t.notifier = newNotifier(cfg.WebhookURL, cfg.WebhookSecret, log)
 	}
@@ -496,6 +499,7 @@ func (t *Task) pushOne(ctx context.Context, gw string, deliveries []*gochatv1.De
 
 // gatewayConns keeps one long-lived connection per gateway address.
 type gatewayConns struct {
+	id    *rpc.Identity
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
@@ -506,7 +510,7 @@ func (g *gatewayConns) get(addr string) (gochatv1.PushServiceClient, error) {
 	if c, ok := g.conns[addr]; ok {
 		return gochatv1.NewPushServiceClient(c), nil
 	}
-	c, err := rpc.Dial(addr)
+	c, err := rpc.Dial(addr, g.id, pki.Gateway)
 	if err != nil {
 		return nil, err
 	}
