@@ -92,6 +92,7 @@ func testConfig() Config {
 		FrameReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, CallTimeout: 5 * time.Second,
 		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxPage: 200,
 		SendRate: 1000, SendBurst: 1000, FrameRate: 1000, FrameBurst: 1000, MaxBadFrames: 5, MaxReaders: 8,
+		DrainWindow: 2 * time.Second, DrainTimeout: 5 * time.Second,
 	}
 }
 

@@ -112,6 +112,10 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 
 	gwSvc := &Gateway{HTTPAddr: d.HTTPAddr, GRPCAddr: gwGRPC, LogicAddr: logicAddr, RepoAddr: repoAddr, Auth: auth}
 	gwSvc.Config = DefaultGatewayConfig()
+	// The only gateway: on Ctrl-C its clients have nowhere to go, so it
+	// closes them at once (1001) rather than drain; Drain over its admin
+	// gRPC still drains.
+	gwSvc.DrainOnStop = false
 	web, err := fs.Sub(webclient.Files, "static")
 	if err != nil {
 		return err
