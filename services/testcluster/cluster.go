@@ -10,6 +10,8 @@ import (
 type Cluster struct {
 	Kafka, Repo, Logic, Gateway, Task *Process
 	HTTP                              string // the gateway's client address, host:port
+	GatewayGRPC                       string // the gateway's push and admin gRPC address
+	RepoGRPC                          string // im-repo's gRPC address
 	MySQLDSN                          string
 	RedisPrefix                       string
 	Secret                            string
@@ -36,7 +38,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	mustf(t, err, "free ports")
 	kafkaAddr, repoAddr, logicAddr, gwHTTP, gwGRPC := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 	repoMetrics, logicMetrics, taskMetrics := addrs[5], addrs[6], addrs[7]
-	c.HTTP = gwHTTP
+	c.HTTP, c.GatewayGRPC, c.RepoGRPC = gwHTTP, gwGRPC, repoAddr
 	topicPrefix := RandomName("e2e")
 
 	// The broker keeps its log on disk, so a test can stop and restart it.

@@ -27,7 +27,7 @@ func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		_, here, _, _ := runtime.Caller(0)
-		servicesDir := filepath.Join(filepath.Dir(here), "..", "..")
+		servicesDir := filepath.Join(filepath.Dir(here), "..")
 		dir, err := os.MkdirTemp("", "gochat-bin-")
 		if err != nil {
 			buildErr = err
@@ -113,6 +113,16 @@ func (p *Process) Stop() {
 		p.dumpLog(f.Name())
 	}
 	f.Close()
+}
+
+// Signal sends sig to the process (SIGTERM to watch it drain, say).
+func (p *Process) Signal(sig os.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return fmt.Errorf("%s is not running", p.Name)
+	}
+	return p.cmd.Process.Signal(sig)
 }
 
 // Restart stops and starts the process again with the same arguments.
