@@ -53,7 +53,7 @@ urls=() admins=()
 startgw() {
   local i=$1
   gwpid[$i]=$(start "gateway$i-$(date +%s)" "$work/gochat" gateway --http-addr 127.0.0.1:$((18080+i)) --grpc-addr 127.0.0.1:$((19100+i)) \
-    --logic-addr 127.0.0.1:19001 --repo-addr 127.0.0.1:19002 --drain-window "$WINDOW" --drain-timeout "$TIMEOUT" --max-readers 128)
+    --logic-addr 127.0.0.1:19001 --repo-addr 127.0.0.1:19002 --drain-window "$WINDOW" --drain-timeout "$TIMEOUT")
   waitport $((18080+i))
 }
 for i in $(seq 0 $((GATEWAYS-1))); do

@@ -33,6 +33,7 @@ type Dev struct {
 	Redis     RedisFlags
 	Kafka     KafkaFlags
 	JWTSecret string
+	AdminAddr string
 	fs        *flag.FlagSet
 }
 
@@ -50,6 +51,7 @@ func (d *Dev) Register(fs *flag.FlagSet) {
 	d.Kafka.SetBrokers(nil)
 	fs.Lookup("kafka-brokers").Usage = "use these Kafka brokers instead of the embedded one (empty: embedded)"
 	fs.StringVar(&d.JWTSecret, "jwt-secret", "", "token secret (empty: generated once and kept in the data dir)")
+	fs.StringVar(&d.AdminAddr, "gateway-grpc-addr", "", "address of the gateway's push and admin gRPC, to call Stats and Drain (empty: a free loopback port)")
 }
 
 // Run starts the embedded backends and the four services, and serves until ctx ends.
@@ -90,6 +92,9 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	repoAddr, logicAddr, gwGRPC := ports[0], ports[1], ports[2]
+	if d.AdminAddr != "" {
+		gwGRPC = d.AdminAddr
+	}
 	auth := AuthFlags{Secret: secret, TTL: 7 * 24 * time.Hour}
 
 	repoSvc := &Repo{GRPCAddr: repoAddr, Migrate: true, Redis: redisFlags}
