@@ -18,6 +18,9 @@ TIMEOUT=${TIMEOUT:-20s}
 WARMUP=${WARMUP:-20s}
 MYSQL=${MYSQL:-mysql -uroot -h127.0.0.1}
 
+for port in 19092 19001 19002 19013 $(seq 18080 $((18080+GATEWAYS-1))) $(seq 19100 $((19100+GATEWAYS-1))); do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is taken: is another run going?" >&2; exit 1; fi
+done
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/gochat-bench-roll.XXXXXX)
 (cd "$root/services" && go build -o "$work/gochat" ./cmd/gochat && go build -o "$work/gochat-load" ./cmd/gochat-load)
@@ -29,7 +32,8 @@ topics=benchroll$RANDOM
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${gwpid[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  # The gateways' pids are in files: the replacer starts new ones.
+  for f in "$work"/gateway*.pid; do [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   wait 2>/dev/null || true
   $MYSQL -e "DROP DATABASE IF EXISTS $db" || true
   echo "logs in $work"
@@ -48,12 +52,11 @@ pids+=($(start repo env GOCHAT_MYSQL_DSN="root@tcp(127.0.0.1:3306)/$db" GOCHAT_R
 pids+=($(start logic "$work/gochat" logic --grpc-addr 127.0.0.1:19001 --metrics-addr 127.0.0.1:19011 --repo-addr 127.0.0.1:19002)); waitport 19001
 pids+=($(start task env GOCHAT_CONSUMER_GROUP=$topics "$work/gochat" task --metrics-addr 127.0.0.1:19013 --repo-addr 127.0.0.1:19002)); waitport 19013
 
-declare -a gwpid
 urls=() admins=()
 startgw() {
   local i=$1
-  gwpid[$i]=$(start "gateway$i-$(date +%s)" "$work/gochat" gateway --http-addr 127.0.0.1:$((18080+i)) --grpc-addr 127.0.0.1:$((19100+i)) \
-    --logic-addr 127.0.0.1:19001 --repo-addr 127.0.0.1:19002 --drain-window "$WINDOW" --drain-timeout "$TIMEOUT")
+  start "gateway$i-$(date +%s)" "$work/gochat" gateway --http-addr 127.0.0.1:$((18080+i)) --grpc-addr 127.0.0.1:$((19100+i)) \
+    --logic-addr 127.0.0.1:19001 --repo-addr 127.0.0.1:19002 --drain-window "$WINDOW" --drain-timeout "$TIMEOUT" >"$work/gateway$i.pid"
   waitport $((18080+i))
 }
 for i in $(seq 0 $((GATEWAYS-1))); do
@@ -69,7 +72,8 @@ replacer() {
       [ -n "${done[$i]:-}" ] && continue
       m=$(curl -s "http://127.0.0.1:$((18080+i))/metrics" || true)
       if grep -q '^gochat_gateway_draining 1' <<<"$m" && grep -q '^gochat_gateway_sessions 0' <<<"$m"; then
-        kill -TERM "${gwpid[$i]}"; while kill -0 "${gwpid[$i]}" 2>/dev/null; do sleep 0.1; done
+        pid=$(cat "$work/gateway$i.pid")
+        kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
         startgw "$i"; done[$i]=1
         echo "replacer: gateway $i replaced at $(date +%T.%N | cut -c1-12)"
       fi
