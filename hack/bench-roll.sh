@@ -85,4 +85,4 @@ replacer & pids+=($!)
 
 urllist=$(IFS=,; echo "${urls[*]}"); adminlist=$(IFS=,; echo "${admins[*]}")
 "$work/gochat-load" roll --urls "$urllist" --admin "$adminlist" --clients "$CLIENTS" --rate "$RATE" \
-  --drain-window "$WINDOW" --drain-timeout "$TIMEOUT" --warmup "$WARMUP"
+  --drain-window "$WINDOW" --drain-timeout "$TIMEOUT" --warmup "$WARMUP" ${LOADFLAGS:-}
