@@ -147,14 +147,17 @@ func (g *Gateway) runDrain(d *drainState) {
 	defer stop.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
+	stopping := g.drainStop
 wait:
 	for g.Sessions() > 0 {
 		select {
 		case <-tick.C:
 		case <-stop.C:
 			break wait
-		case <-g.drainStop:
-			break wait
+		case <-stopping:
+			// The gateway stops: leave the close frames a moment to go out.
+			stop.Reset(flush)
+			stopping = nil
 		}
 	}
 	cut := 0
@@ -183,7 +186,9 @@ func sleepUntil(ctx context.Context, at time.Time) bool {
 }
 
 // drainOnStop drains with the gateway's defaults (or joins a drain under way)
-// and waits for it to end.
+// and waits for it to end, but never longer than --drain-timeout: a drain
+// begun by Drain with a longer timeout is cut short then (Serve stops it),
+// so the process still ends within its termination grace period.
 func (g *Gateway) drainOnStop() {
 	if _, err := g.Drain(0, 0); err != nil {
 		g.log.Error("drain on stop", "err", err)
@@ -192,7 +197,13 @@ func (g *Gateway) drainOnStop() {
 	g.drainMu.Lock()
 	d := g.drain
 	g.drainMu.Unlock()
-	<-d.done
+	t := time.NewTimer(g.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-d.done:
+	case <-t.C:
+		g.log.Warn("stopping within --drain-timeout: the drain under way is cut short", "sessions", g.Sessions())
+	}
 }
 
 // Stats answers the admin Stats call.

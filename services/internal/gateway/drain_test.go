@@ -357,3 +357,52 @@ func TestDrainDeadlineCutsStuckClient(t *testing.T) {
 		t.Fatalf("the stuck client was cut %s after the deadline", late)
 	}
 }
+
+// Stopping (SIGTERM in production) drains, and never takes longer than
+// --drain-timeout, even when a longer drain asked for by Drain is under way.
+func TestStopDrainsWithinTimeout(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		adminFirst bool
+	}{
+		{"stop alone", false},
+		{"stop during a longer drain", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const stopTimeout = 1500 * time.Millisecond
+			f := start(t, func(c *Config) { c.DrainOnStop = true; c.DrainWindow = time.Second; c.DrainTimeout = stopTimeout })
+			admin, _ := f.grpc(t)
+			const n = 30
+			watches := make([]*drainWatch, n)
+			var wg sync.WaitGroup
+			for i := range watches {
+				c := f.dial(t)
+				watches[i] = &drainWatch{seqs: map[int64]bool{}}
+				wg.Add(1)
+				go func() { defer wg.Done(); c.watch(watches[i]) }()
+			}
+			if tt.adminFirst {
+				if _, err := admin.Drain(context.Background(), &gochatv1.DrainRequest{WindowMs: 20000, TimeoutMs: 40000}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			began := time.Now()
+			if err := f.stop(); err != nil {
+				t.Fatalf("Serve: %v", err)
+			}
+			took := time.Since(began)
+			wg.Wait()
+			if took > stopTimeout+time.Second {
+				t.Fatalf("stopping took %s, the drain timeout is %s", took, stopTimeout)
+			}
+			for i, w := range watches {
+				if w.reconnectAt.IsZero() || w.closeCode != ws.StatusGoingAway {
+					t.Fatalf("client %d: reconnect at %v, close %d; frames %v", i, w.reconnectAt, w.closeCode, w.order)
+				}
+			}
+			if f.presence.count() != 0 {
+				t.Fatalf("presence still holds %d sessions", f.presence.count())
+			}
+		})
+	}
+}

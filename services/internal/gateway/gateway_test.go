@@ -84,6 +84,7 @@ type fixture struct {
 	token    string
 	logic    *logicStub
 	presence *presenceStub
+	stop     func() error // ends Serve's context and waits for it to return
 }
 
 func testConfig() Config {
@@ -118,13 +119,18 @@ func start(t *testing.T, mutate func(*Config)) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Serve(ctx, ln) }()
+	var once sync.Once
+	var serveErr error
+	stop := func() error {
+		once.Do(func() { cancel(); serveErr = <-done })
+		return serveErr
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	f.g, f.addr = g, ln.Addr().String()
+	f.g, f.addr, f.stop = g, ln.Addr().String(), stop
 	f.token, _, _ = keys.Issue("u1", false, time.Now())
 	return f
 }
