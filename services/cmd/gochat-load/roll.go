@@ -75,6 +75,7 @@ type rollClient struct {
 	errors     int
 	sendN      int
 	syncsDone  int // sync answers with has_more false
+	backoff    time.Duration
 }
 
 type roll struct {
@@ -372,6 +373,10 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 		}
 		now := time.Now()
 		switch f.Type {
+		case "hello":
+			c.mu.Lock()
+			c.backoff = 0
+			c.mu.Unlock()
 		case "message":
 			c.take(rollMessage{Seq: f.Data.Seq, SenderID: f.Data.SenderID, Content: f.Data.Content}, now)
 		case "sync":
@@ -419,9 +424,12 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 	c.mu.Unlock()
 	conn.conn.Close()
 	if !expected {
-		// Not announced: come back after a short jittered pause.
+		// Not announced (a refused or failed session): come back with a
+		// jittered exponential backoff, as a real client does.
 		c.mu.Lock()
 		c.unexpected++
+		c.backoff = min(max(time.Second, 2*c.backoff), 30*time.Second)
+		wait := c.backoff/2 + rand.N(c.backoff)
 		c.mu.Unlock()
 		select {
 		case <-c.r.stop:
@@ -429,7 +437,7 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 		default:
 		}
 		c.r.wg.Add(1)
-		go c.reconnectAfter(time.Duration(500+rand.IntN(1000))*time.Millisecond, gen)
+		go c.reconnectAfter(wait, gen)
 	}
 }
 
