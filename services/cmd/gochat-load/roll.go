@@ -69,6 +69,7 @@ type rollClient struct {
 	contig     int64 // every seq up to here is held
 	fromPeer   map[int64]int
 	acked      []int64 // seqs of this client's own messages, acked
+	ackedAt    []time.Time
 	samples    []sample
 	reconnects int
 	unexpected int
@@ -88,6 +89,8 @@ type roll struct {
 	reconnectAt []time.Time
 	rollStart   time.Time
 	frames      atomic.Int64
+	acks        atomic.Int64
+	finalSyncAt time.Time
 	cpuProfile  string
 }
 
@@ -165,9 +168,17 @@ func (r *roll) run() error {
 	r.mu.Unlock()
 	time.Sleep(r.o.after)
 	close(r.stop)
-	// Let the last acks and pushes land, then every client syncs once more
-	// and the count waits for every answer.
-	time.Sleep(3 * time.Second)
+	// Wait until the last acks are in (none for 3s: a message acked after
+	// its recipient's last sync would count as lost), then every client
+	// syncs once more and the count waits for every answer.
+	for end := time.Now().Add(2 * time.Minute); time.Now().Before(end); {
+		n := r.acks.Load()
+		time.Sleep(3 * time.Second)
+		if r.acks.Load() == n {
+			break
+		}
+	}
+	r.finalSyncAt = time.Now()
 	unsynced := r.finalSync(2 * time.Minute)
 	var ru1 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
@@ -394,8 +405,10 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 			c.syncNow()
 		case "ack":
 			if f.Data.Message != nil {
+				c.r.acks.Add(1)
 				c.mu.Lock()
 				c.acked = append(c.acked, f.Data.Message.Seq)
+				c.ackedAt = append(c.ackedAt, now)
 				c.holdLocked(f.Data.Message.Seq)
 				c.mu.Unlock()
 			}
@@ -587,7 +600,8 @@ func waitReady(base string, within time.Duration) bool {
 }
 
 func (r *roll) report(rollStart, rollEnd time.Time, frames int64, cpu time.Duration) {
-	var lost, dup, expected, unexpected, errs int
+	var lost, dup, expected, unexpected, errs, lateAcks int
+	var examples []string
 	reconnects := map[int]int{}
 	var before, during []time.Duration
 	for _, c := range r.clients {
@@ -612,12 +626,20 @@ func (r *roll) report(rollStart, rollEnd time.Time, frames int64, cpu time.Durat
 		c.mu.Unlock()
 		c.peer.mu.Lock()
 		acked := append([]int64(nil), c.peer.acked...)
+		ackedAt := append([]time.Time(nil), c.peer.ackedAt...)
 		c.peer.mu.Unlock()
 		c.mu.Lock()
-		for _, seq := range acked {
+		for i, seq := range acked {
 			expected++
 			if c.fromPeer[seq] == 0 {
 				lost++
+				if ackedAt[i].After(r.finalSyncAt) {
+					lateAcks++
+				}
+				if len(examples) < 5 {
+					examples = append(examples, fmt.Sprintf("client %d conversation %s seq %d (holds up to %d contiguously, acked %s before the final sync)",
+						c.idx, c.conv, seq, c.contig, r.finalSyncAt.Sub(ackedAt[i]).Round(time.Millisecond)))
+				}
 			}
 		}
 		c.mu.Unlock()
@@ -648,6 +670,9 @@ func (r *roll) report(rollStart, rollEnd time.Time, frames int64, cpu time.Durat
 	}
 	fmt.Printf("reconnects per client: %s; %d reconnects, peak %d/s; %d unannounced closes\n", strings.Join(counts, ", "), len(times), peak, unexpected)
 	fmt.Printf("messages acked %d, lost %d, duplicated %d (unique (conversation_id, seq) received more than once), error frames %d\n", expected, lost, dup, errs)
+	if lost > 0 {
+		fmt.Printf("lost messages acked after the final sync began: %d; examples:\n  %s\n", lateAcks, strings.Join(examples, "\n  "))
+	}
 	fmt.Printf("delivery latency before the roll: p50 %s p99 %s (%d messages)\n", q(before, 0.5), q(before, 0.99), len(before))
 	fmt.Printf("delivery latency during the roll: p50 %s p99 %s (%d messages)\n", q(during, 0.5), q(during, 0.99), len(during))
 	if frames > 0 {
