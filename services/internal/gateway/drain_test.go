@@ -326,20 +326,29 @@ func TestDrainDeadlineCutsStuckClient(t *testing.T) {
 	defer conn.Close()
 	var s *session
 	waitFor(t, "the session", func() bool { f.g.hub.each(func(x *session) { s = x }); return s != nil })
-	// Fill the socket until the gateway's writer is stuck: frames pile up
-	// in the session's queue.
+	// Fill the socket until the gateway's writer is stuck: frames stay in
+	// the session's queue, untaken, for a while with nothing new pushed (a
+	// writer that is only busy takes the whole queue on its next round).
 	big := []byte(`{"type":"message","data":{"content":"` + fmt.Sprintf("%060000d", 0) + `"}}`)
-	stuck := func() bool {
+	queued := func() int {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.queuedBytes > 256<<10
+		return s.queuedBytes
 	}
-	for i := 0; i < 2000 && !stuck(); i++ {
-		if _, err := push.Push(context.Background(), &gochatv1.PushRequest{Deliveries: []*gochatv1.Delivery{{SessionIds: []string{s.id}, Frame: big}}}); err != nil {
+	stuck := false
+	for i := 0; i < 100 && !stuck; i++ {
+		frames := make([]*gochatv1.Delivery, 20)
+		for j := range frames {
+			frames[j] = &gochatv1.Delivery{SessionIds: []string{s.id}, Frame: big}
+		}
+		if _, err := push.Push(context.Background(), &gochatv1.PushRequest{Deliveries: frames}); err != nil {
 			t.Fatal(err)
 		}
+		before := queued()
+		time.Sleep(300 * time.Millisecond)
+		stuck = before > 0 && queued() == before
 	}
-	if !stuck() {
+	if !stuck {
 		t.Fatal("could not fill the client's socket")
 	}
 	const timeout = 2 * time.Second
