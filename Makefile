@@ -45,6 +45,7 @@ test: lint verify-generated $(BIN)/kustomize $(BIN)/helm ## every test: unit, Ma
 	$(BIN)/helm template t charts/gochat-operator --namespace gochat-system > /dev/null
 	rm -rf $(GOCHAT_TEST_ARTIFACTS)
 	$(GO) test -count=1 -timeout 20m $(MODULES)
+	$(GO) test -count=1 -race -timeout 10m github.com/gochat/gochat/services/internal/gateway/...
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)

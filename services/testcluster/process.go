@@ -115,6 +115,16 @@ func (p *Process) Stop() {
 	f.Close()
 }
 
+// Signal sends sig to the process (SIGTERM to watch it drain, say).
+func (p *Process) Signal(sig os.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return fmt.Errorf("%s is not running", p.Name)
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
 // Restart stops and starts the process again with the same arguments.
 func (p *Process) Restart() {
 	p.Stop()

@@ -61,13 +61,32 @@ func WriteFiles(t testing.TB, bundle []byte, ca *pki.CA, component pki.Component
 // Tests use it to call Stats as the operator or admin, or Push as im-task.
 func (c *Cluster) Dial(t testing.TB, addr string, as, server pki.Component) *grpc.ClientConn {
 	t.Helper()
-	f := IssueFiles(t, c.CA, as)
+	return DialAs(t, c.CA, addr, as, server)
+}
+
+// DialAs is Dial with a CA of the test's choosing.
+func DialAs(t testing.TB, ca *pki.CA, addr string, as, server pki.Component) *grpc.ClientConn {
+	t.Helper()
+	f := IssueFiles(t, ca, as)
 	id, err := rpc.LoadIdentity(f.CA, f.Cert, f.Key, as, quietLog)
 	mustf(t, err, "load %s identity", as)
 	conn, err := rpc.Dial(addr, id, server)
 	mustf(t, err, "dial %s", addr)
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// ReadCA reads a CA from its certificate and key files, such as the one
+// gochat dev keeps in <data-dir>/tls.
+func ReadCA(t testing.TB, certFile, keyFile string) *pki.CA {
+	t.Helper()
+	certPEM, err := os.ReadFile(certFile)
+	mustf(t, err, "read CA certificate")
+	keyPEM, err := os.ReadFile(keyFile)
+	mustf(t, err, "read CA key")
+	ca, err := pki.ParseCA(certPEM, keyPEM)
+	mustf(t, err, "parse CA")
+	return ca
 }
 
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))

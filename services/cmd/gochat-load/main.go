@@ -4,9 +4,13 @@
 // for --hold, and reads the gateway's own process metrics before and after.
 // The "send" scenario measures the send path: pairs of users send to each
 // other at a fixed rate and it reports acks, deliveries and their latencies.
+// The "roll" scenario holds clients over several gateways while they are
+// drained one after another (--admin) or rolled by someone else, and reports
+// reconnects, messages lost and duplicated, and latency before and during.
 //
 //	gochat-load idle --url http://127.0.0.1:8080 --conns 19000 --users 200
 //	gochat-load send --url http://127.0.0.1:8080 --pairs 100 --rate 50 --duration 20s
+//	gochat-load roll --urls http://127.0.0.1:8080,http://127.0.0.1:8081 --admin 127.0.0.1:9000,127.0.0.1:9100 --clients 2000
 package main
 
 import (
@@ -28,12 +32,16 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 2 || (os.Args[1] != "idle" && os.Args[1] != "send") {
-		fmt.Fprintln(os.Stderr, "usage: gochat-load idle|send [flags]  (gochat-load idle -h, gochat-load send -h for the flags)")
+	if len(os.Args) < 2 || (os.Args[1] != "idle" && os.Args[1] != "send" && os.Args[1] != "roll") {
+		fmt.Fprintln(os.Stderr, "usage: gochat-load idle|send|roll [flags]  (gochat-load <scenario> -h for the flags)")
 		os.Exit(2)
 	}
-	if os.Args[1] == "send" {
-		if err := sendMain(os.Args[2:]); err != nil {
+	if os.Args[1] == "send" || os.Args[1] == "roll" {
+		run := sendMain
+		if os.Args[1] == "roll" {
+			run = rollMain
+		}
+		if err := run(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "gochat-load:", err)
 			os.Exit(1)
 		}

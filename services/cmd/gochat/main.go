@@ -96,6 +96,9 @@ func run(c command) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal stops gently (a gateway drains); a second one
+	// takes the default action and ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
 	if err := svc.Run(ctx, log.With("build", version)); err != nil {
 		log.Error("stopped with an error", "err", err)
 		return 1

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
@@ -41,7 +42,12 @@ type Config struct {
 	FrameBurst       int
 	MaxBadFrames     int
 	MaxReaders       int
-	WebRoot          http.Handler // the web client at /, or nil
+	DrainWindow      time.Duration // Drain's default window
+	DrainTimeout     time.Duration // Drain's default timeout
+	// DrainOnStop: when Serve's context ends, drain (as Drain with the
+	// defaults) before stopping, instead of closing every session at once.
+	DrainOnStop bool
+	WebRoot     http.Handler // the web client at /, or nil
 }
 
 // Validate refuses settings the gateway cannot work with, naming the flag.
@@ -65,6 +71,9 @@ func (c Config) Validate() error {
 	check(c.FrameRate > 0 && c.FrameBurst >= 1, "--frame-rate and --frame-burst must be positive")
 	check(c.MaxBadFrames >= 1, "--max-bad-frames must be at least 1")
 	check(c.MaxReaders >= 1, "--max-readers must be at least 1")
+	if err := validateDrain(c.DrainWindow, c.DrainTimeout); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -78,6 +87,8 @@ type gatewayMetrics struct {
 	clientErrors    *prometheus.CounterVec
 	slowConsumers   prometheus.Counter
 	pushed          prometheus.Counter
+	drainClosed     prometheus.Counter
+	drainDuration   prometheus.Histogram
 }
 
 // Gateway is one im-gateway process.
@@ -98,6 +109,12 @@ type Gateway struct {
 	spawnWG  sync.WaitGroup
 	spawnMu  sync.Mutex
 	stopping bool
+
+	drainMu   sync.Mutex
+	drain     *drainState // the drain, once one started
+	serving   bool        // Serve is running: a drain can start
+	drainStop chan struct{}
+	drainWG   sync.WaitGroup
 }
 
 // New builds a gateway; Run serves it.
@@ -112,9 +129,10 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 	h := newHub()
 	g := &Gateway{
 		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p,
-		presence: newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
-		httpSend: newUserLimits(cfg.SendRate, cfg.SendBurst),
-		ctx:      context.Background(),
+		presence:  newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
+		httpSend:  newUserLimits(cfg.SendRate, cfg.SendBurst),
+		ctx:       context.Background(),
+		drainStop: make(chan struct{}),
 	}
 	f := promauto.With(reg)
 	g.metrics = gatewayMetrics{
@@ -128,7 +146,17 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		clientErrors:    f.NewCounterVec(prometheus.CounterOpts{Name: "gochat_gateway_client_errors_total", Help: "Error frames sent, by code."}, []string{"code"}),
 		slowConsumers:   f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_slow_consumers_total", Help: "Sessions closed for not reading their frames."}),
 		pushed:          f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_pushed_frames_total", Help: "Frames queued to sessions by pushes."}),
+		drainClosed:     f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_drain_closed_sessions_total", Help: "Sessions closed by a drain."}),
+		drainDuration: f.NewHistogram(prometheus.HistogramOpts{Name: "gochat_gateway_drain_duration_seconds", Help: "How long drains took, from start to the last session gone.",
+			Buckets: []float64{1, 5, 10, 20, 30, 45, 60, 90, 120, 300}}),
 	}
+	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "gochat_gateway_draining", Help: "1 once the gateway drains (it never takes clients again)."},
+		func() float64 {
+			if g.draining.Load() {
+				return 1
+			}
+			return 0
+		})
 	return g, nil
 }
 
@@ -150,11 +178,19 @@ func (g *Gateway) spawn(fn func()) {
 	}()
 }
 
-// Serve accepts clients on ln until ctx ends, then closes every session.
+// Serve accepts clients on ln until ctx ends, then stops: with DrainOnStop
+// it drains first (and keeps serving HTTP, answering /readyz with 503 and
+// upgrades with 503, until the drain is over); without, it closes every
+// session at once with 1001.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRun()
 	g.ctx = runCtx
+	acceptCtx, stopAccept := context.WithCancel(runCtx)
+	defer stopAccept()
+	g.drainMu.Lock()
+	g.serving = true
+	g.drainMu.Unlock()
 
 	httpLn := newChanListener(ln.Addr())
 	g.httpSrv = &http.Server{
@@ -179,13 +215,29 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		}
 	}()
 
-	acceptErr := g.acceptLoop(ctx, ln, httpLn)
+	acceptDone := make(chan error, 1)
+	go func() { acceptDone <- g.acceptLoop(acceptCtx, ln, httpLn) }()
+	var acceptErr error
+	select {
+	case <-ctx.Done():
+		if g.cfg.DrainOnStop {
+			g.drainOnStop()
+		}
+		stopAccept()
+		acceptErr = <-acceptDone
+	case acceptErr = <-acceptDone:
+	}
+	g.drainMu.Lock()
+	g.serving = false
+	g.drainMu.Unlock()
+	close(g.drainStop)
+	g.drainWG.Wait()
 
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = g.httpSrv.Shutdown(shutdownCtx)
 	_ = httpLn.Close()
-	g.hub.each(func(s *session) { s.closeWith(1001, "server shutting down") })
+	g.hub.each(func(s *session) { s.closeWith(ws.StatusGoingAway, "server shutting down") })
 	g.spawnMu.Lock()
 	g.stopping = true
 	g.spawnMu.Unlock()
@@ -323,8 +375,3 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return l.addr }
-
-// Stats answers the admin Stats call.
-func (g *Gateway) Stats() *gochatv1.StatsResponse {
-	return &gochatv1.StatsResponse{Sessions: g.Sessions(), Draining: g.draining.Load()}
-}

@@ -84,6 +84,7 @@ type fixture struct {
 	token    string
 	logic    *logicStub
 	presence *presenceStub
+	stop     func() error // ends Serve's context and waits for it to return
 }
 
 func testConfig() Config {
@@ -92,6 +93,7 @@ func testConfig() Config {
 		FrameReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, CallTimeout: 5 * time.Second,
 		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxPage: 200,
 		SendRate: 1000, SendBurst: 1000, FrameRate: 1000, FrameBurst: 1000, MaxBadFrames: 5, MaxReaders: 8,
+		DrainWindow: 2 * time.Second, DrainTimeout: 5 * time.Second,
 	}
 }
 
@@ -117,13 +119,18 @@ func start(t *testing.T, mutate func(*Config)) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Serve(ctx, ln) }()
+	var once sync.Once
+	var serveErr error
+	stop := func() error {
+		once.Do(func() { cancel(); serveErr = <-done })
+		return serveErr
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	f.g, f.addr = g, ln.Addr().String()
+	f.g, f.addr, f.stop = g, ln.Addr().String(), stop
 	f.token, _, _ = keys.Issue("u1", false, time.Now())
 	return f
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"time"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
@@ -45,7 +46,20 @@ func (p *PushServer) Push(_ context.Context, in *gochatv1.PushRequest) (*gochatv
 	return out, nil
 }
 
-// Stats reports the gateway's sessions and whether it is draining.
+// Stats reports the gateway's sessions and its drain, if any.
 func (p *PushServer) Stats(context.Context, *gochatv1.StatsRequest) (*gochatv1.StatsResponse, error) {
 	return p.g.Stats(), nil
+}
+
+// Drain starts the drain (or leaves the one under way) and returns at once.
+func (p *PushServer) Drain(_ context.Context, in *gochatv1.DrainRequest) (*gochatv1.DrainResponse, error) {
+	const most = int64(24 * time.Hour / time.Millisecond)
+	if in.WindowMs > most || in.TimeoutMs > most {
+		return nil, apierror.New(apierror.InvalidArgument, "window_ms and timeout_ms are at most %d (a day)", most)
+	}
+	st, err := p.g.Drain(time.Duration(in.WindowMs)*time.Millisecond, time.Duration(in.TimeoutMs)*time.Millisecond)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.DrainResponse{Stats: st}, nil
 }

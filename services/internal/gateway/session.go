@@ -82,12 +82,13 @@ func (s *session) enqueueOp(op ws.OpCode, payload []byte) bool {
 	return true
 }
 
-// closeWith queues a close frame; the session closes once it is written.
-func (s *session) closeWith(code ws.StatusCode, reason string) {
+// closeWith queues a close frame; the session closes once it is written. It
+// reports whether it did (false: the session was closing already).
+func (s *session) closeWith(code ws.StatusCode, reason string) bool {
 	s.mu.Lock()
 	if s.closed || s.closing {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	s.closing = true
 	s.queue = append(s.queue, outItem{op: ws.OpClose, payload: ws.NewCloseFrameBody(code, reason)})
@@ -97,6 +98,7 @@ func (s *session) closeWith(code ws.StatusCode, reason string) {
 	if start {
 		s.g.spawn(s.flush)
 	}
+	return true
 }
 
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}

@@ -34,9 +34,9 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 		token      string
 		queryToken string
 	)
-	reject := func(code apierror.Code, msg string) error {
+	reject := func(code apierror.Code, msg string, opts ...ws.RejectOption) error {
 		body, _ := json.Marshal(map[string]clientapi.ErrorData{"error": {Code: string(code), Message: msg}})
-		return ws.RejectConnectionError(ws.RejectionStatus(code.HTTPStatus()), ws.RejectionReason(string(body)))
+		return ws.RejectConnectionError(append([]ws.RejectOption{ws.RejectionStatus(code.HTTPStatus()), ws.RejectionReason(string(body))}, opts...)...)
 	}
 	var claims authtoken.Claims
 	u := ws.Upgrader{
@@ -61,7 +61,9 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 		},
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
 			if g.draining.Load() {
-				return nil, reject(apierror.Unavailable, "this gateway is draining, connect again")
+				// Behind a load balancer the retry lands on another gateway.
+				return nil, reject(apierror.Unavailable, "this gateway is draining, connect again",
+					ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")))
 			}
 			if token == "" {
 				token = queryToken
@@ -112,6 +114,13 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 	if err := g.poller.add(s); err != nil {
 		g.log.Error("watch session", "err", err)
 		s.shutdown("poller refused the connection")
+		return
+	}
+	if g.draining.Load() {
+		// The drain began during this handshake and may have listed the
+		// sessions before this one was added: send it away now.
+		s.enqueue(clientapi.Frame(clientapi.TypeReconnect, clientapi.Reconnect{AfterMs: 0, Reason: drainReason}))
+		s.closeWith(ws.StatusGoingAway, drainReason)
 	}
 }
 

@@ -35,6 +35,7 @@ type Dev struct {
 	Redis       RedisFlags
 	Kafka       KafkaFlags
 	JWTSecret   string
+	AdminAddr   string
 	fs          *flag.FlagSet
 }
 
@@ -53,6 +54,7 @@ func (d *Dev) Register(fs *flag.FlagSet) {
 	d.Kafka.SetBrokers(nil)
 	fs.Lookup("kafka-brokers").Usage = "use these Kafka brokers instead of the embedded one (empty: embedded)"
 	fs.StringVar(&d.JWTSecret, "jwt-secret", "", "token secret (empty: generated once and kept in the data dir)")
+	fs.StringVar(&d.AdminAddr, "gateway-grpc-addr", "", "address of the gateway's push and admin gRPC, to call Stats and Drain (empty: a free loopback port)")
 }
 
 // Run starts the embedded backends and the four services, and serves until ctx ends.
@@ -98,6 +100,9 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	repoAddr, logicAddr, gwGRPC := ports[0], ports[1], ports[2]
+	if d.AdminAddr != "" {
+		gwGRPC = d.AdminAddr
+	}
 	auth := AuthFlags{Secret: secret, TTL: 7 * 24 * time.Hour}
 
 	repoSvc := &Repo{GRPCAddr: repoAddr, Migrate: true, Redis: redisFlags, TLS: tlsFlags[pki.Repo]}
@@ -120,6 +125,10 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 
 	gwSvc := &Gateway{HTTPAddr: d.HTTPAddr, GRPCAddr: gwGRPC, MetricsAddr: d.MetricsAddr, LogicAddr: logicAddr, RepoAddr: repoAddr, Auth: auth, TLS: tlsFlags[pki.Gateway]}
 	gwSvc.Config = DefaultGatewayConfig()
+	// The only gateway: on Ctrl-C its clients have nowhere to go, so it
+	// closes them at once (1001) rather than drain; Drain over its admin
+	// gRPC still drains.
+	gwSvc.DrainOnStop = false
 	web, err := fs.Sub(webclient.Files, "static")
 	if err != nil {
 		return err

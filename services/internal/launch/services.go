@@ -295,6 +295,9 @@ func (o *Gateway) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.FrameBurst, "frame-burst", 400, "frame burst per connection")
 	fs.IntVar(&o.MaxBadFrames, "max-bad-frames", 20, "bad frames in 10s before a connection is closed with 1008")
 	fs.IntVar(&o.MaxReaders, "max-readers", 512, "connections read at once")
+	fs.DurationVar(&o.DrainWindow, "drain-window", 20*time.Second, "a drain spreads its clients' reconnects and its closes over this long (Drain's default; SIGTERM)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 25*time.Second, "a drain ends by then whatever happens (Drain's default; on SIGTERM keep it below the pod's termination grace period)")
+	o.DrainOnStop = true
 }
 
 func (o *Gateway) advertise() (string, error) {
@@ -351,8 +354,12 @@ func (o *Gateway) Run(ctx context.Context, log *slog.Logger) error {
 	gochatv1.RegisterGatewayAdminServiceServer(gs, ps)
 	withHealth(gs)
 	g, gctx := newGroup(ctx)
-	g.Go(func() error { return gw.Serve(gctx, ln) })
-	g.Go(func() error { return serveGRPC(gctx, o.GRPCAddr, gs) })
+	// Pushes and admin calls go on while the gateway drains on stop: the
+	// gRPC server stops only once Serve is done.
+	grpcCtx, stopGRPC := context.WithCancel(context.WithoutCancel(gctx))
+	defer stopGRPC()
+	g.Go(func() error { defer stopGRPC(); return gw.Serve(gctx, ln) })
+	g.Go(func() error { return serveGRPC(grpcCtx, o.GRPCAddr, gs) })
 	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
 	log.Info("im-gateway serving", "http", ln.Addr().String(), "grpc", o.GRPCAddr, "metrics", o.MetricsAddr, "advertise", o.Advertise)
 	return g.Wait()

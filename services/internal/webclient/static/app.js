@@ -177,10 +177,21 @@ function onFrame(f) {
     case "event":
       onEvent(d);
       break;
-    case "reconnect":
-      if (state.ws) { const ws = state.ws; state.ws = null; ws.onclose = null; ws.close(); }
-      scheduleReconnect(d.after_ms || 1000);
+    case "reconnect": {
+      // The gateway is draining. This socket keeps receiving until the
+      // gateway closes it (1001, no earlier than after_ms); after after_ms
+      // we connect again (to another gateway, behind the load balancer) and
+      // the new socket's hello syncs every conversation from the last seq held.
+      const ws = state.ws;
+      if (ws) ws.onclose = null; // that close is expected: no backoff reconnect for it
+      clearTimeout(state.timers.reconnect);
+      setStatus("reconnecting", "Server is moving you to another gateway…");
+      state.timers.reconnect = setTimeout(() => {
+        if (ws && ws.readyState <= WebSocket.OPEN) ws.close();
+        if (state.ws === ws) connect();
+      }, Math.max(0, d.after_ms || 0));
       break;
+    }
     case "error":
       if (d.client_msg_id && pending.has(d.client_msg_id)) {
         pending.delete(d.client_msg_id);
