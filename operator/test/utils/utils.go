@@ -181,3 +181,30 @@ func SaveArtifacts(t testing.TB, namespaces ...string) {
 	}
 	t.Logf("artifacts saved under %s", dir)
 }
+
+// Lines runs the tool until ctx ends and sends each line of its output to
+// the returned channel, which is closed when the tool exits (for kubectl
+// get --watch).
+func (tl Tool) Lines(ctx context.Context, args ...string) (<-chan string, error) {
+	cmd := exec.CommandContext(ctx, tl.Path, append(append([]string{}, tl.Args...), args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s %s: %w", filepath.Base(tl.Path), strings.Join(args, " "), err)
+	}
+	out := make(chan string, 1000)
+	go func() {
+		defer close(out)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case out <- sc.Text():
+			case <-ctx.Done():
+			}
+		}
+		_ = cmd.Wait()
+	}()
+	return out, nil
+}
