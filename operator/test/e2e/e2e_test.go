@@ -84,7 +84,9 @@ kind: ClusterRoleBinding
 metadata: {name: e2e-metrics-reader}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: `+release+`-gochat-operator-metrics-reader}
 subjects: [{kind: ServiceAccount, name: e2e-metrics, namespace: `+operatorNS+`}]`)
-	t.Cleanup(func() { _, _ = k.Run(context.Background(), "", "delete", "clusterrolebinding", "e2e-metrics-reader", "--ignore-not-found") })
+	t.Cleanup(func() {
+		_, _ = k.Run(context.Background(), "", "delete", "clusterrolebinding", "e2e-metrics-reader", "--ignore-not-found")
+	})
 	reader := strings.TrimSpace(k.Must(t, "-n", operatorNS, "create", "token", "e2e-metrics"))
 	nobody := strings.TrimSpace(k.Must(t, "-n", operatorNS, "create", "token", "e2e-nobody"))
 	addr := utils.PortForward(t, operatorNS, "svc/"+release+"-gochat-operator-metrics", 8443)
