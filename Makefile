@@ -55,13 +55,16 @@ run: ## the whole platform in one process on embedded SQLite, Redis and Kafka, a
 # Logs of the processes the tests start, and the browser test's screenshots.
 export GOCHAT_TEST_ARTIFACTS ?= $(CURDIR)/artifacts
 
-test: lint verify-generated $(BIN)/kustomize $(BIN)/helm ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest
+# The Kubernetes binaries (envtest's and the local cluster's) are built in a
+# prerequisite, never under a test's timeout.
+test: lint verify-generated $(BIN)/kustomize $(BIN)/helm localcluster-bin ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest, e2e on a local Kubernetes
 	hack/check-backends.sh
 	$(BIN)/kustomize build config/default > /dev/null
 	$(BIN)/helm lint --strict charts/gochat-operator
 	$(BIN)/helm template t charts/gochat-operator --namespace gochat-system --kube-version 1.37.0 --set metrics.serviceMonitor.enabled=true --set grafana.dashboard.enabled=true > /dev/null
 	rm -rf $(GOCHAT_TEST_ARTIFACTS)
 	$(GO) test -count=1 -timeout 20m $(MODULES)
+	$(MAKE) --no-print-directory e2e-local
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
