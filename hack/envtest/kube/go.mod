@@ -1,4 +1,5 @@
-// Module kube builds kube-apiserver and kube-controller-manager for envtest
+// Module kube builds the envtest control plane and the local cluster's node
+// binaries (kubelet, kube-proxy, kube-scheduler, kubectl)
 // from the Go module proxy (hack/envtest/build.sh); it is not part of go.work.
 module github.com/gochat/gochat/hack/envtest/kube
 

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,7 +86,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 
 	kafka := d.Kafka.Config()
 	if len(kafka.Brokers) == 0 {
-		cluster, err := startKafka(filepath.Join(d.DataDir, "kafka"), 0)
+		cluster, err := startKafka(filepath.Join(d.DataDir, "kafka"), "", 0)
 		if err != nil {
 			return err
 		}
@@ -188,10 +189,23 @@ func (d *Dev) secret() (string, error) {
 	return s, nil
 }
 
-func startKafka(dir string, port int) (*kfake.Cluster, error) {
+// startKafka starts the embedded broker. kfake listens on 127.0.0.1 and
+// advertises its listener's address, so a non-empty host replaces the
+// listening host: clients in other network namespaces (pods) are then told
+// an address they can reach.
+func startKafka(dir, host string, port int) (*kfake.Cluster, error) {
 	opts := []kfake.Opt{kfake.NumBrokers(1), kfake.Ports(port), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(12)}
 	if dir != "" {
 		opts = append(opts, kfake.DataDir(dir))
+	}
+	if host != "" {
+		opts = append(opts, kfake.ListenFn(func(network, address string) (net.Listener, error) {
+			_, p, err := net.SplitHostPort(address)
+			if err != nil {
+				return nil, fmt.Errorf("kafka listen address %q: %w", address, err)
+			}
+			return net.Listen(network, net.JoinHostPort(host, p))
+		}))
 	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
@@ -244,21 +258,26 @@ type DevKafka struct {
 
 // Register adds the flags.
 func (k *DevKafka) Register(fs *flag.FlagSet) {
-	fs.StringVar(&k.Addr, "addr", "127.0.0.1:9092", "where the broker listens (loopback only)")
+	fs.StringVar(&k.Addr, "addr", "127.0.0.1:9092", "where the broker listens; it advertises this host to clients, so it must be an address they reach (e.g. the pod IP)")
 	fs.StringVar(&k.DataDir, "data-dir", "", "keep the log here across restarts (empty: in memory)")
 }
 
 // Run serves the broker until ctx ends.
 func (k *DevKafka) Run(ctx context.Context, log *slog.Logger) error {
-	_, portStr, err := net.SplitHostPort(k.Addr)
+	host, portStr, err := net.SplitHostPort(k.Addr)
 	if err != nil {
 		return fmt.Errorf("--addr: %w", err)
 	}
-	var port int
-	if _, err := fmt.Sscanf(portStr, "%d", &port); err != nil {
-		return fmt.Errorf("--addr port %q: %w", portStr, err)
+	// The broker advertises the host it listens on; a wildcard or empty host
+	// would be advertised as an address no client can dial.
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return fmt.Errorf("--addr %q: give the host clients dial (the broker advertises it), not a wildcard", k.Addr)
 	}
-	c, err := startKafka(k.DataDir, port)
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return fmt.Errorf("--addr port %q: want a number from 0 to 65535", portStr)
+	}
+	c, err := startKafka(k.DataDir, host, port)
 	if err != nil {
 		return err
 	}

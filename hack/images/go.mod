@@ -1,0 +1,13 @@
+// Module images builds GoChat's container images without Docker
+// (make images); it is not part of go.work.
+module github.com/gochat/gochat/hack/images
+
+go 1.26.0
+
+require github.com/google/go-containerregistry v0.22.1
+
+require (
+	github.com/klauspost/compress v1.19.2 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
+)
