@@ -2,18 +2,11 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"flag"
-	"fmt"
-	"net"
 	"os"
-	"strconv"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -23,9 +16,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
+	"github.com/gochat/gochat/operator/internal/gatewayadmin"
+	"github.com/gochat/gochat/operator/internal/gatewayroll"
 	"github.com/gochat/gochat/operator/internal/resources"
 )
 
@@ -33,12 +27,13 @@ func main() {
 	var (
 		metricsAddr, probeAddr string
 		leaderElect            bool
-		resync                 time.Duration
+		resync, readyTimeout   time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the metrics endpoint (HTTPS, authenticated); 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "elect a leader, so that only one replica acts at a time")
 	flag.DurationVar(&resync, "resync", 30*time.Second, "how often a running cluster is checked again (topics, Redis, sessions)")
+	flag.DurationVar(&readyTimeout, "gateway-ready-timeout", gatewayroll.DefaultReadyTimeout, "how long a replacement gateway may take to become Ready before the roll halts (RolloutStuck)")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -68,9 +63,11 @@ func main() {
 		os.Exit(1)
 	}
 	r := &controller.Reconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("gochat-operator"),
-		Sessions: gatewaySessions, Resync: resync,
+		Client:    mgr.GetClient(),
+		Recorder:  mgr.GetEventRecorder("gochat-operator"),
+		APIReader: mgr.GetAPIReader(),
+		Admin:     gatewayadmin.Dialer{Port: resources.GatewayGRPCPort},
+		Resync:    resync, ReadyTimeout: readyTimeout,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up controller")
@@ -83,21 +80,4 @@ func main() {
 		log.Error(err, "manager stopped")
 		os.Exit(1)
 	}
-}
-
-// gatewaySessions asks one gateway pod for its session count over its admin gRPC service.
-func gatewaySessions(ctx context.Context, pod *corev1.Pod) (int64, error) {
-	addr := net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(resources.GatewayGRPCPort))
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return 0, fmt.Errorf("dial gateway %s: %w", addr, err)
-	}
-	defer conn.Close()
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	st, err := gochatv1.NewGatewayAdminServiceClient(conn).Stats(cctx, &gochatv1.StatsRequest{})
-	if err != nil {
-		return 0, fmt.Errorf("stats of gateway %s: %w", pod.Name, err)
-	}
-	return st.Sessions, nil
 }

@@ -157,10 +157,12 @@ func startControllerManager(env *envtest.Environment, assets string) (func(), er
 // returned stop is called (or the test ends).
 func startManager(t *testing.T, ns string) (stop func()) {
 	t.Helper()
-	return startManagerWith(t, cfg, ns)
+	return startManagerWith(t, cfg, ns, nil)
 }
 
-func startManagerWith(t *testing.T, cfg *rest.Config, ns string) (stop func()) {
+// startManagerWith runs a manager as cfg's user, with tune (when not nil)
+// changing the reconciler before it starts.
+func startManagerWith(t *testing.T, cfg *rest.Config, ns string, tune func(*controller.Reconciler)) (stop func()) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:     scheme,
@@ -171,7 +173,10 @@ func startManagerWith(t *testing.T, cfg *rest.Config, ns string) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &controller.Reconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
+	r := &controller.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
+	if tune != nil {
+		tune(r)
+	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
