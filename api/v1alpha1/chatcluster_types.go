@@ -214,13 +214,27 @@ type GatewayStatus struct {
 	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
 	// +optional
 	UpdatedReplicas int32 `json:"updatedReplicas,omitempty"`
-	// Draining lists the gateway pods being emptied.
-	// +listType=set
+	// Draining lists the gateway pods being emptied, with when their drain
+	// began and the sessions they still hold.
+	// +listType=map
+	// +listMapKey=pod
 	// +optional
-	Draining []string `json:"draining,omitempty"`
+	Draining []DrainingGateway `json:"draining,omitempty"`
 	// Selector is the gateways' label selector, for the scale subresource.
 	// +optional
 	Selector string `json:"selector,omitempty"`
+}
+
+// DrainingGateway is one gateway pod being emptied before it is removed.
+type DrainingGateway struct {
+	// Pod is the gateway pod's name.
+	Pod string `json:"pod"`
+	// StartedAt is when the operator began draining it.
+	StartedAt metav1.Time `json:"startedAt"`
+	// Deadline is when it is removed whatever sessions it still holds.
+	Deadline metav1.Time `json:"deadline"`
+	// Sessions is how many sessions it held when last asked; -1 when it did not answer.
+	Sessions int64 `json:"sessions"`
 }
 
 // KafkaStatus reports the topics.
@@ -274,6 +288,8 @@ type ChatClusterStatus struct {
 // +kubebuilder:printcolumn:name="Gateways",type=string,JSONPath=`.status.gatewaysReady`
 // +kubebuilder:printcolumn:name="Sessions",type=integer,JSONPath=`.status.sessions`
 // +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.image`
+// +kubebuilder:printcolumn:name="Updated",type=integer,JSONPath=`.status.gateway.updatedReplicas`,priority=1,description="gateways on the current revision"
+// +kubebuilder:printcolumn:name="Draining",type=string,JSONPath=`.status.gateway.draining[*].pod`,priority=1,description="gateways being emptied"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ChatCluster struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -18,18 +18,22 @@ import (
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
+	"github.com/gochat/gochat/operator/internal/gatewayadmin"
+	"github.com/gochat/gochat/operator/internal/gatewayroll"
+	"github.com/gochat/gochat/operator/internal/resources"
 )
 
 func main() {
 	var (
 		metricsAddr, probeAddr string
 		leaderElect            bool
-		resync                 time.Duration
+		resync, readyTimeout   time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the metrics endpoint (HTTPS, authenticated); 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "elect a leader, so that only one replica acts at a time")
 	flag.DurationVar(&resync, "resync", 30*time.Second, "how often a running cluster is checked again (topics, Redis, sessions)")
+	flag.DurationVar(&readyTimeout, "gateway-ready-timeout", gatewayroll.DefaultReadyTimeout, "how long a replacement gateway may take to become Ready before the roll halts (RolloutStuck)")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -59,10 +63,14 @@ func main() {
 		os.Exit(1)
 	}
 	r := &controller.Reconciler{
-		Client:      mgr.GetClient(),
-		Recorder:    mgr.GetEventRecorder("gochat-operator"),
-		GatewayAddr: controller.PodGRPCAddr, Resync: resync,
+		Client:    mgr.GetClient(),
+		Recorder:  mgr.GetEventRecorder("gochat-operator"),
+		APIReader: mgr.GetAPIReader(),
+		Resync:    resync, ReadyTimeout: readyTimeout,
 	}
+	// Every call to a gateway is mutual TLS with the operator's certificate
+	// from that cluster's CA.
+	r.Admin = gatewayadmin.Dialer{Port: resources.GatewayGRPCPort, TLS: r.AdminTLSForPod}
 	if err := r.SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up controller")
 		os.Exit(1)

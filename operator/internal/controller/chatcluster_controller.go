@@ -33,6 +33,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+	"github.com/gochat/gochat/operator/internal/gatewayadmin"
+	"github.com/gochat/gochat/operator/internal/gatewayroll"
 	"github.com/gochat/gochat/operator/internal/kafka"
 	"github.com/gochat/gochat/operator/internal/resources"
 	"github.com/gochat/gochat/operator/internal/status"
@@ -48,12 +50,17 @@ const secretIndex = "spec.secretNames"
 type Reconciler struct {
 	client.Client
 	Recorder events.EventRecorder
-	// GatewayAddr is where a gateway pod's admin gRPC service is
-	// (PodGRPCAddr); nil: the operator calls no gateway (sessions not counted).
-	GatewayAddr func(pod *corev1.Pod) string
 	// Now is the clock of certificate renewal (nil: time.Now).
 	Now     func() time.Time
 	opCerts operatorCerts
+	// APIReader reads around the cache, for the gateway roll; nil: the Client.
+	APIReader client.Reader
+	// Admin reads and drains gateway pods; nil: sessions are unknown, so a
+	// drained pod is removed only at its deadline.
+	Admin gatewayadmin.Admin
+	// ReadyTimeout bounds how long a replacement gateway may take to become
+	// Ready before the roll halts (RolloutStuck); 0: gatewayroll.DefaultReadyTimeout.
+	ReadyTimeout time.Duration
 	// Resync is how often a healthy cluster is checked again (topics, Redis, sessions).
 	Resync time.Duration
 }
@@ -63,7 +70,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;delete
@@ -85,7 +92,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
 	}
-	obs, err := r.converge(ctx, &cc)
+	obs, busy, err := r.converge(ctx, &cc)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -93,6 +100,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if !equality.Semantic.DeepEqual(st, cc.Status) {
 		if cc.Status.Phase != st.Phase {
 			r.event(&cc, corev1.EventTypeNormal, "Phase"+string(st.Phase), "UpdateStatus", "phase %s -> %s", orNone(string(cc.Status.Phase)), st.Phase)
+		}
+		was, now := condition(cc.Status.Conditions, chatv1.ConditionGatewayRolloutComplete), condition(st.Conditions, chatv1.ConditionGatewayRolloutComplete)
+		if now.Reason == status.ReasonRolloutStuck && was.Reason != status.ReasonRolloutStuck {
+			r.event(&cc, corev1.EventTypeWarning, status.ReasonRolloutStuck, "Roll", "%s", now.Message)
 		}
 		// A full update rather than a patch: zero counts (0 sessions) are
 		// written too, and a conflict means someone changed the cluster since
@@ -102,10 +113,22 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, fmt.Errorf("update status: %w", err)
 		}
 	}
+	if busy > 0 {
+		return ctrl.Result{RequeueAfter: busy}, nil
+	}
 	if st.Phase != chatv1.PhaseRunning {
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
 	return ctrl.Result{RequeueAfter: r.Resync}, nil
+}
+
+func condition(conds []metav1.Condition, typ string) metav1.Condition {
+	for _, c := range conds {
+		if c.Type == typ {
+			return c
+		}
+	}
+	return metav1.Condition{}
 }
 
 func orNone(s string) string {
@@ -121,14 +144,16 @@ func (r *Reconciler) event(cc *chatv1.ChatCluster, kind, reason, action, format 
 	}
 }
 
-// converge creates or updates everything the cluster owns and observes the result.
-func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (status.Observed, error) {
-	obs := status.Observed{Deployments: map[string]*appsv1.Deployment{}, MigratedImage: cc.Status.MigratedImage}
+// converge creates or updates everything the cluster owns, takes one step
+// of the gateway roll, and observes the result. busy > 0 asks to look again
+// that soon: a roll is in progress.
+func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs status.Observed, busy time.Duration, err error) {
+	obs = status.Observed{Deployments: map[string]*appsv1.Deployment{}, MigratedImage: cc.Status.MigratedImage}
 	if err := r.ensureJWTSecret(ctx, cc); err != nil {
-		return obs, err
+		return obs, 0, err
 	}
 	if err := r.ensurePKI(ctx, cc); err != nil {
-		return obs, err
+		return obs, 0, err
 	}
 	hashes, secretsErr := r.secretHashes(ctx, cc)
 	if secretsErr != nil {
@@ -136,6 +161,18 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (stat
 		r.event(cc, corev1.EventTypeWarning, status.ReasonSecretMissing, "ResolveSecrets", "%v", secretsErr)
 	}
 	in := resources.Inputs{SecretHash: hashes}
+
+	// The roll is decided before the StatefulSet is applied: a scale-down
+	// keeps its replicas until the gateways it removes are drained.
+	now := time.Now()
+	roll, err := r.observeGateways(ctx, cc)
+	if err != nil {
+		return obs, 0, err
+	}
+	step := roll.plan(cc, now, r.readyTimeout())
+	if roll.sts != nil {
+		in.GatewayReplicas = &step.Replicas
+	}
 
 	var objs []client.Object
 	objs = append(objs, resources.ConfigMap(cc), resources.ServiceAccount(cc))
@@ -147,13 +184,13 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (stat
 	}
 	for _, o := range objs {
 		if err := r.apply(ctx, cc, o); err != nil {
-			return obs, err
+			return obs, 0, err
 		}
 	}
 
 	if secretsErr == nil {
 		if err := r.migrate(ctx, cc, in, &obs); err != nil {
-			return obs, err
+			return obs, 0, err
 		}
 		var repoDep appsv1.Deployment
 		err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.Name(cc, resources.Repo)}, &repoDep)
@@ -169,14 +206,21 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (stat
 		}
 		for _, o := range workloads {
 			if err := r.apply(ctx, cc, o); err != nil {
-				return obs, err
+				return obs, 0, err
 			}
 		}
+		if err := r.rollGateways(ctx, cc, roll, step, now); err != nil {
+			return obs, 0, err
+		}
+	}
+	obs.Sessions, obs.Draining, obs.StuckGateway = roll.sessions(), gatewayroll.DrainingStatus(roll.view), step.Stuck
+	if step.Busy {
+		busy = max(step.RequeueAfter, 200*time.Millisecond)
 	}
 
 	r.ensureTopics(ctx, cc, &obs)
 	obs.Redis = r.checkRedis(ctx, cc)
-	return obs, r.observe(ctx, cc, &obs)
+	return obs, busy, r.observe(ctx, cc, &obs)
 }
 
 // apply server-side applies a built object as the operator's field manager:
@@ -426,20 +470,6 @@ func (r *Reconciler) observe(ctx context.Context, cc *chatv1.ChatCluster, obs *s
 	var svc corev1.Service
 	if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.Name(cc, resources.Gateway)}, &svc); err == nil {
 		obs.ClientService = &svc
-	}
-	if r.GatewayAddr != nil {
-		var pods corev1.PodList
-		if err := r.List(ctx, &pods, client.InNamespace(cc.Namespace), client.MatchingLabels(resources.SelectorLabels(cc, resources.Gateway))); err == nil {
-			for i := range pods.Items {
-				p := &pods.Items[i]
-				if p.Status.PodIP == "" || p.Status.Phase != corev1.PodRunning {
-					continue
-				}
-				if n, err := r.gatewaySessions(ctx, cc, p); err == nil {
-					obs.Sessions += n
-				}
-			}
-		}
 	}
 	return nil
 }

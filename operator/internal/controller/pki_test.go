@@ -5,8 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,6 +27,7 @@ import (
 	"github.com/gochat/gochat/api/pki"
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
+	"github.com/gochat/gochat/operator/internal/gatewayadmin"
 	"github.com/gochat/gochat/operator/internal/resources"
 	tc "github.com/gochat/gochat/services/testcluster"
 )
@@ -287,37 +290,30 @@ func TestGatewayAdminOverMTLS(t *testing.T) {
 		"--logic-addr", tc.FreePort(t), "--repo-addr", tc.FreePort(t))
 	tc.WaitTCP(t, grpcAddr, gw)
 
-	r := &controller.Reconciler{Client: k8s, GatewayAddr: func(*corev1.Pod) string { return grpcAddr }}
-	pod := &corev1.Pod{}
-	pod.Name = "demo-gateway-0"
-	admin, closeConn, err := r.GatewayAdmin(bg, cc, pod)
+	// The operator's dialer, as main wires it: the pod's IP and the admin
+	// port, and the operator's certificate for the pod's cluster (found from
+	// the pod's labels).
+	r := &controller.Reconciler{Client: k8s}
+	host, port, err := net.SplitHostPort(grpcAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeConn()
+	portNum, _ := strconv.Atoi(port)
+	dialer := gatewayadmin.Dialer{Port: portNum, TLS: r.AdminTLSForPod}
+	pod := &corev1.Pod{}
+	pod.Name, pod.Namespace, pod.Labels = "demo-gateway-0", ns, resources.SelectorLabels(cc, resources.Gateway)
+	pod.Status.PodIP = host
 	ctx, cancel := context.WithTimeout(bg, 10*time.Second)
 	defer cancel()
-	st, err := admin.Stats(ctx, &gochatv1.StatsRequest{})
+	st, err := dialer.Stats(ctx, pod)
 	if err != nil {
 		t.Fatalf("the operator's Stats over mTLS: %v", err)
 	}
-	if st.Sessions != 0 {
-		t.Fatalf("a fresh gateway reports %d sessions", st.Sessions)
+	if st.Sessions != 0 || st.Draining {
+		t.Fatalf("a fresh gateway reports %+v", st)
 	}
-
-	// Dialers handed only the pod (the roll's) find the cluster from its labels.
-	pod.Namespace, pod.Labels = ns, resources.SelectorLabels(cc, resources.Gateway)
-	cfg, err := r.AdminTLSForPod(bg, pod)
-	if err != nil {
-		t.Fatal(err)
-	}
-	byPod, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer byPod.Close()
-	if _, err := gochatv1.NewGatewayAdminServiceClient(byPod).Stats(ctx, &gochatv1.StatsRequest{}); err != nil {
-		t.Fatalf("Stats with AdminTLSForPod: %v", err)
+	if st, err = dialer.Drain(ctx, pod, time.Second, 2*time.Second); err != nil || !st.Draining {
+		t.Fatalf("the operator's Drain over mTLS: %+v, %v", st, err)
 	}
 
 	// The same call without a certificate is refused.

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
@@ -55,7 +56,7 @@ func TestRBAC(t *testing.T) {
 	as.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + sa.Name}
 
 	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
-	startManagerWith(t, as, ns)
+	startManagerWith(t, as, ns, nil)
 	cc := newCluster(ns, "demo")
 	cc.Spec.Kafka.DeleteTopicsOnDelete = true
 	cc.Spec.Kafka.TopicPrefix = "rbac-" + ns
@@ -63,6 +64,15 @@ func TestRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	bringUp(t, ns)
+	// The roll patches (drain annotations) and deletes gateway pods.
+	cc = getCluster(t, ns, "demo")
+	patch := client.MergeFrom(cc.DeepCopy())
+	cc.Spec.Gateway.Image = "ghcr.io/gochat/gochat:0.1.1"
+	cc.Spec.Gateway.Drain.Timeout = &metav1.Duration{Duration: time.Second}
+	if err := k8s.Patch(bg, cc, patch); err != nil {
+		t.Fatal(err)
+	}
+	rollWithFakeKubelet(t, ns, "ghcr.io/gochat/gochat:0.1.1")
 	// Deleting goes through the finalizer (topic deletion, then its removal).
 	if err := k8s.Delete(bg, getCluster(t, ns, "demo")); err != nil {
 		t.Fatal(err)

@@ -160,6 +160,8 @@ func startManager(t *testing.T, ns string, opts ...func(*controller.Reconciler))
 	return startManagerWith(t, cfg, ns, opts...)
 }
 
+// startManagerWith runs a manager as cfg's user, with each opt changing the
+// reconciler before it starts.
 func startManagerWith(t *testing.T, cfg *rest.Config, ns string, opts ...func(*controller.Reconciler)) (stop func()) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -171,7 +173,7 @@ func startManagerWith(t *testing.T, cfg *rest.Config, ns string, opts ...func(*c
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &controller.Reconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
+	r := &controller.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
 	for _, o := range opts {
 		o(r)
 	}

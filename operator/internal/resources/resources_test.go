@@ -3,6 +3,7 @@ package resources
 import (
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -107,9 +108,6 @@ func TestWorkloads(t *testing.T) {
 	if sts.Spec.UpdateStrategy.Type != "OnDelete" || *sts.Spec.Replicas != 3 || sts.Spec.PodManagementPolicy != "Parallel" {
 		t.Fatalf("statefulset %+v", sts.Spec)
 	}
-	if g := *sts.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 330 {
-		t.Fatalf("grace %d: the default drain timeout (5m) plus 30s", g)
-	}
 	if sts.Spec.Template.Annotations[AnnotationSecretHash] != "g" {
 		t.Fatal("secret hash not in the pod template")
 	}
@@ -132,6 +130,48 @@ func TestWorkloads(t *testing.T) {
 	svcs := Services(cc)
 	if svcs[0].Spec.Type != corev1.ServiceTypeLoadBalancer || svcs[0].Spec.Ports[0].Port != 80 || svcs[2].Spec.ClusterIP != "None" {
 		t.Fatalf("services %+v", svcs)
+	}
+}
+
+// The gateway's own drain (on SIGTERM) must end inside the grace period,
+// after the preStop sleep that lets endpoints forget the pod.
+func TestGatewayTermination(t *testing.T) {
+	tests := []struct {
+		timeout                    *metav1.Duration
+		wantGrace                  int64
+		wantDrainTimeout, wantWind string
+	}{
+		{nil, 310, "5m0s", "2m30s"},
+		{&metav1.Duration{Duration: 10 * time.Second}, 20, "10s", "5s"},
+		{&metav1.Duration{Duration: 1500 * time.Millisecond}, 11, "1s", "750ms"},
+	}
+	for _, tt := range tests {
+		cc := cluster()
+		cc.Spec.Gateway.Drain.Timeout = tt.timeout
+		spec := GatewayStatefulSet(cc, Inputs{}).Spec.Template.Spec
+		if g := *spec.TerminationGracePeriodSeconds; g != tt.wantGrace {
+			t.Errorf("timeout %v: grace %d, want %d", tt.timeout, g, tt.wantGrace)
+		}
+		c := spec.Containers[0]
+		env := map[string]string{}
+		for _, e := range c.Env {
+			env[e.Name] = e.Value
+		}
+		if env["GOCHAT_DRAIN_TIMEOUT"] != tt.wantDrainTimeout || env["GOCHAT_DRAIN_WINDOW"] != tt.wantWind {
+			t.Errorf("timeout %v: drain timeout %q window %q", tt.timeout, env["GOCHAT_DRAIN_TIMEOUT"], env["GOCHAT_DRAIN_WINDOW"])
+		}
+		d, err := time.ParseDuration(env["GOCHAT_DRAIN_TIMEOUT"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		preStop := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+		if preStop <= 0 || preStop+d >= time.Duration(tt.wantGrace)*time.Second {
+			t.Errorf("timeout %v: preStop %v + drain %v does not end inside the grace period", tt.timeout, preStop, d)
+		}
+	}
+	cc := cluster()
+	if r := *GatewayStatefulSet(cc, Inputs{GatewayReplicas: i32(5)}).Spec.Replicas; r != 5 {
+		t.Fatalf("a scale-down in progress keeps the StatefulSet at %d, got %d", 5, r)
 	}
 }
 

@@ -19,6 +19,9 @@ type Inputs struct {
 	// RepoImage is the image the repo Deployment runs: the spec's image once
 	// its migration succeeded, the previous one until then.
 	RepoImage string
+	// GatewayReplicas is the gateway StatefulSet's replicas while a
+	// scale-down drains the gateways it removes; nil: spec.gateway.replicas.
+	GatewayReplicas *int32
 }
 
 func secretEnv(name string, ref corev1.SecretKeySelector, optional bool) corev1.EnvVar {
@@ -174,18 +177,60 @@ func Deployment(cc *chatv1.ChatCluster, component string, in Inputs) *appsv1.Dep
 
 func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }
 
+// Gateway termination timing. A gateway pod that is deleted (by the
+// operator after its drain, or by an eviction or node drain it did not
+// start) first sleeps in preStop, so that the endpoints controller and the
+// load balancers stop sending it new clients before it closes anything; then
+// it gets SIGTERM and drains within --drain-timeout, which ends before the
+// grace period does, so the kubelet never has to SIGKILL live sessions.
+const (
+	// GatewayPreStopSleep is how long endpoints get to forget a deleted gateway.
+	GatewayPreStopSleep = 5 * time.Second
+	// gatewayExitMargin is left after the drain for closing and exiting.
+	gatewayExitMargin = 5 * time.Second
+)
+
+// GatewayGracePeriod is the gateway pods' terminationGracePeriodSeconds:
+// the preStop sleep, a full drain.timeout and the exit margin.
+func GatewayGracePeriod(cc *chatv1.ChatCluster) time.Duration {
+	return GatewayPreStopSleep + cc.Spec.Gateway.Drain.DrainTimeout().Truncate(time.Second) + gatewayExitMargin
+}
+
+// GatewayDrainTimeout is the gateway's --drain-timeout on SIGTERM: what
+// the grace period leaves after the preStop sleep and the exit margin.
+func GatewayDrainTimeout(cc *chatv1.ChatCluster) time.Duration {
+	return GatewayGracePeriod(cc) - GatewayPreStopSleep - gatewayExitMargin
+}
+
+// GatewayDrainWindow is how long a drain spreads its clients' reconnects
+// over: half the drain timeout, leaving the other half for slow clients.
+func GatewayDrainWindow(cc *chatv1.ChatCluster) time.Duration {
+	return cc.Spec.Gateway.Drain.DrainTimeout() / 2
+}
+
 // GatewayStatefulSet runs the gateways. Its update strategy is OnDelete: the
 // operator replaces gateway pods itself, so that it can empty each one
 // before it goes (docs/operator.md).
 func GatewayStatefulSet(cc *chatv1.ChatCluster, in Inputs) *appsv1.StatefulSet {
 	tpl := podTemplate(cc, Gateway, Image(cc, Gateway), in, cc.Spec.Gateway.Resources)
-	grace := int64(cc.Spec.Gateway.Drain.DrainTimeout()/time.Second) + 30
+	grace := int64(GatewayGracePeriod(cc) / time.Second)
 	tpl.Spec.TerminationGracePeriodSeconds = &grace
+	c := &tpl.Spec.Containers[0]
+	c.Env = append(c.Env,
+		corev1.EnvVar{Name: "GOCHAT_DRAIN_TIMEOUT", Value: GatewayDrainTimeout(cc).String()},
+		corev1.EnvVar{Name: "GOCHAT_DRAIN_WINDOW", Value: GatewayDrainWindow(cc).String()})
+	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
+		Sleep: &corev1.SleepAction{Seconds: int64(GatewayPreStopSleep / time.Second)},
+	}}
+	reps := replicas(cc.Spec.Gateway.Replicas, 2)
+	if in.GatewayReplicas != nil {
+		reps = in.GatewayReplicas
+	}
 	return &appsv1.StatefulSet{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "StatefulSet"},
 		ObjectMeta: meta(cc, Name(cc, Gateway), Gateway),
 		Spec: appsv1.StatefulSetSpec{
-			Replicas:            replicas(cc.Spec.Gateway.Replicas, 2),
+			Replicas:            reps,
 			ServiceName:         GatewayPodsServiceName(cc),
 			Selector:            &metav1.LabelSelector{MatchLabels: SelectorLabels(cc, Gateway)},
 			PodManagementPolicy: appsv1.ParallelPodManagement,

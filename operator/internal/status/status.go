@@ -29,7 +29,8 @@ const (
 	ReasonMigrationFailed    = "MigrationFailed"
 	ReasonRolloutComplete    = "RolloutComplete"
 	ReasonRollingOut         = "RollingOut"
-	ReasonAwaitingDrain      = "AwaitingDrain"
+	ReasonDraining           = "Draining"
+	ReasonRolloutStuck       = "RolloutStuck"
 	ReasonReady              = "Ready"
 	ReasonComponentsNotReady = "ComponentsNotReady"
 )
@@ -54,6 +55,11 @@ type Observed struct {
 	Partitions    int32
 	Redis         Check
 	Sessions      int64
+	// Draining are the gateway pods being emptied.
+	Draining []chatv1.DrainingGateway
+	// StuckGateway is a replacement gateway that did not become Ready in
+	// time, which halts the roll; empty when none.
+	StuckGateway string
 }
 
 func desired(p *int32) int32 {
@@ -97,7 +103,7 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 	s.Repo, repoOK = comp(resources.Repo, cc.Spec.Repo.Replicas)
 	s.Task, taskOK = comp(resources.Task, cc.Spec.Task.Replicas)
 
-	gw := chatv1.GatewayStatus{Replicas: desired(cc.Spec.Gateway.Replicas), Selector: resources.GatewaySelector(cc), Draining: prev.Gateway.Draining}
+	gw := chatv1.GatewayStatus{Replicas: desired(cc.Spec.Gateway.Replicas), Selector: resources.GatewaySelector(cc), Draining: o.Draining}
 	gwRolled, gwReady := false, false
 	if sts := o.Gateway; sts != nil {
 		gw.ReadyReplicas, gw.UpdatedReplicas = sts.Status.ReadyReplicas, sts.Status.UpdatedReplicas
@@ -107,12 +113,20 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 	}
 	s.Gateway = gw
 	s.GatewaysReady = fmt.Sprintf("%d/%d", gw.ReadyReplicas, gw.Replicas)
+	gwRolled = gwRolled && len(o.Draining) == 0 && o.StuckGateway == ""
 	switch {
+	case o.StuckGateway != "":
+		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonRolloutStuck,
+			fmt.Sprintf("gateway %s on the new revision did not become Ready: no further gateway is drained until it does or the spec changes", o.StuckGateway))
+	case len(o.Draining) > 0:
+		var pods []string
+		for _, d := range o.Draining {
+			pods = append(pods, fmt.Sprintf("%s (%s)", d.Pod, sessionsLeft(d.Sessions)))
+		}
+		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonDraining,
+			fmt.Sprintf("%d of %d gateway(s) run the current revision; draining %s", gw.UpdatedReplicas, gw.Replicas, strings.Join(pods, ", ")))
 	case gwRolled:
 		set(chatv1.ConditionGatewayRolloutComplete, true, ReasonRolloutComplete, fmt.Sprintf("%d gateway(s) run the current revision", gw.Replicas))
-	case o.Gateway != nil && o.Gateway.Status.Replicas > 0 && o.Gateway.Status.UpdateRevision != o.Gateway.Status.CurrentRevision:
-		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonAwaitingDrain,
-			fmt.Sprintf("%d of %d gateway(s) run the current revision; the others are replaced once drained", gw.UpdatedReplicas, gw.Replicas))
 	default:
 		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonRollingOut, fmt.Sprintf("%d of %d gateway(s) created on the current revision", gw.UpdatedReplicas, gw.Replicas))
 	}
@@ -179,6 +193,8 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		s.Phase = chatv1.PhaseRunning
 	case !wasRunning:
 		s.Phase = chatv1.PhaseProvisioning
+	case o.StuckGateway != "":
+		s.Phase = chatv1.PhaseDegraded
 	case rolling && kafkaOK && redisOK:
 		s.Phase = chatv1.PhaseUpgrading
 	default:
@@ -186,6 +202,13 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 	}
 	s.Endpoint = endpoint(cc, o.ClientService)
 	return s
+}
+
+func sessionsLeft(n int64) string {
+	if n < 0 {
+		return "sessions unknown"
+	}
+	return fmt.Sprintf("%d session(s) left", n)
 }
 
 // JobFailed reports a migration that ran out of retries.

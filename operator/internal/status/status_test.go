@@ -58,9 +58,17 @@ func TestCompute(t *testing.T) {
 		{"running, kafka refuses the replication factor", chatv1.PhaseRunning, func(o *Observed) {
 			o.Kafka = Check{Reason: "ReplicationFactorTooHigh", Err: errors.New("rf 3 > 1 broker")}
 		}, chatv1.PhaseDegraded, "ReplicationFactorTooHigh", chatv1.ConditionKafkaTopicsReady, "ReplicationFactorTooHigh"},
-		{"new gateway revision waits for the drain", chatv1.PhaseRunning, func(o *Observed) {
+		{"new gateway revision, no drain begun yet", chatv1.PhaseRunning, func(o *Observed) {
 			o.Gateway.Status.UpdatedReplicas, o.Gateway.Status.UpdateRevision = 0, "r2"
-		}, chatv1.PhaseUpgrading, ReasonComponentsNotReady, chatv1.ConditionGatewayRolloutComplete, ReasonAwaitingDrain},
+		}, chatv1.PhaseUpgrading, ReasonComponentsNotReady, chatv1.ConditionGatewayRolloutComplete, ReasonRollingOut},
+		{"a gateway drains", chatv1.PhaseUpgrading, func(o *Observed) {
+			o.Gateway.Status.UpdatedReplicas, o.Gateway.Status.UpdateRevision = 1, "r2"
+			o.Draining = []chatv1.DrainingGateway{{Pod: "demo-gateway-1", Sessions: 7}}
+		}, chatv1.PhaseUpgrading, ReasonComponentsNotReady, chatv1.ConditionGatewayRolloutComplete, ReasonDraining},
+		{"a replacement never becomes Ready", chatv1.PhaseUpgrading, func(o *Observed) {
+			o.Gateway.Status.UpdatedReplicas, o.Gateway.Status.ReadyReplicas, o.Gateway.Status.UpdateRevision = 1, 1, "r2"
+			o.StuckGateway = "demo-gateway-0"
+		}, chatv1.PhaseDegraded, ReasonComponentsNotReady, chatv1.ConditionGatewayRolloutComplete, ReasonRolloutStuck},
 		{"migration of a new image running", chatv1.PhaseRunning, func(o *Observed) {
 			o.MigratedImage = "img:0"
 			o.Migration = &batchv1.Job{}
@@ -97,6 +105,15 @@ func TestComputeFields(t *testing.T) {
 	if s.Endpoint != "ws://203.0.113.7/v1/ws" || s.Sessions != 42 || s.GatewaysReady != "2/2" || s.ObservedGeneration != 3 ||
 		s.Kafka.Partitions != 12 || s.Gateway.Selector == "" || s.MigratedImage != "img:1" {
 		t.Fatalf("status %+v", s)
+	}
+	draining := healthy()
+	draining.Draining = []chatv1.DrainingGateway{{Pod: "demo-gateway-1", Sessions: 7}, {Pod: "demo-gateway-2", Sessions: -1}}
+	d := Compute(cluster(chatv1.PhaseRunning), draining)
+	if len(d.Gateway.Draining) != 2 || d.Gateway.Draining[0].Sessions != 7 {
+		t.Fatalf("draining %+v", d.Gateway.Draining)
+	}
+	if c := meta.FindStatusCondition(d.Conditions, chatv1.ConditionGatewayRolloutComplete); c.Message != "2 of 2 gateway(s) run the current revision; draining demo-gateway-1 (7 session(s) left), demo-gateway-2 (sessions unknown)" {
+		t.Fatalf("message %q", c.Message)
 	}
 	// A condition that does not change keeps its transition time.
 	prev := cluster(chatv1.PhaseRunning)
