@@ -89,6 +89,9 @@ type Gateway struct {
 	hub      *hub
 	poller   *poller
 	presence *registrar
+	repo     gochatv1.RepoServiceClient
+	peers    *peers
+	notifier *presenceNotifier
 	metrics  gatewayMetrics
 	draining atomic.Bool
 	httpSrv  *http.Server
@@ -115,7 +118,11 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		presence: newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
 		httpSend: newUserLimits(cfg.SendRate, cfg.SendBurst),
 		ctx:      context.Background(),
+		repo:     repo,
+		peers:    newPeers(),
 	}
+	g.notifier = newPresenceNotifier(g)
+	g.presence.changed = g.notifier.changed
 	f := promauto.With(reg)
 	g.metrics = gatewayMetrics{
 		sessions: f.NewGaugeFunc(prometheus.GaugeOpts{Name: "gochat_gateway_sessions", Help: "Live WebSocket sessions."},
@@ -168,9 +175,11 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	wg.Add(4)
+	wg.Add(5)
+	defer g.peers.closeAll()
 	go func() { defer wg.Done(); errs <- g.poller.run(runCtx, g.readReady) }()
 	go func() { defer wg.Done(); g.presence.run(runCtx) }()
+	go func() { defer wg.Done(); g.notifier.run(runCtx) }()
 	go func() { defer wg.Done(); g.sweep(runCtx) }()
 	go func() {
 		defer wg.Done()

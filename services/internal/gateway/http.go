@@ -156,7 +156,7 @@ func (g *Gateway) register(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	resp, err := g.logic.Register(r.Context(), &gochatv1.RegisterRequest{Username: b.Username, Password: b.Password, Nickname: b.Nickname})
+	resp, err := g.logic.Register(r.Context(), &gochatv1.RegisterRequest{Username: normalUsername(b.Username), Password: b.Password, Nickname: b.Nickname})
 	g.answerAuth(w, http.StatusCreated, resp, err)
 }
 
@@ -166,7 +166,7 @@ func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	resp, err := g.logic.Login(r.Context(), &gochatv1.LoginRequest{Username: b.Username, Password: b.Password})
+	resp, err := g.logic.Login(r.Context(), &gochatv1.LoginRequest{Username: normalUsername(b.Username), Password: b.Password})
 	g.answerAuth(w, http.StatusOK, resp, err)
 }
 
@@ -196,7 +196,7 @@ func (g *Gateway) me(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) userByID(w http.ResponseWriter, r *http.Request) {
-	g.writeUser(w, r, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Id{Id: r.PathValue("id")}})
+	g.writePresentUser(w, r, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Id{Id: r.PathValue("id")}})
 }
 
 func (g *Gateway) userByName(w http.ResponseWriter, r *http.Request) {
@@ -205,7 +205,7 @@ func (g *Gateway) userByName(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apierror.New(apierror.InvalidArgument, "the username query parameter is required"))
 		return
 	}
-	g.writeUser(w, r, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Username{Username: name}})
+	g.writePresentUser(w, r, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Username{Username: normalUsername(name)}})
 }
 
 func (g *Gateway) writeConversation(w http.ResponseWriter, status int, c *gochatv1.Conversation, err error) {
