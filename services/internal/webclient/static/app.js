@@ -542,6 +542,19 @@ function markRead() {
 }
 document.addEventListener("visibilitychange", markRead);
 
+// A page that is left may be kept in the back/forward cache: close the
+// socket so that the server sees the user go (presence), and come back with
+// a fresh connection and a catch-up if the page is shown again.
+window.addEventListener("pagehide", () => {
+  if (!state.ws) return;
+  const ws = state.ws;
+  state.ws = null;
+  ws.onclose = null;
+  ws.close(1000, "page hidden");
+  Object.values(state.timers).forEach(clearTimeout);
+});
+window.addEventListener("pageshow", (ev) => { if (ev.persisted && state.token && state.me) connect(); });
+
 // ---- the message list: incremental rendering ----------------------------
 
 let rendered = new Map(); // seq -> <li> of the open conversation
@@ -1113,36 +1126,49 @@ $("btn-members").addEventListener("click", () => {
   }
 });
 
+// renderMembers updates the member list in place (presence changes often),
+// and rebuilds it only when the members themselves change.
 async function renderMembers() {
   const c = state.convs.get(state.current);
   if (!c) return;
+  await Promise.all(c.members.map((m) => user(m.user_id)));
+  if (state.current !== c.id) return;
   const mine = c.members.find((m) => m.user_id === state.me.id);
-  const canManage = mine && (mine.role === "owner" || mine.role === "admin");
-  const items = await Promise.all(c.members.map(async (m) => {
-    const li = document.createElement("li");
-    const u = await user(m.user_id);
-    const label = document.createElement("span");
+  const canManage = !!mine && (mine.role === "owner" || mine.role === "admin");
+  const list = $("members-list");
+  const key = c.id + "|" + canManage + "|" + c.members.map((m) => m.user_id + ":" + m.role).join(",");
+  if (list.dataset.key !== key) {
+    list.dataset.key = key;
+    list.replaceChildren(...c.members.map((m) => {
+      const u = state.users.get(m.user_id);
+      const li = document.createElement("li");
+      li.dataset.user = m.user_id;
+      const label = document.createElement("span");
+      li.append(label);
+      if (canManage && m.user_id !== state.me.id && m.role !== "owner") {
+        const b = document.createElement("button");
+        b.className = "link"; b.textContent = "Remove";
+        b.setAttribute("aria-label", `Remove ${u.nickname} from the group`);
+        b.addEventListener("click", async () => {
+          if (!(await confirmDialog(`Remove ${u.nickname} from “${c.name}”? They will no longer get its messages.`, "Remove"))) return;
+          try { await api("DELETE", `/v1/groups/${c.id}/members/${m.user_id}`); await refreshConversation(c.id); renderMembers(); }
+          catch (e) { showError("members-error", e); }
+        });
+        li.append(b);
+      }
+      return li;
+    }));
+  }
+  for (const li of list.children) {
+    const m = c.members.find((x) => x.user_id === li.dataset.user);
+    const u = state.users.get(li.dataset.user);
+    if (!m || !u) continue;
     const dot = document.createElement("span");
     const online = m.user_id === state.me.id || state.presence.get(m.user_id)?.online;
     dot.className = "dot" + (online ? " on" : "");
     const pres = m.user_id === state.me.id ? "you" : (presenceText(m.user_id) || "");
-    label.append(dot, `${u.nickname} @${u.username} · ${m.role}${pres ? " · " + pres : ""}`);
-    li.append(label);
-    if (canManage && m.user_id !== state.me.id && m.role !== "owner") {
-      const b = document.createElement("button");
-      b.className = "link"; b.textContent = "Remove";
-      b.setAttribute("aria-label", `Remove ${u.nickname} from the group`);
-      b.addEventListener("click", async () => {
-        if (!(await confirmDialog(`Remove ${u.nickname} from “${c.name}”? They keep nothing new from this group.`, "Remove"))) return;
-        try { await api("DELETE", `/v1/groups/${c.id}/members/${m.user_id}`); await refreshConversation(c.id); renderMembers(); }
-        catch (e) { showError("members-error", e); }
-      });
-      li.append(b);
-    }
-    return li;
-  }));
-  if (state.current !== c.id) return;
-  $("members-list").replaceChildren(...items);
+    li.firstChild.replaceChildren(dot, `${u.nickname} @${u.username} · ${m.role}${pres ? " · " + pres : ""}`);
+  }
   $("add-member-form").hidden = !canManage;
 }
 
