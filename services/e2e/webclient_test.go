@@ -413,7 +413,7 @@ func testRenderBudget(t *testing.T, a *tab, base, convID string) {
 	evalJS[bool](a, `(() => { performance.clearMeasures("gochat:message");
 		window.firstNode = document.querySelector("#message-list [data-seq]");
 		window.nodesAdded = 0;
-		new MutationObserver((ms) => { for (const m of ms) window.nodesAdded += m.addedNodes.length; }).observe(document.getElementById("message-list"), {childList: true});
+		new MutationObserver((ms) => { for (const m of ms) window.nodesAdded += m.addedNodes.length; }).observe(document.getElementById("message-list"), {childList: true, subtree: true});
 		return true; })()`)
 	const n = 30
 	w := tc.DialWS(t, strings.Replace(base, "http://", "ws://", 1)+"/v1/ws", bulkToken(t, a, base))

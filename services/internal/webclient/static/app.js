@@ -478,7 +478,7 @@ function addSystemLine(id, text) {
   s.sys.push(line);
   if (id === state.current) {
     const atBottom = isAtBottom();
-    $("message-list").append(systemItem(line));
+    appendItem(systemItem(line));
     if (atBottom) scrollToBottom();
   }
 }
@@ -584,7 +584,8 @@ function scrollToBottom() {
 }
 
 function messageItem(m) {
-  const li = document.createElement("li");
+  const li = document.createElement("div");
+  li.setAttribute("role", "listitem");
   const mine = m.sender_id === state.me.id;
   li.className = "msg" + (mine ? " mine" : "");
   li.dataset.seq = m.seq;
@@ -653,7 +654,8 @@ function lowerBound(a, x) {
 }
 
 function dividerItem() {
-  const li = document.createElement("li");
+  const li = document.createElement("div");
+  li.setAttribute("role", "listitem");
   li.className = "divider";
   li.id = "new-divider";
   const span = document.createElement("span"); span.textContent = "New messages";
@@ -662,19 +664,41 @@ function dividerItem() {
 }
 
 function systemItem(line) {
-  const li = document.createElement("li");
+  const li = document.createElement("div");
+  li.setAttribute("role", "listitem");
   li.className = "sys";
   li.textContent = line.text;
   li.dataset.after = line.after;
   return li;
 }
 
+// The list is cut into chunks of about CHUNK messages, each skipped by
+// layout and paint while off screen (content-visibility), so that adding a
+// message lays out one chunk and steps over the others, however long the
+// history is.
+const CHUNK = 100;
+
+function newChunk() {
+  const d = document.createElement("div");
+  d.className = "chunk";
+  d.setAttribute("role", "none");
+  return d;
+}
+
+function lastChunk() {
+  const list = $("message-list");
+  let c = list.lastElementChild;
+  if (!c || c.childElementCount >= CHUNK) { c = newChunk(); list.append(c); }
+  return c;
+}
+
+function appendItem(el) { lastChunk().append(el); }
+
 // insertMessage puts one message of the open conversation in place. The
 // common case, a message newer than all others, appends one node.
 function insertMessage(m) {
   const c = state.convs.get(state.current);
   const s = convState(state.current);
-  const list = $("message-list");
   const li = messageItem(m);
   const i = lowerBound(order, m.seq);
   const prev = i > 0 ? s.msgs.get(order[i - 1]) : null;
@@ -682,16 +706,25 @@ function insertMessage(m) {
   if (li.classList.contains("mine")) setReceipt(li, c, m.seq);
   if (i === order.length) {
     // Messages still in flight stay last.
-    const inFlight = pending.size ? list.querySelector(":scope > .pending") : null;
-    if (s.divider === m.seq) list.insertBefore(dividerItem(), inFlight);
-    list.insertBefore(li, inFlight);
+    const inFlight = pending.size ? $("message-list").querySelector(".pending") : null;
+    const chunk = inFlight ? inFlight.parentNode : lastChunk();
+    if (s.divider === m.seq) chunk.insertBefore(dividerItem(), inFlight);
+    chunk.insertBefore(li, inFlight);
     order.push(m.seq);
   } else {
     const next = rendered.get(order[i]);
     // Anything placed before the next message (a divider, membership lines) stays with it.
     let anchor = next;
     while (anchor.previousSibling && !anchor.previousSibling.dataset.seq) anchor = anchor.previousSibling;
-    list.insertBefore(li, i === 0 ? list.firstChild : anchor);
+    const chunk = anchor.parentNode;
+    if (anchor === chunk.firstChild && chunk.childElementCount >= CHUNK) {
+      // At the start of a full chunk (older history): the end of the chunk before, or a new one.
+      let before = chunk.previousElementSibling;
+      if (!before || before.childElementCount >= CHUNK) { before = newChunk(); chunk.before(before); }
+      before.append(li);
+    } else {
+      chunk.insertBefore(li, anchor);
+    }
     order.splice(i, 0, m.seq);
     decorate(next, s.msgs.get(order[i + 1]), m);
   }
@@ -706,22 +739,27 @@ function renderAll() {
   rendered = new Map();
   order = [...s.msgs.keys()].sort((a, b) => a - b);
   const frag = document.createDocumentFragment();
+  let chunk = null;
+  const add = (el) => {
+    if (!chunk || chunk.childElementCount >= CHUNK) { chunk = newChunk(); frag.append(chunk); }
+    chunk.append(el);
+  };
   let prev = null;
   let sys = 0;
   const lines = s.sys.slice().sort((a, b) => a.after - b.after);
   for (const seq of order) {
-    while (sys < lines.length && lines[sys].after < seq) frag.append(systemItem(lines[sys++]));
+    while (sys < lines.length && lines[sys].after < seq) add(systemItem(lines[sys++]));
     const m = s.msgs.get(seq);
-    if (s.divider === seq) frag.append(dividerItem());
+    if (s.divider === seq) add(dividerItem());
     const li = messageItem(m);
     decorate(li, m, prev);
     if (li.classList.contains("mine")) setReceipt(li, c, seq);
     rendered.set(seq, li);
-    frag.append(li);
+    add(li);
     prev = m;
   }
-  while (sys < lines.length) frag.append(systemItem(lines[sys++]));
-  for (const [cmid, p] of pending) if (p.conversation_id === state.current) frag.append(pendingItem(cmid, p));
+  while (sys < lines.length) add(systemItem(lines[sys++]));
+  for (const [cmid, p] of pending) if (p.conversation_id === state.current) add(pendingItem(cmid, p));
   $("message-list").replaceChildren(frag);
   renderOlderState();
 }
@@ -884,7 +922,7 @@ $("composer").addEventListener("submit", (ev) => {
   convState(state.current).draft = "";
   convState(state.current).typingSent = 0;
   onComposerInput();
-  $("message-list").append(pendingItem(cmid, p));
+  appendItem(pendingItem(cmid, p));
   scrollToBottom();
   input.focus();
 });
