@@ -76,15 +76,17 @@ func (p *Presence) Register(ctx context.Context, sessions []*gochatv1.Session, t
 	return came, nil
 }
 
-// Unregister removes sessions, in one transaction, and returns the users left
-// with no live session: they just went offline, and are recorded as seen now.
+// Unregister removes sessions, in one transaction, and returns the users who
+// lost a session and are left with none live: they just went offline, and
+// are recorded as seen now.
 func (p *Presence) Unregister(ctx context.Context, sessions []*gochatv1.Session) ([]string, error) {
 	now := p.now().UnixMilli()
 	pipe := p.rdb.TxPipeline()
 	var users []string
 	left := map[string]*redis.IntCmd{}
-	for _, s := range sessions {
-		pipe.ZRem(ctx, p.key(s.UserId), member(s))
+	removed := make([]*redis.IntCmd, len(sessions))
+	for i, s := range sessions {
+		removed[i] = pipe.ZRem(ctx, p.key(s.UserId), member(s))
 	}
 	for _, s := range sessions {
 		if left[s.UserId] == nil {
@@ -95,10 +97,18 @@ func (p *Presence) Unregister(ctx context.Context, sessions []*gochatv1.Session)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("unregister %d sessions: %w", len(sessions), err)
 	}
+	// Only a user who lost a session here went offline here: removing a
+	// session that was already gone changes nothing.
+	lost := map[string]bool{}
+	for i, s := range sessions {
+		if removed[i].Val() > 0 {
+			lost[s.UserId] = true
+		}
+	}
 	var gone []string
 	seen := p.rdb.Pipeline()
 	for _, u := range users {
-		if left[u].Val() == 0 {
+		if lost[u] && left[u].Val() == 0 {
 			gone = append(gone, u)
 			seen.Set(ctx, p.seenKey(u), now, seenTTL)
 		}
