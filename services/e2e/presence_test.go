@@ -18,7 +18,8 @@ type presentUser struct {
 
 // testPresenceTyping drives the v1.1 additions through the public API:
 // case-insensitive usernames, presence on lookups and as frames, typing.
-func testPresenceTyping(t *testing.T, base, wsURL string) {
+// pat connects to the gateway at wsPat, the others to the one at wsOthers.
+func testPresenceTyping(t *testing.T, base, wsPat, wsOthers string) {
 	name := uniq("pat")
 	// A capitalised username registers (and signs in, and is found) as lower case.
 	up := strings.ToUpper(name[:1]) + name[1:]
@@ -46,8 +47,8 @@ func testPresenceTyping(t *testing.T, base, wsURL string) {
 	conv := direct(t, pat, quinn)
 
 	// quinn is connected; pat comes online: quinn gets a presence frame, the lookup says online.
-	qw := tc.DialWS(t, wsURL, quinn.Token)
-	pw := tc.DialWS(t, wsURL, pat.Token)
+	qw := tc.DialWS(t, wsOthers, quinn.Token)
+	pw := tc.DialWS(t, wsPat, pat.Token)
 	var p clientapi.Presence
 	qw.Next(t, "presence", wait).Decode(t, &p)
 	if p.UserID != pat.User.ID || !p.Online {
@@ -77,7 +78,7 @@ func testPresenceTyping(t *testing.T, base, wsURL string) {
 	if _, ok := pw.Wait("typing", 100*time.Millisecond); ok {
 		t.Fatal("the sender got its own typing frame")
 	}
-	sw := tc.DialWS(t, wsURL, stranger.Token)
+	sw := tc.DialWS(t, wsOthers, stranger.Token)
 	_ = sw.Send("typing", map[string]string{"conversation_id": conv.ID})
 	var e clientapi.ErrorData
 	sw.Next(t, "error", wait).Decode(t, &e)
@@ -105,5 +106,13 @@ func testPresenceTyping(t *testing.T, base, wsURL string) {
 
 func TestPresenceTypingDev(t *testing.T) {
 	_, base := startDev(t, t.TempDir())
-	testPresenceTyping(t, base, strings.Replace(base, "http://", "ws://", 1)+"/v1/ws")
+	ws := strings.Replace(base, "http://", "ws://", 1) + "/v1/ws"
+	testPresenceTyping(t, base, ws, ws)
+}
+
+// testPresenceTwoGateways runs the same with pat on a second gateway process:
+// typing and presence go from gateway to gateway (PushService.Push).
+func testPresenceTwoGateways(t *testing.T, c *tc.Cluster) {
+	second := c.StartGateway(t, "im-gateway-2")
+	testPresenceTyping(t, c.URL(), "ws://"+second+"/v1/ws", c.WSURL())
 }

@@ -13,6 +13,9 @@ type Cluster struct {
 	MySQLDSN                          string
 	RedisPrefix                       string
 	Secret                            string
+	// RepoAddr and LogicAddr are the gRPC addresses of im-repo and im-logic,
+	// for a test that starts more gateways (StartGateway).
+	RepoAddr, LogicAddr string
 }
 
 // Options change a cluster from the defaults.
@@ -37,6 +40,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	kafkaAddr, repoAddr, logicAddr, gwHTTP, gwGRPC := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 	repoMetrics, logicMetrics, taskMetrics := addrs[5], addrs[6], addrs[7]
 	c.HTTP = gwHTTP
+	c.RepoAddr, c.LogicAddr = repoAddr, logicAddr
 	topicPrefix := RandomName("e2e")
 
 	// The broker keeps its log on disk, so a test can stop and restart it.
@@ -69,3 +73,16 @@ func (c *Cluster) URL() string { return "http://" + c.HTTP }
 
 // WSURL is the gateway's WebSocket URL.
 func (c *Cluster) WSURL() string { return "ws://" + c.HTTP + "/v1/ws" }
+
+// StartGateway starts one more gateway process on the cluster's im-logic and
+// im-repo and returns its client address, host:port. Gateways relay typing
+// and presence to each other directly.
+func (c *Cluster) StartGateway(t testing.TB, name string) string {
+	t.Helper()
+	addrs, err := freeAddrs(2)
+	mustf(t, err, "free ports")
+	p := Start(t, name, []string{"GOCHAT_LOG_LEVEL=debug", "GOCHAT_JWT_SECRET=" + c.Secret},
+		"gateway", "--http-addr", addrs[0], "--grpc-addr", addrs[1], "--logic-addr", c.LogicAddr, "--repo-addr", c.RepoAddr)
+	WaitHTTP(t, "http://"+addrs[0]+"/readyz", p)
+	return addrs[0]
+}
