@@ -59,6 +59,30 @@ func testPresenceTyping(t *testing.T, base, wsPat, wsOthers string) {
 		t.Fatalf("lookup of a connected user = %+v, want online with last_seen_at", found)
 	}
 
+	// The members of a direct conversation carry presence too; a group's do not.
+	var dc struct {
+		Members []map[string]any `json:"members"`
+	}
+	quinn.Must(t, "GET", "/v1/conversations/"+conv.ID, nil, &dc)
+	for _, m := range dc.Members {
+		if m["user_id"] == pat.User.ID && (m["online"] != true || m["last_seen_at"] == nil) {
+			t.Fatalf("pat as a member of a direct conversation: %v, want online with last_seen_at", m)
+		}
+		if _, ok := m["online"]; !ok {
+			t.Fatalf("direct conversation member without presence: %v", m)
+		}
+	}
+	var group struct {
+		ID      string           `json:"id"`
+		Members []map[string]any `json:"members"`
+	}
+	quinn.Must(t, "POST", "/v1/groups", map[string]any{"name": "g", "member_ids": []string{pat.User.ID}}, &group)
+	for _, m := range group.Members {
+		if _, ok := m["online"]; ok {
+			t.Fatalf("group member with presence: %v", m)
+		}
+	}
+
 	// Typing: relayed to the other member, at most one per second per
 	// conversation and connection; a non-member gets not_found.
 	if err := pw.Send("typing", map[string]string{"conversation_id": conv.ID}); err != nil {

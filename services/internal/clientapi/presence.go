@@ -40,3 +40,9 @@ type PresentUser struct {
 	Online     bool  `json:"online"`
 	LastSeenAt *Time `json:"last_seen_at"`
 }
+
+// MemberPresence is the presence of a member of a direct conversation (v1.1).
+type MemberPresence struct {
+	Online     bool  `json:"online"`
+	LastSeenAt *Time `json:"last_seen_at"`
+}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net/http"
 	"strings"
 
@@ -32,4 +33,44 @@ func (g *Gateway) writePresentUser(w http.ResponseWriter, r *http.Request, req *
 		out.Online, out.LastSeenAt = pr.Online, pr.LastSeenAt
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// withPresence sets the presence of the members of direct conversations, in
+// one lookup. Best effort: without presence the conversations are answered
+// as they are.
+func (g *Gateway) withPresence(ctx context.Context, convs []clientapi.Conversation) {
+	var users []string
+	seen := map[string]bool{}
+	for _, c := range convs {
+		if c.Type != "direct" {
+			continue
+		}
+		for _, m := range c.Members {
+			if !seen[m.UserID] {
+				seen[m.UserID] = true
+				users = append(users, m.UserID)
+			}
+		}
+	}
+	if len(users) == 0 {
+		return
+	}
+	r, err := g.repo.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: users})
+	if err != nil {
+		g.log.Warn("read presence of direct conversation members", "users", len(users), "err", err)
+		return
+	}
+	byUser := make(map[string]*clientapi.MemberPresence, len(r.Users))
+	for _, u := range r.Users {
+		p := clientapi.PresenceFrom(u)
+		byUser[u.UserId] = &clientapi.MemberPresence{Online: p.Online, LastSeenAt: p.LastSeenAt}
+	}
+	for _, c := range convs {
+		if c.Type != "direct" {
+			continue
+		}
+		for i := range c.Members {
+			c.Members[i].MemberPresence = byUser[c.Members[i].UserID]
+		}
+	}
 }

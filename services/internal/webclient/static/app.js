@@ -205,7 +205,10 @@ function mergeConversation(c) {
   c.unread = Math.max(0, c.max_seq - c.read_seq);
   state.convs.set(c.id, c);
   convState(c.id);
-  for (const m of c.members) user(m.user_id); // warm the cache for titles and names
+  for (const m of c.members) {
+    user(m.user_id); // warm the cache for titles and names
+    if ("online" in m && m.user_id !== state.me.id) state.presence.set(m.user_id, { online: m.online, last_seen_at: m.last_seen_at });
+  }
 }
 
 // ---- WebSocket ----------------------------------------------------------
