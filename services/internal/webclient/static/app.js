@@ -886,8 +886,9 @@ function composerErrorClear(kind) { if ($("composer-error").dataset.kind === kin
 
 function onComposerInput() {
   const box = $("composer-text");
+  // Grow with the text; while the composer is not displayed there is nothing to measure.
   box.style.height = "auto";
-  box.style.height = Math.min(box.scrollHeight + 2, window.innerHeight * 0.4) + "px";
+  if (box.scrollHeight > 0) box.style.height = Math.min(box.scrollHeight + 2, window.innerHeight * 0.4) + "px";
   const bytes = encoder.encode(box.value).length;
   const count = $("composer-count");
   count.textContent = bytes >= COUNT_FROM_BYTES ? `${bytes.toLocaleString()} / ${MAX_CONTENT_BYTES.toLocaleString()} bytes` : "";
