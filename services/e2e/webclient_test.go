@@ -295,7 +295,8 @@ func testWebClient(t *testing.T, chromium, base string, vp viewport) {
 	a.do("reload: still signed in, unread in the title",
 		chromedp.Navigate(base), waitText("#status", "Connected"),
 		waitJS(`/^\(\d+\) GoChat$/.test(document.title) && !!document.querySelector("#conversations li.unread")`))
-	a.do("reload reopens the last chat", waitText("#chat-title", "team"), waitJS(`document.body.dataset.screen === "chat"`))
+	a.do("reload reopens the last chat", waitText("#chat-title", "team"), waitJS(`document.body.dataset.screen === "chat"`),
+		waitJS(`document.getElementById("composer-text").offsetHeight >= 30`))
 	openConv(a, "bulk")
 	a.do("the bulk group's newest page", waitText("#chat-title", "bulk"),
 		waitJS(`state.cs.get(state.current).msgs.size >= 100 && state.cs.get(state.current).loadingOlder === false`))
