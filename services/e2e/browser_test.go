@@ -54,14 +54,14 @@ func TestBrowser(t *testing.T) {
 		chromedp.UserDataDir(t.TempDir()))
 	defer cancelAlloc()
 	// The first Run on a context starts the browser (or tab): never under a
-	// timeout. Each page is a tab of its own, and the client keeps its token
-	// in sessionStorage, which is per tab: two tabs, two users.
+	// timeout. Each person has a browser context of their own (a login is
+	// shared by the tabs of one browser, as it is for a real person).
 	pageA, cancelA := chromedp.NewContext(allocCtx)
 	defer cancelA()
 	if err := chromedp.Do(pageA, chromedp.Navigate("about:blank")); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
-	pageB, cancelB := chromedp.NewContext(pageA)
+	pageB, cancelB := chromedp.NewContext(pageA, chromedp.WithNewBrowserContext())
 	defer cancelB()
 	if err := chromedp.Do(pageB, chromedp.Navigate("about:blank")); err != nil {
 		t.Fatalf("open a second tab: %v", err)
@@ -80,9 +80,10 @@ func TestBrowser(t *testing.T) {
 	register := func(page context.Context, name string) {
 		run(page, "register "+name,
 			chromedp.Navigate(base),
-			chromedp.WaitVisible(chromedp.ID("auth-username")),
-			chromedp.SendKeys(chromedp.ID("auth-username"), name),
-			chromedp.SendKeys(chromedp.ID("auth-password"), "password-"+name),
+			chromedp.WaitVisible(chromedp.ID("tab-signup")),
+			chromedp.Click(chromedp.ID("tab-signup")),
+			chromedp.SendKeys(chromedp.ID("signup-username"), name),
+			chromedp.SendKeys(chromedp.ID("signup-password"), "password-"+name),
 			chromedp.Click(chromedp.ID("btn-register")),
 			chromedp.WaitVisible(chromedp.ID("app")),
 			waitText("#status", "Connected"),
@@ -108,7 +109,7 @@ func TestBrowser(t *testing.T) {
 	)
 	run(pageA, "alice gets the answer and bob's read receipt",
 		waitText("#message-list", "hi alice"),
-		waitText("#message-list", "read"),
+		waitText("#message-list", "Read"),
 	)
 	run(pageA, "alice creates a group with bob and writes to it",
 		chromedp.SendKeys(chromedp.ID("group-name"), "team"),

@@ -39,6 +39,7 @@ func TestChat(t *testing.T) {
 	t.Run("non-member", func(t *testing.T) { testNonMember(t, c) })
 	t.Run("bad input keeps the connection usable", func(t *testing.T) { testBadInput(t, c) })
 	t.Run("group membership changes", func(t *testing.T) { testMembership(t, c) })
+	t.Run("presence and typing across two gateways", func(t *testing.T) { testPresenceTwoGateways(t, c) })
 	t.Run("offline users are notified", func(t *testing.T) { testNotify(t, c, hook) })
 	t.Run("internal gRPC is mutual TLS", func(t *testing.T) { testInternalAuth(t, c) })
 	t.Run("sends survive outages", func(t *testing.T) { testOutages(t, c) })

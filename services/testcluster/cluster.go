@@ -76,3 +76,16 @@ func (c *Cluster) URL() string { return "http://" + c.HTTP }
 
 // WSURL is the gateway's WebSocket URL.
 func (c *Cluster) WSURL() string { return "ws://" + c.HTTP + "/v1/ws" }
+
+// StartGateway starts one more gateway process on the cluster's im-logic and
+// im-repo and returns its client address, host:port. Gateways relay typing
+// and presence to each other directly.
+func (c *Cluster) StartGateway(t testing.TB, name string) string {
+	t.Helper()
+	addrs, err := freeAddrs(3)
+	mustf(t, err, "free ports")
+	p := Start(t, name, append(IssueFiles(t, c.CA, pki.Gateway).Env(), "GOCHAT_LOG_LEVEL=debug", "GOCHAT_JWT_SECRET="+c.Secret),
+		"gateway", "--http-addr", addrs[0], "--grpc-addr", addrs[1], "--metrics-addr", addrs[2], "--logic-addr", c.LogicGRPC, "--repo-addr", c.RepoGRPC)
+	WaitHTTP(t, "http://"+addrs[0]+"/readyz", p)
+	return addrs[0]
+}

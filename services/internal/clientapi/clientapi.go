@@ -62,6 +62,9 @@ type Member struct {
 	UserID  string `json:"user_id"`
 	Role    string `json:"role"`
 	ReadSeq int64  `json:"read_seq"`
+	// Presence (v1.1) is set on the members of direct conversations only;
+	// nil leaves its fields out.
+	*MemberPresence
 }
 
 // Conversation is the client API's Conversation object.

@@ -59,9 +59,10 @@ func (f *fixture) serveGRPC(t *testing.T) (*pki.CA, string) {
 }
 
 // Only the operator and a person's admin credential may drain a gateway or
-// read its stats, and only im-task may push: a caller without a
-// certificate, with one from another CA, or of another component is
-// refused, and nothing drains.
+// read its stats, only im-task may push messages, and other gateways may
+// relay typing and presence frames only: a caller without a certificate,
+// with one from another CA, or of another component is refused, and
+// nothing drains.
 func TestAdminAndPushNeedTheirCredential(t *testing.T) {
 	f := start(t, nil)
 	ca, addr := f.serveGRPC(t)
@@ -79,10 +80,14 @@ func TestAdminAndPushNeedTheirCredential(t *testing.T) {
 		_, err := gochatv1.NewGatewayAdminServiceClient(conn).Stats(ctx, &gochatv1.StatsRequest{})
 		return err
 	}
-	push := func(conn grpc.ClientConnInterface) error {
-		_, err := gochatv1.NewPushServiceClient(conn).Push(ctx, &gochatv1.PushRequest{})
-		return err
+	pushFrame := func(frame string) func(grpc.ClientConnInterface) error {
+		return func(conn grpc.ClientConnInterface) error {
+			_, err := gochatv1.NewPushServiceClient(conn).Push(ctx, &gochatv1.PushRequest{Deliveries: []*gochatv1.Delivery{{SessionIds: []string{"nobody"}, Frame: []byte(frame)}}})
+			return err
+		}
 	}
+	push := pushFrame(`{"type":"message","data":{"conversation_id":"c","seq":1}}`)
+	typing := pushFrame(`{"type":"typing","data":{"conversation_id":"c","user_id":"u"}}`)
 	for _, tt := range []struct {
 		name string
 		conn grpc.ClientConnInterface
@@ -96,11 +101,13 @@ func TestAdminAndPushNeedTheirCredential(t *testing.T) {
 		{"drain as im-task", tc.DialAs(t, ca, addr, pki.Task, pki.Gateway), drain, codes.PermissionDenied},
 		{"stats as im-logic", tc.DialAs(t, ca, addr, pki.Logic, pki.Gateway), stats, codes.PermissionDenied},
 		{"push as the operator", tc.DialAs(t, ca, addr, pki.Operator, pki.Gateway), push, codes.PermissionDenied},
-		{"push as another gateway", tc.DialAs(t, ca, addr, pki.Gateway, pki.Gateway), push, codes.PermissionDenied},
+		{"push a message as another gateway", tc.DialAs(t, ca, addr, pki.Gateway, pki.Gateway), push, codes.PermissionDenied},
+		{"push as im-logic", tc.DialAs(t, ca, addr, pki.Logic, pki.Gateway), typing, codes.PermissionDenied},
 		// Positive controls: the same calls with the right credential pass.
 		{"stats as the operator", tc.DialAs(t, ca, addr, pki.Operator, pki.Gateway), stats, codes.OK},
 		{"stats as admin", tc.DialAs(t, ca, addr, pki.Admin, pki.Gateway), stats, codes.OK},
 		{"push as im-task", tc.DialAs(t, ca, addr, pki.Task, pki.Gateway), push, codes.OK},
+		{"relay typing as another gateway", tc.DialAs(t, ca, addr, pki.Gateway, pki.Gateway), typing, codes.OK},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var cancel context.CancelFunc

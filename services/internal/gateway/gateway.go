@@ -21,6 +21,7 @@ import (
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/authtoken"
+	"github.com/gochat/gochat/services/internal/rpc"
 )
 
 // Config is im-gateway's own settings; cmd/gochat documents each default.
@@ -48,6 +49,10 @@ type Config struct {
 	// defaults) before stopping, instead of closing every session at once.
 	DrainOnStop bool
 	WebRoot     http.Handler // the web client at /, or nil
+	// Identity is the gateway's own mutual-TLS identity, used to relay
+	// typing and presence frames to other gateways' Push; nil: plaintext
+	// (--insecure-internal, tests only).
+	Identity *rpc.Identity
 }
 
 // Validate refuses settings the gateway cannot work with, naming the flag.
@@ -100,6 +105,9 @@ type Gateway struct {
 	hub      *hub
 	poller   *poller
 	presence *registrar
+	repo     gochatv1.RepoServiceClient
+	peers    *peers
+	notifier *presenceNotifier
 	metrics  gatewayMetrics
 	draining atomic.Bool
 	httpSrv  *http.Server
@@ -133,7 +141,11 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		httpSend:  newUserLimits(cfg.SendRate, cfg.SendBurst),
 		ctx:       context.Background(),
 		drainStop: make(chan struct{}),
+		repo:      repo,
+		peers:     newPeers(cfg.Identity),
 	}
+	g.notifier = newPresenceNotifier(g)
+	g.presence.changed = g.notifier.changed
 	f := promauto.With(reg)
 	g.metrics = gatewayMetrics{
 		sessions: f.NewGaugeFunc(prometheus.GaugeOpts{Name: "gochat_gateway_sessions", Help: "Live WebSocket sessions."},
@@ -204,9 +216,11 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	wg.Add(4)
+	wg.Add(5)
+	defer g.peers.closeAll()
 	go func() { defer wg.Done(); errs <- g.poller.run(runCtx, g.readReady) }()
 	go func() { defer wg.Done(); g.presence.run(runCtx) }()
+	go func() { defer wg.Done(); g.notifier.run(runCtx) }()
 	go func() { defer wg.Done(); g.sweep(runCtx) }()
 	go func() {
 		defer wg.Done()

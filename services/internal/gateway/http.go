@@ -153,7 +153,7 @@ func (g *Gateway) register(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	resp, err := g.logic.Register(r.Context(), &gochatv1.RegisterRequest{Username: b.Username, Password: b.Password, Nickname: b.Nickname})
+	resp, err := g.logic.Register(r.Context(), &gochatv1.RegisterRequest{Username: normalUsername(b.Username), Password: b.Password, Nickname: b.Nickname})
 	g.answerAuth(w, http.StatusCreated, resp, err)
 }
 
@@ -163,7 +163,7 @@ func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	resp, err := g.logic.Login(r.Context(), &gochatv1.LoginRequest{Username: b.Username, Password: b.Password})
+	resp, err := g.logic.Login(r.Context(), &gochatv1.LoginRequest{Username: normalUsername(b.Username), Password: b.Password})
 	g.answerAuth(w, http.StatusOK, resp, err)
 }
 
@@ -193,7 +193,7 @@ func (g *Gateway) me(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) userByID(w http.ResponseWriter, r *http.Request) {
-	g.writeUser(w, r, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Id{Id: r.PathValue("id")}})
+	g.writePresentUser(w, r, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Id{Id: r.PathValue("id")}})
 }
 
 func (g *Gateway) userByName(w http.ResponseWriter, r *http.Request) {
@@ -202,15 +202,17 @@ func (g *Gateway) userByName(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apierror.New(apierror.InvalidArgument, "the username query parameter is required"))
 		return
 	}
-	g.writeUser(w, r, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Username{Username: name}})
+	g.writePresentUser(w, r, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Username{Username: normalUsername(name)}})
 }
 
-func (g *Gateway) writeConversation(w http.ResponseWriter, status int, c *gochatv1.Conversation, err error) {
+func (g *Gateway) writeConversation(w http.ResponseWriter, r *http.Request, status int, c *gochatv1.Conversation, err error) {
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, status, clientapi.ConversationFrom(c))
+	out := []clientapi.Conversation{clientapi.ConversationFrom(c)}
+	g.withPresence(r.Context(), out)
+	writeJSON(w, status, out[0])
 }
 
 func (g *Gateway) direct(w http.ResponseWriter, r *http.Request) {
@@ -226,7 +228,7 @@ func (g *Gateway) direct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := g.logic.GetOrCreateDirect(r.Context(), &gochatv1.DirectRequest{CallerId: caller(r.Context()), PeerId: b.UserID})
-	g.writeConversation(w, http.StatusOK, c, err)
+	g.writeConversation(w, r, http.StatusOK, c, err)
 }
 
 func (g *Gateway) createGroup(w http.ResponseWriter, r *http.Request) {
@@ -239,7 +241,7 @@ func (g *Gateway) createGroup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := g.logic.CreateGroup(r.Context(), &gochatv1.GroupRequest{CallerId: caller(r.Context()), Name: b.Name, MemberIds: b.MemberIDs})
-	g.writeConversation(w, http.StatusCreated, c, err)
+	g.writeConversation(w, r, http.StatusCreated, c, err)
 }
 
 func (g *Gateway) addMembers(w http.ResponseWriter, r *http.Request) {
@@ -251,7 +253,7 @@ func (g *Gateway) addMembers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := g.logic.AddMembers(r.Context(), &gochatv1.MembersRequest{CallerId: caller(r.Context()), ConversationId: r.PathValue("id"), UserIds: b.UserIDs})
-	g.writeConversation(w, http.StatusOK, c, err)
+	g.writeConversation(w, r, http.StatusOK, c, err)
 }
 
 func (g *Gateway) removeMember(w http.ResponseWriter, r *http.Request) {
@@ -282,12 +284,13 @@ func (g *Gateway) conversations(w http.ResponseWriter, r *http.Request) {
 	for i, c := range resp.Conversations {
 		out[i] = clientapi.ConversationFrom(c)
 	}
+	g.withPresence(r.Context(), out)
 	writeJSON(w, http.StatusOK, map[string]any{"conversations": out})
 }
 
 func (g *Gateway) conversation(w http.ResponseWriter, r *http.Request) {
 	c, err := g.logic.GetConversation(r.Context(), &gochatv1.GetConversationRequest{ConversationId: r.PathValue("id"), ViewerId: caller(r.Context())})
-	g.writeConversation(w, http.StatusOK, c, err)
+	g.writeConversation(w, r, http.StatusOK, c, err)
 }
 
 // queryInt reads an optional non-negative integer query parameter.

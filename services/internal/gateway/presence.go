@@ -20,6 +20,8 @@ type registrar struct {
 	ttl     time.Duration
 	log     *slog.Logger
 	hub     *hub
+	// changed hears of users who came online or went offline.
+	changed func([]string)
 
 	mu      sync.Mutex
 	adds    []*gochatv1.Session
@@ -32,6 +34,12 @@ const presenceBatch = 2000
 
 func newRegistrar(repo gochatv1.RepoServiceClient, gateway string, ttl time.Duration, h *hub, log *slog.Logger) *registrar {
 	return &registrar{repo: repo, gateway: gateway, ttl: ttl, hub: h, log: log, kick: make(chan struct{}, 1)}
+}
+
+func (r *registrar) notify(users []string) {
+	if r.changed != nil {
+		r.changed(users)
+	}
 }
 
 func (r *registrar) wake() {
@@ -104,7 +112,10 @@ func (r *registrar) flush(ctx context.Context) {
 		}
 		if n > 0 {
 			err := r.call(ctx, func(ctx context.Context) error {
-				_, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: adds, TtlMs: r.ttl.Milliseconds()})
+				resp, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: adds, TtlMs: r.ttl.Milliseconds()})
+				if err == nil {
+					r.notify(resp.CameOnline)
+				}
 				return err
 			})
 			if err != nil {
@@ -116,7 +127,10 @@ func (r *registrar) flush(ctx context.Context) {
 		}
 		if m > 0 {
 			err := r.call(ctx, func(ctx context.Context) error {
-				_, err := r.repo.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: removes})
+				resp, err := r.repo.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: removes})
+				if err == nil {
+					r.notify(resp.WentOffline)
+				}
 				return err
 			})
 			if err != nil {
@@ -134,7 +148,10 @@ func (r *registrar) renewAll(ctx context.Context) {
 			return
 		}
 		err := r.call(ctx, func(ctx context.Context) error {
-			_, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: batch, TtlMs: r.ttl.Milliseconds()})
+			resp, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: batch, TtlMs: r.ttl.Milliseconds()})
+			if err == nil {
+				r.notify(resp.CameOnline) // their presence had expired
+			}
 			return err
 		})
 		if err != nil {

@@ -2,11 +2,26 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/apierror"
+	"github.com/gochat/gochat/services/internal/clientapi"
+	"github.com/gochat/gochat/services/internal/rpc"
 )
+
+// frameType reads a client API frame's type; "" when it has none.
+func frameType(frame []byte) string {
+	var f struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(frame, &f) != nil {
+		return ""
+	}
+	return f.Type
+}
 
 // PushServer is the gRPC face of a gateway for im-task and the operator.
 type PushServer struct {
@@ -20,9 +35,18 @@ func (g *Gateway) PushServer() *PushServer { return &PushServer{g: g} }
 
 // Push queues each frame to each named session, in order, and returns at
 // once: the frames are handed off, not yet written.
-func (p *PushServer) Push(_ context.Context, in *gochatv1.PushRequest) (*gochatv1.PushResponse, error) {
+func (p *PushServer) Push(ctx context.Context, in *gochatv1.PushRequest) (*gochatv1.PushResponse, error) {
 	if len(in.Deliveries) > 10000 {
 		return nil, apierror.New(apierror.InvalidArgument, "%d deliveries in one push, at most 10000", len(in.Deliveries))
+	}
+	if rpc.Caller(ctx) == pki.Gateway {
+		// Another gateway relays what is never stored; messages, receipts
+		// and events come only from im-task, after they are durable.
+		for _, d := range in.Deliveries {
+			if t := frameType(d.Frame); t != clientapi.TypeTyping && t != clientapi.TypePresence {
+				return nil, apierror.New(apierror.PermissionDenied, "a gateway may relay only typing and presence frames, not %q", t)
+			}
+		}
 	}
 	out := &gochatv1.PushResponse{}
 	var unknown map[string]bool

@@ -47,6 +47,7 @@ type session struct {
 	errWindow  int64
 	errCount   int
 	rateErrors int
+	typingAt   map[string]time.Time // conversation -> last relayed typing
 }
 
 func (s *session) touch(now time.Time) { s.lastSeen.Store(now.UnixMilli()) }

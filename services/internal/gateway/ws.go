@@ -314,6 +314,8 @@ func (g *Gateway) handleFrame(s *session, payload []byte) error {
 		return g.withCall(s, f.Data, g.handleSync)
 	case clientapi.TypeRead:
 		return g.withCall(s, f.Data, g.handleRead)
+	case clientapi.TypeTyping:
+		return g.withCall(s, f.Data, g.handleTyping)
 	case "":
 		return g.clientError(s, apierror.New(apierror.InvalidArgument, "frame has no type"), "")
 	default:

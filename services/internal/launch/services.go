@@ -340,6 +340,7 @@ func (o *Gateway) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer repoConn.Close()
+	o.Config.Identity = id
 	gw, err := gateway.New(o.Config, keys, gochatv1.NewLogicServiceClient(logicConn), gochatv1.NewRepoServiceClient(repoConn), prometheus.DefaultRegisterer, log)
 	if err != nil {
 		return err

@@ -34,37 +34,113 @@ func (p *Presence) key(userID string) string { return p.prefix + "presence:" + u
 
 func member(s *gochatv1.Session) string { return s.SessionId + "@" + s.Gateway }
 
-// Register adds or renews sessions for ttl, in one pipeline.
-func (p *Presence) Register(ctx context.Context, sessions []*gochatv1.Session, ttl time.Duration) error {
+// seenTTL is how long a user's last-seen time is kept after their last session.
+const seenTTL = 90 * 24 * time.Hour
+
+func (p *Presence) seenKey(userID string) string { return p.prefix + "seen:" + userID }
+
+// Register adds or renews sessions for ttl, in one transaction, and returns
+// the users who had no live session before: they just came online. Every
+// renewal also records the user as seen now, so last-seen stays right within
+// a renewal period even when a gateway dies without unregistering.
+func (p *Presence) Register(ctx context.Context, sessions []*gochatv1.Session, ttl time.Duration) ([]string, error) {
 	now := p.now().UnixMilli()
 	exp := float64(now + ttl.Milliseconds())
-	pipe := p.rdb.Pipeline()
-	seen := map[string]bool{}
+	pipe := p.rdb.TxPipeline()
+	var users []string
+	before := map[string]*redis.IntCmd{}
 	for _, s := range sessions {
 		k := p.key(s.UserId)
-		pipe.ZAdd(ctx, k, redis.Z{Score: exp, Member: member(s)})
-		if !seen[k] {
-			seen[k] = true
+		if before[s.UserId] == nil {
+			users = append(users, s.UserId)
 			pipe.ZRemRangeByScore(ctx, k, "-inf", strconv.FormatInt(now, 10))
-			pipe.PExpire(ctx, k, ttl)
+			before[s.UserId] = pipe.ZCard(ctx, k)
+		}
+	}
+	for _, s := range sessions {
+		pipe.ZAdd(ctx, p.key(s.UserId), redis.Z{Score: exp, Member: member(s)})
+	}
+	for _, u := range users {
+		pipe.PExpire(ctx, p.key(u), ttl)
+		pipe.Set(ctx, p.seenKey(u), now, seenTTL)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("register %d sessions: %w", len(sessions), err)
+	}
+	var came []string
+	for _, u := range users {
+		if before[u].Val() == 0 {
+			came = append(came, u)
+		}
+	}
+	return came, nil
+}
+
+// Unregister removes sessions, in one transaction, and returns the users who
+// lost a session and are left with none live: they just went offline, and
+// are recorded as seen now.
+func (p *Presence) Unregister(ctx context.Context, sessions []*gochatv1.Session) ([]string, error) {
+	now := p.now().UnixMilli()
+	pipe := p.rdb.TxPipeline()
+	var users []string
+	left := map[string]*redis.IntCmd{}
+	removed := make([]*redis.IntCmd, len(sessions))
+	for i, s := range sessions {
+		removed[i] = pipe.ZRem(ctx, p.key(s.UserId), member(s))
+	}
+	for _, s := range sessions {
+		if left[s.UserId] == nil {
+			users = append(users, s.UserId)
+			left[s.UserId] = pipe.ZCount(ctx, p.key(s.UserId), "("+strconv.FormatInt(now, 10), "+inf")
 		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("register %d sessions: %w", len(sessions), err)
+		return nil, fmt.Errorf("unregister %d sessions: %w", len(sessions), err)
 	}
-	return nil
+	// Only a user who lost a session here went offline here: removing a
+	// session that was already gone changes nothing.
+	lost := map[string]bool{}
+	for i, s := range sessions {
+		if removed[i].Val() > 0 {
+			lost[s.UserId] = true
+		}
+	}
+	var gone []string
+	seen := p.rdb.Pipeline()
+	for _, u := range users {
+		if lost[u] && left[u].Val() == 0 {
+			gone = append(gone, u)
+			seen.Set(ctx, p.seenKey(u), now, seenTTL)
+		}
+	}
+	if len(gone) > 0 {
+		if _, err := seen.Exec(ctx); err != nil {
+			return gone, fmt.Errorf("record last seen of %d users: %w", len(gone), err)
+		}
+	}
+	return gone, nil
 }
 
-// Unregister removes sessions, in one pipeline.
-func (p *Presence) Unregister(ctx context.Context, sessions []*gochatv1.Session) error {
+// Status says, for each user in order, whether they have a live session and
+// when they were last seen (0: never), in one pipeline.
+func (p *Presence) Status(ctx context.Context, userIDs []string) ([]*gochatv1.UserPresence, error) {
+	now := "(" + strconv.FormatInt(p.now().UnixMilli(), 10)
 	pipe := p.rdb.Pipeline()
-	for _, s := range sessions {
-		pipe.ZRem(ctx, p.key(s.UserId), member(s))
+	live := make([]*redis.IntCmd, len(userIDs))
+	seen := make([]*redis.StringCmd, len(userIDs))
+	for i, u := range userIDs {
+		live[i] = pipe.ZCount(ctx, p.key(u), now, "+inf")
+		seen[i] = pipe.Get(ctx, p.seenKey(u))
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("unregister %d sessions: %w", len(sessions), err)
+	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+		return nil, fmt.Errorf("presence status of %d users: %w", len(userIDs), err)
 	}
-	return nil
+	out := make([]*gochatv1.UserPresence, len(userIDs))
+	for i, u := range userIDs {
+		ms, _ := strconv.ParseInt(seen[i].Val(), 10, 64)
+		out[i] = &gochatv1.UserPresence{UserId: u, Online: live[i].Val() > 0, LastSeenMs: ms}
+	}
+	return out, nil
 }
 
 // Lookup returns the live sessions of the users, in one pipeline.

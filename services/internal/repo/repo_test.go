@@ -99,6 +99,8 @@ func TestRepo(t *testing.T) {
 			t.Run("membership", func(t *testing.T) { testMembership(t, e) })
 			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
 			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
+			t.Run("presence transitions", func(t *testing.T) { testPresenceTransitions(t, e) })
+			t.Run("contacts", func(t *testing.T) { testContacts(t, e) })
 			t.Run("dispatch outbox", func(t *testing.T) { testOutbox(t, e) })
 		})
 	}

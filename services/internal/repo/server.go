@@ -310,20 +310,22 @@ func (s *Server) RegisterSessions(ctx context.Context, in *gochatv1.RegisterSess
 	if in.TtlMs < 1000 {
 		return nil, invalid("ttl_ms must be at least 1000")
 	}
-	if err := s.presence.Register(ctx, in.Sessions, time.Duration(in.TtlMs)*time.Millisecond); err != nil {
+	came, err := s.presence.Register(ctx, in.Sessions, time.Duration(in.TtlMs)*time.Millisecond)
+	if err != nil {
 		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
 	}
-	return &gochatv1.RegisterSessionsResponse{}, nil
+	return &gochatv1.RegisterSessionsResponse{CameOnline: came}, nil
 }
 
 func (s *Server) UnregisterSessions(ctx context.Context, in *gochatv1.UnregisterSessionsRequest) (*gochatv1.UnregisterSessionsResponse, error) {
 	if err := checkSessions(in.Sessions); err != nil {
 		return nil, err
 	}
-	if err := s.presence.Unregister(ctx, in.Sessions); err != nil {
+	gone, err := s.presence.Unregister(ctx, in.Sessions)
+	if err != nil {
 		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
 	}
-	return &gochatv1.UnregisterSessionsResponse{}, nil
+	return &gochatv1.UnregisterSessionsResponse{WentOffline: gone}, nil
 }
 
 func (s *Server) GetPresence(ctx context.Context, in *gochatv1.GetPresenceRequest) (*gochatv1.GetPresenceResponse, error) {
@@ -334,7 +336,11 @@ func (s *Server) GetPresence(ctx context.Context, in *gochatv1.GetPresenceReques
 	if err != nil {
 		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
 	}
-	return &gochatv1.GetPresenceResponse{Sessions: sessions}, nil
+	users, err := s.presence.Status(ctx, in.UserIds)
+	if err != nil {
+		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	}
+	return &gochatv1.GetPresenceResponse{Sessions: sessions, Users: users}, nil
 }
 
 func (s *Server) AckDispatched(ctx context.Context, in *gochatv1.AckDispatchedRequest) (*gochatv1.AckDispatchedResponse, error) {

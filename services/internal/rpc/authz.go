@@ -19,10 +19,13 @@ func only(cs ...pki.Component) []pki.Component { return cs }
 // a new RPC is closed until it is added here. It follows what calls what
 // in the code (launch/ and the clients), and docs/architecture.md shows it.
 var Authorization = map[string][]pki.Component{
-	// Gateways: only im-task pushes frames to sessions; only the operator
-	// and a person holding the admin credential read stats or drain.
-	"/gochat.v1.PushService/Push":     only(pki.Task),
-	"/gochat.v1.GatewayAdminService/": only(pki.Operator, pki.Admin),
+	// Gateways: im-task pushes frames to sessions, and gateways relay
+	// ephemeral frames to each other (the Push handler refuses a gateway
+	// anything but typing and presence frames); only the operator and a
+	// person holding the admin credential read stats or drain.
+	"/gochat.v1.PushService/Push":              only(pki.Task, pki.Gateway),
+	"/gochat.v1.GatewayAdminService/Stats":     only(pki.Operator, pki.Admin),
+	"/gochat.v1.GatewayAdminService/Drain":     only(pki.Operator, pki.Admin),
 	// im-logic trusts caller_id, which only the gateway sets, after it has
 	// verified the client's token.
 	"/gochat.v1.LogicService/": only(pki.Gateway),
@@ -42,10 +45,11 @@ var Authorization = map[string][]pki.Component{
 	"/gochat.v1.RepoService/UpdateReadSeq":      only(pki.Logic),
 	"/gochat.v1.RepoService/AckDispatched":      only(pki.Logic),
 	"/gochat.v1.RepoService/ListUndispatched":   only(pki.Logic),
-	"/gochat.v1.RepoService/GetMembers":         only(pki.Logic, pki.Task),
+	"/gochat.v1.RepoService/GetMembers":         only(pki.Logic, pki.Task, pki.Gateway),
 	"/gochat.v1.RepoService/ListMessages":       only(pki.Logic, pki.Task),
 	"/gochat.v1.RepoService/UnreadCounts":       only(pki.Task),
-	"/gochat.v1.RepoService/GetPresence":        only(pki.Task),
+	"/gochat.v1.RepoService/GetPresence":        only(pki.Task, pki.Gateway),
+	"/gochat.v1.RepoService/ListContacts":       only(pki.Gateway),
 	"/gochat.v1.RepoService/RegisterSessions":   only(pki.Gateway),
 	"/gochat.v1.RepoService/UnregisterSessions": only(pki.Gateway, pki.Task),
 	// Health needs a trusted certificate like everything else; the pods'

@@ -253,6 +253,17 @@ func (c *serverCreds) Clone() credentials.TransportCredentials {
 	return &serverCreds{TransportCredentials: c.TransportCredentials.Clone(), id: c.id}
 }
 
+// Caller is the verified component that made the call of ctx, for a
+// handler whose rule depends on the caller beyond the authorization table;
+// "" under --insecure-internal (plaintext, nothing verified).
+func Caller(ctx context.Context) pki.Component {
+	c, err := callerOf(ctx)
+	if err != nil {
+		return ""
+	}
+	return c
+}
+
 // callerOf is the verified component of the peer of ctx.
 func callerOf(ctx context.Context) (pki.Component, error) {
 	p, ok := peerFrom(ctx)

@@ -1593,7 +1593,9 @@ func (x *RegisterSessionsRequest) GetTtlMs() int64 {
 }
 
 type RegisterSessionsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Users who had no live session before this call: they just came online.
+	CameOnline    []string `protobuf:"bytes,1,rep,name=came_online,json=cameOnline,proto3" json:"came_online,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1626,6 +1628,13 @@ func (x *RegisterSessionsResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use RegisterSessionsResponse.ProtoReflect.Descriptor instead.
 func (*RegisterSessionsResponse) Descriptor() ([]byte, []int) {
 	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RegisterSessionsResponse) GetCameOnline() []string {
+	if x != nil {
+		return x.CameOnline
+	}
+	return nil
 }
 
 type UnregisterSessionsRequest struct {
@@ -1673,7 +1682,9 @@ func (x *UnregisterSessionsRequest) GetSessions() []*Session {
 }
 
 type UnregisterSessionsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Users left with no live session after this call: they just went offline.
+	WentOffline   []string `protobuf:"bytes,1,rep,name=went_offline,json=wentOffline,proto3" json:"went_offline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1706,6 +1717,13 @@ func (x *UnregisterSessionsResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use UnregisterSessionsResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterSessionsResponse) Descriptor() ([]byte, []int) {
 	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *UnregisterSessionsResponse) GetWentOffline() []string {
+	if x != nil {
+		return x.WentOffline
+	}
+	return nil
 }
 
 type GetPresenceRequest struct {
@@ -1753,8 +1771,10 @@ func (x *GetPresenceRequest) GetUserIds() []string {
 }
 
 type GetPresenceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sessions      []*Session             `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Sessions []*Session             `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	// One entry per requested user, in request order.
+	Users         []*UserPresence `protobuf:"bytes,2,rep,name=users,proto3" json:"users,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1792,6 +1812,13 @@ func (*GetPresenceResponse) Descriptor() ([]byte, []int) {
 func (x *GetPresenceResponse) GetSessions() []*Session {
 	if x != nil {
 		return x.Sessions
+	}
+	return nil
+}
+
+func (x *GetPresenceResponse) GetUsers() []*UserPresence {
+	if x != nil {
+		return x.Users
 	}
 	return nil
 }
@@ -1974,6 +2001,165 @@ func (x *ListUndispatchedResponse) GetMessages() []*Message {
 	return nil
 }
 
+// UserPresence is whether a user has a live session, and when one was last
+// known to be live (0: never).
+type UserPresence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Online        bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
+	LastSeenMs    int64                  `protobuf:"varint,3,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserPresence) Reset() {
+	*x = UserPresence{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserPresence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserPresence) ProtoMessage() {}
+
+func (x *UserPresence) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
+func (*UserPresence) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *UserPresence) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UserPresence) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+func (x *UserPresence) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
+type ListContactsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// At most this many (default and cap 5000): presence is best effort.
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListContactsRequest) Reset() {
+	*x = ListContactsRequest{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListContactsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListContactsRequest) ProtoMessage() {}
+
+func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListContactsRequest.ProtoReflect.Descriptor instead.
+func (*ListContactsRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListContactsRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ListContactsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListContactsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserIds       []string               `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListContactsResponse) Reset() {
+	*x = ListContactsResponse{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListContactsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListContactsResponse) ProtoMessage() {}
+
+func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListContactsResponse.ProtoReflect.Descriptor instead.
+func (*ListContactsResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListContactsResponse) GetUserIds() []string {
+	if x != nil {
+		return x.UserIds
+	}
+	return nil
+}
+
 var File_gochat_v1_repo_proto protoreflect.FileDescriptor
 
 const file_gochat_v1_repo_proto_rawDesc = "" +
@@ -2072,15 +2258,19 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x06counts\x18\x01 \x03(\v2\x16.gochat.v1.UnreadCountR\x06counts\"`\n" +
 	"\x17RegisterSessionsRequest\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\x12\x15\n" +
-	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\"\x1a\n" +
-	"\x18RegisterSessionsResponse\"K\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\";\n" +
+	"\x18RegisterSessionsResponse\x12\x1f\n" +
+	"\vcame_online\x18\x01 \x03(\tR\n" +
+	"cameOnline\"K\n" +
 	"\x19UnregisterSessionsRequest\x12.\n" +
-	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\"\x1c\n" +
-	"\x1aUnregisterSessionsResponse\"/\n" +
+	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\"?\n" +
+	"\x1aUnregisterSessionsResponse\x12!\n" +
+	"\fwent_offline\x18\x01 \x03(\tR\vwentOffline\"/\n" +
 	"\x12GetPresenceRequest\x12\x19\n" +
-	"\buser_ids\x18\x01 \x03(\tR\auserIds\"E\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds\"t\n" +
 	"\x13GetPresenceResponse\x12.\n" +
-	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\"7\n" +
+	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\x12-\n" +
+	"\x05users\x18\x02 \x03(\v2\x17.gochat.v1.UserPresenceR\x05users\"7\n" +
 	"\x14AckDispatchedRequest\x12\x1f\n" +
 	"\vmessage_ids\x18\x01 \x03(\tR\n" +
 	"messageIds\"\x17\n" +
@@ -2089,7 +2279,17 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x10stored_before_ms\x18\x01 \x01(\x03R\x0estoredBeforeMs\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"J\n" +
 	"\x18ListUndispatchedResponse\x12.\n" +
-	"\bmessages\x18\x01 \x03(\v2\x12.gochat.v1.MessageR\bmessages2\xbf\f\n" +
+	"\bmessages\x18\x01 \x03(\v2\x12.gochat.v1.MessageR\bmessages\"a\n" +
+	"\fUserPresence\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\x12 \n" +
+	"\flast_seen_ms\x18\x03 \x01(\x03R\n" +
+	"lastSeenMs\"D\n" +
+	"\x13ListContactsRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"1\n" +
+	"\x14ListContactsResponse\x12\x19\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds2\x90\r\n" +
 	"\vRepoService\x12I\n" +
 	"\n" +
 	"CreateUser\x12\x1c.gochat.v1.CreateUserRequest\x1a\x1d.gochat.v1.CreateUserResponse\x12@\n" +
@@ -2112,7 +2312,8 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x10ListUndispatched\x12\".gochat.v1.ListUndispatchedRequest\x1a#.gochat.v1.ListUndispatchedResponse\x12[\n" +
 	"\x10RegisterSessions\x12\".gochat.v1.RegisterSessionsRequest\x1a#.gochat.v1.RegisterSessionsResponse\x12a\n" +
 	"\x12UnregisterSessions\x12$.gochat.v1.UnregisterSessionsRequest\x1a%.gochat.v1.UnregisterSessionsResponse\x12L\n" +
-	"\vGetPresence\x12\x1d.gochat.v1.GetPresenceRequest\x1a\x1e.gochat.v1.GetPresenceResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
+	"\vGetPresence\x12\x1d.gochat.v1.GetPresenceRequest\x1a\x1e.gochat.v1.GetPresenceResponse\x12O\n" +
+	"\fListContacts\x12\x1e.gochat.v1.ListContactsRequest\x1a\x1f.gochat.v1.ListContactsResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
 
 var (
 	file_gochat_v1_repo_proto_rawDescOnce sync.Once
@@ -2126,7 +2327,7 @@ func file_gochat_v1_repo_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_repo_proto_rawDescData
 }
 
-var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_gochat_v1_repo_proto_goTypes = []any{
 	(*CreateUserRequest)(nil),          // 0: gochat.v1.CreateUserRequest
 	(*CreateUserResponse)(nil),         // 1: gochat.v1.CreateUserResponse
@@ -2166,71 +2367,77 @@ var file_gochat_v1_repo_proto_goTypes = []any{
 	(*AckDispatchedResponse)(nil),      // 35: gochat.v1.AckDispatchedResponse
 	(*ListUndispatchedRequest)(nil),    // 36: gochat.v1.ListUndispatchedRequest
 	(*ListUndispatchedResponse)(nil),   // 37: gochat.v1.ListUndispatchedResponse
-	(*User)(nil),                       // 38: gochat.v1.User
-	(*Conversation)(nil),               // 39: gochat.v1.Conversation
-	(*Member)(nil),                     // 40: gochat.v1.Member
-	(*Message)(nil),                    // 41: gochat.v1.Message
-	(*Session)(nil),                    // 42: gochat.v1.Session
+	(*UserPresence)(nil),               // 38: gochat.v1.UserPresence
+	(*ListContactsRequest)(nil),        // 39: gochat.v1.ListContactsRequest
+	(*ListContactsResponse)(nil),       // 40: gochat.v1.ListContactsResponse
+	(*User)(nil),                       // 41: gochat.v1.User
+	(*Conversation)(nil),               // 42: gochat.v1.Conversation
+	(*Member)(nil),                     // 43: gochat.v1.Member
+	(*Message)(nil),                    // 44: gochat.v1.Message
+	(*Session)(nil),                    // 45: gochat.v1.Session
 }
 var file_gochat_v1_repo_proto_depIdxs = []int32{
-	38, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
-	38, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
-	38, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
-	39, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
-	39, // 4: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
-	39, // 5: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
-	40, // 6: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
+	41, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
+	41, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
+	41, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
+	42, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
+	42, // 4: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
+	42, // 5: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
+	43, // 6: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
 	17, // 7: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
-	41, // 8: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
-	41, // 9: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
+	44, // 8: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
+	44, // 9: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
 	26, // 10: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
-	42, // 11: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	42, // 12: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	42, // 13: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
-	41, // 14: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
-	0,  // 15: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
-	2,  // 16: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
-	4,  // 17: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
-	6,  // 18: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
-	8,  // 19: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
-	9,  // 20: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
-	11, // 21: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
-	13, // 22: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
-	14, // 23: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
-	16, // 24: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
-	19, // 25: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
-	21, // 26: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
-	23, // 27: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
-	25, // 28: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
-	34, // 29: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
-	36, // 30: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
-	28, // 31: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
-	30, // 32: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
-	32, // 33: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
-	1,  // 34: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
-	3,  // 35: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
-	5,  // 36: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
-	7,  // 37: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
-	7,  // 38: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
-	10, // 39: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
-	12, // 40: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
-	7,  // 41: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
-	15, // 42: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	18, // 43: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
-	20, // 44: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
-	22, // 45: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	24, // 46: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
-	27, // 47: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
-	35, // 48: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
-	37, // 49: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
-	29, // 50: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
-	31, // 51: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
-	33, // 52: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
-	34, // [34:53] is the sub-list for method output_type
-	15, // [15:34] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	45, // 11: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	45, // 12: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	45, // 13: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
+	38, // 14: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
+	44, // 15: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
+	0,  // 16: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
+	2,  // 17: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
+	4,  // 18: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
+	6,  // 19: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
+	8,  // 20: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
+	9,  // 21: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
+	11, // 22: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
+	13, // 23: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
+	14, // 24: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
+	16, // 25: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
+	19, // 26: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
+	21, // 27: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
+	23, // 28: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
+	25, // 29: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
+	34, // 30: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
+	36, // 31: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
+	28, // 32: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
+	30, // 33: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
+	32, // 34: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
+	39, // 35: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
+	1,  // 36: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
+	3,  // 37: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
+	5,  // 38: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
+	7,  // 39: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
+	7,  // 40: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
+	10, // 41: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
+	12, // 42: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
+	7,  // 43: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
+	15, // 44: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	18, // 45: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
+	20, // 46: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
+	22, // 47: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	24, // 48: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
+	27, // 49: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
+	35, // 50: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
+	37, // 51: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
+	29, // 52: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
+	31, // 53: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
+	33, // 54: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
+	40, // 55: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
+	36, // [36:56] is the sub-list for method output_type
+	16, // [16:36] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_repo_proto_init() }
@@ -2249,7 +2456,7 @@ func file_gochat_v1_repo_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_repo_proto_rawDesc), len(file_gochat_v1_repo_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

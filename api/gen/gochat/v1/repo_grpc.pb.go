@@ -38,6 +38,7 @@ const (
 	RepoService_RegisterSessions_FullMethodName   = "/gochat.v1.RepoService/RegisterSessions"
 	RepoService_UnregisterSessions_FullMethodName = "/gochat.v1.RepoService/UnregisterSessions"
 	RepoService_GetPresence_FullMethodName        = "/gochat.v1.RepoService/GetPresence"
+	RepoService_ListContacts_FullMethodName       = "/gochat.v1.RepoService/ListContacts"
 )
 
 // RepoServiceClient is the client API for RepoService service.
@@ -76,6 +77,9 @@ type RepoServiceClient interface {
 	UnregisterSessions(ctx context.Context, in *UnregisterSessionsRequest, opts ...grpc.CallOption) (*UnregisterSessionsResponse, error)
 	// GetPresence returns the live sessions of many users in one call.
 	GetPresence(ctx context.Context, in *GetPresenceRequest, opts ...grpc.CallOption) (*GetPresenceResponse, error)
+	// ListContacts returns the users who share at least one conversation with
+	// a user: the audience of that user's presence changes.
+	ListContacts(ctx context.Context, in *ListContactsRequest, opts ...grpc.CallOption) (*ListContactsResponse, error)
 }
 
 type repoServiceClient struct {
@@ -276,6 +280,16 @@ func (c *repoServiceClient) GetPresence(ctx context.Context, in *GetPresenceRequ
 	return out, nil
 }
 
+func (c *repoServiceClient) ListContacts(ctx context.Context, in *ListContactsRequest, opts ...grpc.CallOption) (*ListContactsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListContactsResponse)
+	err := c.cc.Invoke(ctx, RepoService_ListContacts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RepoServiceServer is the server API for RepoService service.
 // All implementations must embed UnimplementedRepoServiceServer
 // for forward compatibility.
@@ -312,6 +326,9 @@ type RepoServiceServer interface {
 	UnregisterSessions(context.Context, *UnregisterSessionsRequest) (*UnregisterSessionsResponse, error)
 	// GetPresence returns the live sessions of many users in one call.
 	GetPresence(context.Context, *GetPresenceRequest) (*GetPresenceResponse, error)
+	// ListContacts returns the users who share at least one conversation with
+	// a user: the audience of that user's presence changes.
+	ListContacts(context.Context, *ListContactsRequest) (*ListContactsResponse, error)
 	mustEmbedUnimplementedRepoServiceServer()
 }
 
@@ -378,6 +395,9 @@ func (UnimplementedRepoServiceServer) UnregisterSessions(context.Context, *Unreg
 }
 func (UnimplementedRepoServiceServer) GetPresence(context.Context, *GetPresenceRequest) (*GetPresenceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPresence not implemented")
+}
+func (UnimplementedRepoServiceServer) ListContacts(context.Context, *ListContactsRequest) (*ListContactsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListContacts not implemented")
 }
 func (UnimplementedRepoServiceServer) mustEmbedUnimplementedRepoServiceServer() {}
 func (UnimplementedRepoServiceServer) testEmbeddedByValue()                     {}
@@ -742,6 +762,24 @@ func _RepoService_GetPresence_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RepoService_ListContacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListContactsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepoServiceServer).ListContacts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepoService_ListContacts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepoServiceServer).ListContacts(ctx, req.(*ListContactsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RepoService_ServiceDesc is the grpc.ServiceDesc for RepoService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -824,6 +862,10 @@ var RepoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPresence",
 			Handler:    _RepoService_GetPresence_Handler,
+		},
+		{
+			MethodName: "ListContacts",
+			Handler:    _RepoService_ListContacts_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,97 @@
+package repo_test
+
+import (
+	"slices"
+	"testing"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
+)
+
+// testPresenceTransitions checks that presence reports the first session of
+// a user coming and the last one going, and the last-seen time.
+func testPresenceTransitions(t *testing.T, e *env) {
+	a, b := user(t, e, "pa"), user(t, e, "pb")
+	s1 := &gochatv1.Session{UserId: a.Id, SessionId: "t1", Gateway: "10.0.0.1:9000"}
+	s2 := &gochatv1.Session{UserId: a.Id, SessionId: "t2", Gateway: "10.0.0.2:9000"}
+	steps := []struct {
+		name       string
+		register   []*gochatv1.Session
+		unregister []*gochatv1.Session
+		want       []string // came online or went offline
+	}{
+		{"first session: online", []*gochatv1.Session{s1}, nil, []string{a.Id}},
+		{"second session: no change", []*gochatv1.Session{s2}, nil, nil},
+		{"renewal: no change", []*gochatv1.Session{s1, s2}, nil, nil},
+		{"one of two gone: no change", nil, []*gochatv1.Session{s1}, nil},
+		{"last session gone: offline", nil, []*gochatv1.Session{s2}, []string{a.Id}},
+		{"gone again: no change", nil, []*gochatv1.Session{s2}, nil},
+	}
+	for _, st := range steps {
+		var got []string
+		if st.register != nil {
+			r, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: st.register, TtlMs: 60000})
+			if err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+			got = r.CameOnline
+		} else {
+			r, err := e.client.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: st.unregister})
+			if err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+			got = r.WentOffline
+		}
+		if !slices.Equal(got, st.want) {
+			t.Fatalf("%s: got %v, want %v", st.name, got, st.want)
+		}
+	}
+	r, err := e.client.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: []string{a.Id, b.Id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Users) != 2 || r.Users[0].UserId != a.Id || r.Users[0].Online || r.Users[0].LastSeenMs == 0 ||
+		r.Users[1].UserId != b.Id || r.Users[1].Online || r.Users[1].LastSeenMs != 0 {
+		t.Fatalf("presence of a (gone) and b (never seen): %v", r.Users)
+	}
+	if _, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{s1}, TtlMs: 60000}); err != nil {
+		t.Fatal(err)
+	}
+	r, err = e.client.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: []string{a.Id}})
+	if err != nil || len(r.Users) != 1 || !r.Users[0].Online {
+		t.Fatalf("presence of a, back online: %v %v", r, err)
+	}
+}
+
+// testContacts checks who hears about a user's presence: everyone who shares
+// a conversation with them, once, and nobody else.
+func testContacts(t *testing.T, e *env) {
+	a, b, c, d := user(t, e, "ca"), user(t, e, "cb"), user(t, e, "cc"), user(t, e, "cd")
+	if _, err := e.client.CreateGroup(ctx, &gochatv1.CreateGroupRequest{Name: "g", OwnerId: a.Id, MemberIds: []string{b.Id, c.Id}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.GetOrCreateDirect(ctx, &gochatv1.GetOrCreateDirectRequest{UserId: a.Id, PeerId: b.Id}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		user *gochatv1.User
+		want []string
+	}{
+		{a, []string{b.Id, c.Id}},
+		{b, []string{a.Id, c.Id}},
+		{d, nil},
+	}
+	for _, tt := range tests {
+		r, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: tt.user.Id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := slices.Sorted(slices.Values(r.UserIds))
+		want := slices.Sorted(slices.Values(tt.want))
+		if !slices.Equal(got, want) {
+			t.Fatalf("contacts of %s: got %v, want %v", tt.user.Nickname, got, want)
+		}
+	}
+	_, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: "not an id"})
+	wantCode(t, err, apierror.InvalidArgument)
+}
