@@ -106,7 +106,11 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 	switch component {
 	case Gateway:
 		c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: GatewayHTTPPort}, {Name: "grpc", ContainerPort: GatewayGRPCPort}, {Name: "metrics", ContainerPort: GatewayMetrics}}
+		// Probed every second and out at the first failure: a gateway that
+		// starts draining leaves the Service's endpoints within about a
+		// second, so the reconnects it asks for land on the other gateways.
 		c.ReadinessProbe = httpProbe("/readyz", GatewayHTTPPort)
+		c.ReadinessProbe.PeriodSeconds, c.ReadinessProbe.FailureThreshold = 1, 1
 		c.LivenessProbe = httpProbe("/healthz", GatewayHTTPPort)
 	case Logic:
 		// Probes are HTTP on the metrics port: gRPC is mutual TLS, which

@@ -482,7 +482,10 @@ func TestStopDrainsWithinTimeout(t *testing.T) {
 			const stopTimeout = 1500 * time.Millisecond
 			f := start(t, func(c *Config) { c.DrainOnStop = true; c.DrainWindow = time.Second; c.DrainTimeout = stopTimeout })
 			admin, _ := f.grpc(t)
-			const n = 30
+			// Enough sessions that the admin drain's own schedule (at least
+			// 20 closes a second) runs well past the stop's timeout: only
+			// the stop's cut can end it in time.
+			const n = 120
 			watches := make([]*drainWatch, n)
 			var wg sync.WaitGroup
 			for i := range watches {

@@ -247,9 +247,14 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	close(g.drainStop)
 	g.drainWG.Wait()
 
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// The drain has used the stop's budget: HTTP requests still in flight
+	// get a second, not more, so that the process (and its presence flush)
+	// ends inside the pod's exit margin after --drain-timeout.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_ = g.httpSrv.Shutdown(shutdownCtx)
+	if err := g.httpSrv.Shutdown(shutdownCtx); err != nil {
+		_ = g.httpSrv.Close()
+	}
 	_ = httpLn.Close()
 	g.hub.each(func(s *session) { s.closeWith(ws.StatusGoingAway, "server shutting down") })
 	g.spawnMu.Lock()
