@@ -23,9 +23,9 @@ var Authorization = map[string][]pki.Component{
 	// ephemeral frames to each other (the Push handler refuses a gateway
 	// anything but typing and presence frames); only the operator and a
 	// person holding the admin credential read stats or drain.
-	"/gochat.v1.PushService/Push":              only(pki.Task, pki.Gateway),
-	"/gochat.v1.GatewayAdminService/Stats":     only(pki.Operator, pki.Admin),
-	"/gochat.v1.GatewayAdminService/Drain":     only(pki.Operator, pki.Admin),
+	"/gochat.v1.PushService/Push":          only(pki.Task, pki.Gateway),
+	"/gochat.v1.GatewayAdminService/Stats": only(pki.Operator, pki.Admin),
+	"/gochat.v1.GatewayAdminService/Drain": only(pki.Operator, pki.Admin),
 	// im-logic trusts caller_id, which only the gateway sets, after it has
 	// verified the client's token.
 	"/gochat.v1.LogicService/": only(pki.Gateway),
