@@ -46,8 +46,10 @@ func testInternalAuth(t *testing.T, c *tc.Cluster) {
 	}
 	foreign := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{foreignPair}}) //nolint:gosec // as above
 
+	// A message frame to a session nobody holds: only im-task may push it.
 	push := func(conn *grpc.ClientConn) error {
-		_, err := gochatv1.NewPushServiceClient(conn).Push(ctx5(t), &gochatv1.PushRequest{})
+		_, err := gochatv1.NewPushServiceClient(conn).Push(ctx5(t), &gochatv1.PushRequest{Deliveries: []*gochatv1.Delivery{
+			{SessionIds: []string{"nobody"}, Frame: []byte(`{"type":"message","data":{}}`)}}})
 		return err
 	}
 	var sessions int64
@@ -74,7 +76,7 @@ func testInternalAuth(t *testing.T, c *tc.Cluster) {
 	}{
 		{"Push without a certificate", raw(c.GatewayGRPC, noCert), push, codes.Unauthenticated},
 		{"Push with another CA's task certificate", raw(c.GatewayGRPC, foreign), push, codes.Unauthenticated},
-		{"Push as the gateway", c.Dial(t, c.GatewayGRPC, pki.Gateway, pki.Gateway), push, codes.PermissionDenied},
+		{"Push a message as the gateway", c.Dial(t, c.GatewayGRPC, pki.Gateway, pki.Gateway), push, codes.PermissionDenied},
 		{"Push as im-task", c.Dial(t, c.GatewayGRPC, pki.Task, pki.Gateway), push, codes.OK},
 		{"Stats without a certificate", raw(c.GatewayGRPC, noCert), stats, codes.Unauthenticated},
 		{"Stats as im-task", c.Dial(t, c.GatewayGRPC, pki.Task, pki.Gateway), stats, codes.PermissionDenied},

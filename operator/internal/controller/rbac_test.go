@@ -56,7 +56,7 @@ func TestRBAC(t *testing.T) {
 	as.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + sa.Name}
 
 	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
-	startManagerWith(t, as, ns, nil)
+	startManagerWith(t, as, ns)
 	cc := newCluster(ns, "demo")
 	cc.Spec.Kafka.DeleteTopicsOnDelete = true
 	cc.Spec.Kafka.TopicPrefix = "rbac-" + ns
