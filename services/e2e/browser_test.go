@@ -195,7 +195,7 @@ func drainMidConversation(t *testing.T, dev *tc.Process, dataDir, adminAddr stri
 	}
 	evalCtx, cancelEval := context.WithTimeout(pageB, 10*time.Second)
 	defer cancelEval()
-	got, err := chromedp.Run(evalCtx, chromedp.Evaluate[[]shown](`[...document.querySelectorAll("#message-list li.msg")].map(li => ({seq: li.dataset.seq, text: li.querySelector(".body").textContent}))`))
+	got, err := chromedp.Run(evalCtx, chromedp.Evaluate[[]shown](`[...document.querySelectorAll("#message-list .msg[data-seq]")].map(el => ({seq: el.dataset.seq, text: el.querySelector(".body").textContent}))`))
 	if err != nil {
 		t.Fatalf("read bob's messages: %v", err)
 	}
