@@ -52,7 +52,10 @@ type presenceStub struct {
 	sessions map[string]bool
 }
 
-func (p *presenceStub) RegisterSessions(_ context.Context, in *gochatv1.RegisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.RegisterSessionsResponse, error) {
+func (p *presenceStub) RegisterSessions(ctx context.Context, in *gochatv1.RegisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.RegisterSessionsResponse, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range in.Sessions {
@@ -61,7 +64,10 @@ func (p *presenceStub) RegisterSessions(_ context.Context, in *gochatv1.Register
 	return &gochatv1.RegisterSessionsResponse{}, nil
 }
 
-func (p *presenceStub) UnregisterSessions(_ context.Context, in *gochatv1.UnregisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.UnregisterSessionsResponse, error) {
+func (p *presenceStub) UnregisterSessions(ctx context.Context, in *gochatv1.UnregisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.UnregisterSessionsResponse, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // as gRPC does with a cancelled call
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range in.Sessions {
@@ -79,6 +85,7 @@ func (p *presenceStub) count() int {
 const secret = "0123456789abcdef0123456789abcdef"
 
 type fixture struct {
+	stop     func() // stops the gateway and waits for Serve to return
 	g        *Gateway
 	addr     string
 	token    string
@@ -117,12 +124,16 @@ func start(t *testing.T, mutate func(*Config)) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	var once sync.Once
+	f.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(f.stop)
 	f.g, f.addr = g, ln.Addr().String()
 	f.token, _, _ = keys.Issue("u1", false, time.Now())
 	return f
@@ -468,5 +479,23 @@ func BenchmarkHubLookup(b *testing.B) {
 			b.Fatal("missing session")
 		}
 		i++
+	}
+}
+
+// A clean stop leaves none of the gateway's sessions in presence: the final
+// removal must not run under the context the stop has just cancelled.
+func TestStopUnregistersPresence(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		f := start(t, nil)
+		for i := 0; i < 20; i++ {
+			f.dial(t)
+		}
+		if n := f.presence.count(); n != 20 {
+			t.Fatalf("round %d: %d sessions in presence before the stop, want 20", round, n)
+		}
+		f.stop()
+		if n := f.presence.count(); n != 0 {
+			t.Fatalf("round %d: %d sessions left in presence right after a clean stop", round, n)
+		}
 	}
 }
