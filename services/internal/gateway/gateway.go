@@ -34,6 +34,7 @@ type Config struct {
 	MaxFrameBytes    int
 	MaxContentBytes  int
 	MaxQueueBytes    int
+	MaxAnswerBytes   int // a sync or history answer holds fewer messages than asked to stay within this
 	MaxPage          int
 	SendRate         float64
 	SendBurst        int
@@ -60,6 +61,8 @@ func (c Config) Validate() error {
 	check(c.MaxFrameBytes >= 1024, "--max-frame-bytes must be at least 1024, got %d", c.MaxFrameBytes)
 	check(c.MaxContentBytes > 0 && c.MaxContentBytes < c.MaxFrameBytes, "--max-content-bytes must be positive and below --max-frame-bytes, got %d", c.MaxContentBytes)
 	check(c.MaxQueueBytes >= c.MaxFrameBytes, "--max-queue-bytes must be at least --max-frame-bytes, got %d", c.MaxQueueBytes)
+	check(c.MaxAnswerBytes >= 1024, "--max-answer-bytes must be at least 1024, got %d", c.MaxAnswerBytes)
+	check(c.MaxQueueBytes >= 2*c.MaxAnswerBytes, "--max-queue-bytes must be at least twice --max-answer-bytes (%d), got %d", c.MaxAnswerBytes, c.MaxQueueBytes)
 	check(c.MaxPage >= 1 && c.MaxPage <= 1000, "--max-page must be 1 to 1000, got %d", c.MaxPage)
 	check(c.SendRate > 0 && c.SendBurst >= 1, "--send-rate and --send-burst must be positive")
 	check(c.FrameRate > 0 && c.FrameBurst >= 1, "--frame-rate and --frame-burst must be positive")

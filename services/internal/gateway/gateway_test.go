@@ -45,6 +45,18 @@ func (l *logicStub) Send(_ context.Context, in *gochatv1.SendRequest, _ ...grpc.
 	return &gochatv1.SendResponse{Message: &gochatv1.Message{Id: "m", ConversationId: in.ConversationId, Seq: int64(len(l.sends)), Content: in.Content}}, nil
 }
 
+// ListMessages answers up to 200 messages of 4 KiB of characters that JSON
+// may escape, from after_seq on, in a conversation of 1000.
+func (l *logicStub) ListMessages(_ context.Context, in *gochatv1.ListMessagesRequest, _ ...grpc.CallOption) (*gochatv1.ListMessagesResponse, error) {
+	content := strings.Repeat(`<&"`, 4096/3)
+	out := &gochatv1.ListMessagesResponse{}
+	for seq := in.AfterSeq + 1; seq <= 1000 && len(out.Messages) < int(in.Limit); seq++ {
+		out.Messages = append(out.Messages, &gochatv1.Message{Id: "m" + strconv.FormatInt(seq, 10), ConversationId: in.ConversationId, Seq: seq, Content: content})
+	}
+	out.HasMore = len(out.Messages) > 0 && out.Messages[len(out.Messages)-1].Seq < 1000
+	return out, nil
+}
+
 // presenceStub is im-repo's presence, in memory.
 type presenceStub struct {
 	gochatv1.RepoServiceClient
@@ -97,7 +109,7 @@ func testConfig() Config {
 	return Config{
 		Advertise: "127.0.0.1:1", Heartbeat: time.Hour, PresenceTTL: time.Hour, HandshakeTimeout: 5 * time.Second,
 		FrameReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, CallTimeout: 5 * time.Second,
-		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxPage: 200,
+		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxAnswerBytes: 16 << 10, MaxPage: 200,
 		SendRate: 1000, SendBurst: 1000, FrameRate: 1000, FrameBurst: 1000, MaxBadFrames: 5, MaxReaders: 8,
 	}
 }
@@ -313,7 +325,11 @@ func TestPushAndPresence(t *testing.T) {
 }
 
 func TestSlowConsumerIsDropped(t *testing.T) {
-	f := start(t, func(c *Config) { c.MaxQueueBytes = 4096; c.WriteTimeout = 500 * time.Millisecond })
+	f := start(t, func(c *Config) {
+		c.MaxQueueBytes = 4096
+		c.MaxAnswerBytes = 2048
+		c.WriteTimeout = 500 * time.Millisecond
+	})
 	f.dial(t) // a client that will read nothing
 	var id string
 	f.g.hub.each(func(s *session) { id = s.id })
@@ -427,6 +443,7 @@ func TestConfigValidate(t *testing.T) {
 		{"content over the frame", func(c *Config) { c.MaxContentBytes = 4096 }, "--max-content-bytes"},
 		{"no readers", func(c *Config) { c.MaxReaders = 0 }, "--max-readers"},
 		{"negative rate", func(c *Config) { c.SendRate = -1 }, "--send-rate"},
+		{"answer over half the queue", func(c *Config) { c.MaxAnswerBytes = c.MaxQueueBytes }, "--max-answer-bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -497,5 +514,66 @@ func TestStopUnregistersPresence(t *testing.T) {
 		if n := f.presence.count(); n != 0 {
 			t.Fatalf("round %d: %d sessions left in presence right after a clean stop", round, n)
 		}
+	}
+}
+
+// A sync of 200 messages of 4 KiB of escapable characters used to encode to
+// ~5 MiB, over the session queue: the client was closed as too slow, synced
+// again on reconnect, and was closed again. Now the answer is cut by bytes,
+// has_more says to continue, and the client pages through everything.
+func TestSyncOfBigEscapedMessagesIsPaged(t *testing.T) {
+	f := start(t, func(c *Config) { c.MaxQueueBytes = 1 << 20; c.MaxAnswerBytes = 256 << 10 })
+	c := f.dial(t)
+	seen := map[float64]bool{}
+	after := 0
+	for pages := 0; ; pages++ {
+		if pages > 100 {
+			t.Fatal("no end to the pages")
+		}
+		c.write(masked(ws.OpText, true), []byte(`{"type":"sync","data":{"conversation_id":"c1","after_seq":`+strconv.Itoa(after)+`,"limit":200}}`))
+		_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		h, err := ws.ReadHeader(c.r)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages, err)
+		}
+		if h.Length > 300<<10 {
+			t.Fatalf("page %d is %d bytes, over the 256 KiB answer limit", pages, h.Length)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(c.r, p); err != nil {
+			t.Fatal(err)
+		}
+		if h.OpCode != ws.OpText {
+			t.Fatalf("page %d: opcode %v (%q)", pages, h.OpCode, p)
+		}
+		if strings.Contains(string(p), `\u003c`) {
+			t.Fatal("frame is HTML-escaped")
+		}
+		var fr struct {
+			Type string
+			Data struct {
+				Messages []struct {
+					Seq     float64
+					Content string
+				}
+				HasMore bool `json:"has_more"`
+			}
+		}
+		if err := json.Unmarshal(p, &fr); err != nil || fr.Type != "sync" || len(fr.Data.Messages) == 0 {
+			t.Fatalf("page %d: %v %.200s", pages, err, p)
+		}
+		for _, m := range fr.Data.Messages {
+			if m.Content != strings.Repeat(`<&"`, 4096/3) {
+				t.Fatalf("seq %v content changed", m.Seq)
+			}
+			seen[m.Seq] = true
+			after = int(m.Seq)
+		}
+		if !fr.Data.HasMore {
+			break
+		}
+	}
+	if len(seen) != 1000 {
+		t.Fatalf("paged through %d unique seqs, want 1000", len(seen))
 	}
 }

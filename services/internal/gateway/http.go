@@ -82,7 +82,9 @@ func (g *Gateway) readyz(w http.ResponseWriter, _ *http.Request) {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // JSON, not HTML: escaping only inflates the answer
+	_ = enc.Encode(v)
 }
 
 func writeError(w http.ResponseWriter, err error) {
@@ -335,7 +337,8 @@ func (g *Gateway) history(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"messages": clientapi.MessagesFrom(resp.Messages), "has_more": resp.HasMore})
+	msgs, cut := clientapi.CapMessages(clientapi.MessagesFrom(resp.Messages), g.cfg.MaxAnswerBytes, before > 0)
+	writeJSON(w, http.StatusOK, map[string]any{"messages": msgs, "has_more": resp.HasMore || cut})
 }
 
 func (g *Gateway) postMessage(w http.ResponseWriter, r *http.Request) {

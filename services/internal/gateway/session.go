@@ -64,7 +64,8 @@ func (s *session) enqueueOp(op ws.OpCode, payload []byte) bool {
 		s.mu.Unlock()
 		return false
 	}
-	if s.queuedBytes+len(payload) > s.g.cfg.MaxQueueBytes {
+	// An empty queue takes any frame: one big answer is no sign of a slow reader.
+	if s.queuedBytes > 0 && s.queuedBytes+len(payload) > s.g.cfg.MaxQueueBytes {
 		s.mu.Unlock()
 		s.g.metrics.slowConsumers.Inc()
 		s.g.log.Warn("session too slow to read its frames, closing", "session_id", s.id, "user_id", s.userID)

@@ -377,8 +377,9 @@ func (g *Gateway) handleSync(ctx context.Context, s *session, raw json.RawMessag
 	if err != nil {
 		return g.clientError(s, apierror.From(err), "")
 	}
+	msgs, cut := clientapi.CapMessages(clientapi.MessagesFrom(r.Messages), g.cfg.MaxAnswerBytes, false)
 	s.enqueue(clientapi.Frame(clientapi.TypeSync, clientapi.SyncResult{
-		ConversationID: d.ConversationID, Messages: clientapi.MessagesFrom(r.Messages), HasMore: r.HasMore,
+		ConversationID: d.ConversationID, Messages: msgs, HasMore: r.HasMore || cut,
 	}))
 	return nil
 }
