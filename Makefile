@@ -44,7 +44,10 @@ test: lint verify-generated $(BIN)/kustomize $(BIN)/helm ## every test: unit, Ma
 	$(BIN)/helm lint --strict charts/gochat-operator
 	$(BIN)/helm template t charts/gochat-operator --namespace gochat-system > /dev/null
 	rm -rf $(GOCHAT_TEST_ARTIFACTS)
-	$(GO) test -count=1 -timeout 20m $(MODULES)
+	$(GO) test -race -count=1 -timeout 25m github.com/gochat/gochat/services/...
+	$(GO) test -count=1 -timeout 20m github.com/gochat/gochat/api/... github.com/gochat/gochat/operator/...
+	$(GO) test -run '^$$' -fuzz '^FuzzFrameReader$$' -fuzztime 10s github.com/gochat/gochat/services/internal/gateway
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeInFrame$$' -fuzztime 10s github.com/gochat/gochat/services/internal/clientapi
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)

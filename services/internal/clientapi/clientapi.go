@@ -10,6 +10,7 @@ import (
 	"time"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
 )
 
 // Time is Unix milliseconds rendered as RFC 3339 UTC with milliseconds.
@@ -143,6 +144,19 @@ const (
 type InFrame struct {
 	Type string          `json:"type"`
 	Data json.RawMessage `json:"data"`
+}
+
+// DecodeInFrame decodes a client's text frame. Bad input is an
+// invalid_argument error that says what is wrong; it never panics.
+func DecodeInFrame(payload []byte) (InFrame, *apierror.Error) {
+	var f InFrame
+	if err := json.Unmarshal(payload, &f); err != nil {
+		return InFrame{}, apierror.New(apierror.InvalidArgument, "malformed JSON frame: %v", err)
+	}
+	if f.Type == "" {
+		return InFrame{}, apierror.New(apierror.InvalidArgument, "frame has no type")
+	}
+	return f, nil
 }
 
 // SendData is the data of a client "send".

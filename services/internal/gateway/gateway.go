@@ -42,6 +42,9 @@ type Config struct {
 	FrameBurst       int
 	MaxBadFrames     int
 	MaxReaders       int
+	MaxUserSessions  int          // sessions one user may hold on this gateway
+	MaxPendingPerIP  int          // connections not yet past their handshake, per source address
+	MaxPending       int          // connections not yet past their handshake, in total
 	WebRoot          http.Handler // the web client at /, or nil
 }
 
@@ -68,6 +71,8 @@ func (c Config) Validate() error {
 	check(c.FrameRate > 0 && c.FrameBurst >= 1, "--frame-rate and --frame-burst must be positive")
 	check(c.MaxBadFrames >= 1, "--max-bad-frames must be at least 1")
 	check(c.MaxReaders >= 1, "--max-readers must be at least 1")
+	check(c.MaxUserSessions >= 1, "--max-user-sessions must be at least 1, got %d", c.MaxUserSessions)
+	check(c.MaxPendingPerIP >= 1 && c.MaxPending >= c.MaxPendingPerIP, "--max-pending-per-ip must be at least 1 and at most --max-pending, got %d and %d", c.MaxPendingPerIP, c.MaxPending)
 	return errors.Join(errs...)
 }
 
@@ -95,7 +100,9 @@ type Gateway struct {
 	metrics  gatewayMetrics
 	draining atomic.Bool
 	httpSrv  *http.Server
-	httpSend *userLimits
+	httpSend *userLimits // sends per user, over HTTP and WebSocket alike
+	userSess *sessionCounts
+	pending  *pendingConns
 
 	ctx      context.Context // lives as long as Run; parent of every call a session makes
 	spawnWG  sync.WaitGroup
@@ -117,6 +124,8 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p,
 		presence: newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
 		httpSend: newUserLimits(cfg.SendRate, cfg.SendBurst),
+		userSess: newSessionCounts(cfg.MaxUserSessions),
+		pending:  newPendingConns(cfg.MaxPendingPerIP, cfg.MaxPending),
 		ctx:      context.Background(),
 	}
 	f := promauto.With(reg)
@@ -244,6 +253,16 @@ func (g *Gateway) acceptLoop(ctx context.Context, ln net.Listener, httpLn *chanL
 var wsPrefix = []byte("GET " + wsPath)
 
 func (g *Gateway) route(conn net.Conn, httpLn *chanListener) {
+	addr := conn.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	if !g.pending.acquire(addr) {
+		g.metrics.handshakeErrors.Inc()
+		_ = conn.Close()
+		return
+	}
+	defer g.pending.release(addr)
 	br := bufio.NewReaderSize(conn, 1024)
 	_ = conn.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
 	head, err := br.Peek(len(wsPrefix) + 1)
@@ -264,7 +283,7 @@ func (g *Gateway) route(conn net.Conn, httpLn *chanListener) {
 // sweep closes sessions that have been silent for three heartbeats, and
 // forgets idle users' HTTP send limits.
 func (g *Gateway) sweep(ctx context.Context) {
-	t := time.NewTicker(g.cfg.Heartbeat / 2)
+	t := time.NewTicker(min(g.cfg.Heartbeat/2, g.cfg.FrameReadTimeout/2))
 	defer t.Stop()
 	for {
 		select {
@@ -273,9 +292,12 @@ func (g *Gateway) sweep(ctx context.Context) {
 		case now := <-t.C:
 			g.httpSend.forget(now.Add(-time.Minute))
 			deadline := now.Add(-3 * g.cfg.Heartbeat).UnixMilli()
+			frameDeadline := now.Add(-g.cfg.FrameReadTimeout).UnixMilli()
 			g.hub.each(func(s *session) {
 				if s.lastSeen.Load() < deadline {
 					s.closeWith(1001, "heartbeat timeout")
+				} else if p := s.partialSince.Load(); p != 0 && p < frameDeadline {
+					s.closeWith(1008, "frame not completed in time")
 				}
 			})
 		}

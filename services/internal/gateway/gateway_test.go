@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -29,6 +30,7 @@ type logicStub struct {
 	gochatv1.LogicServiceClient
 	mu    sync.Mutex
 	sends []*gochatv1.SendRequest
+	hang  bool // Send waits for its context: a hung im-logic
 }
 
 func (l *logicStub) GetUser(_ context.Context, in *gochatv1.GetUserRequest, _ ...grpc.CallOption) (*gochatv1.GetUserResponse, error) {
@@ -38,7 +40,11 @@ func (l *logicStub) GetUser(_ context.Context, in *gochatv1.GetUserRequest, _ ..
 	return &gochatv1.GetUserResponse{User: &gochatv1.User{Id: "u1", Username: "ann"}}, nil
 }
 
-func (l *logicStub) Send(_ context.Context, in *gochatv1.SendRequest, _ ...grpc.CallOption) (*gochatv1.SendResponse, error) {
+func (l *logicStub) Send(ctx context.Context, in *gochatv1.SendRequest, _ ...grpc.CallOption) (*gochatv1.SendResponse, error) {
+	if l.hang {
+		<-ctx.Done()
+		return nil, apierror.New(apierror.Unavailable, "im-logic hung")
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sends = append(l.sends, in)
@@ -111,6 +117,7 @@ func testConfig() Config {
 		FrameReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, CallTimeout: 5 * time.Second,
 		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxAnswerBytes: 16 << 10, MaxPage: 200,
 		SendRate: 1000, SendBurst: 1000, FrameRate: 1000, FrameBurst: 1000, MaxBadFrames: 5, MaxReaders: 8,
+		MaxUserSessions: 100, MaxPendingPerIP: 100, MaxPending: 1000,
 	}
 }
 
@@ -246,6 +253,20 @@ func TestProtocol(t *testing.T) {
 		{"far over the limit closes with 1009", func(c *client) {
 			c.write(masked(ws.OpText, true), make([]byte, 17*1024))
 		}, map[string]any{"type": "close", "code": float64(1009)}},
+		{"fragments over the limit together are an error", func(c *client) {
+			c.write(masked(ws.OpText, false), []byte(`{"type":"ping","data":{"p":"`+strings.Repeat("x", 600)))
+			c.write(masked(ws.OpContinuation, true), []byte(strings.Repeat("x", 600)+`"}}`))
+		}, map[string]any{"type": "error", "code": "payload_too_large"}},
+		{"fragments far over the limit together close with 1009", func(c *client) {
+			c.write(masked(ws.OpText, false), make([]byte, 1000))
+			for i := 0; i < 30; i++ {
+				c.write(masked(ws.OpContinuation, false), make([]byte, 1000))
+			}
+			c.write(masked(ws.OpContinuation, true), make([]byte, 10))
+		}, map[string]any{"type": "close", "code": float64(1009)}},
+		{"reserved opcode closes with 1002", func(c *client) {
+			c.write(masked(ws.OpCode(3), true), []byte(`x`))
+		}, map[string]any{"type": "close", "code": float64(1002)}},
 		{"close is answered with close", func(c *client) {
 			c.write(masked(ws.OpClose, true), ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))
 		}, map[string]any{"type": "close", "code": float64(1000)}},
@@ -575,5 +596,134 @@ func TestSyncOfBigEscapedMessagesIsPaged(t *testing.T) {
 	}
 	if len(seen) != 1000 {
 		t.Fatalf("paged through %d unique seqs, want 1000", len(seen))
+	}
+}
+
+// No client may hold the gateway's shared readers while it waits: not by
+// sending half a frame header, not by a backend call that hangs. With four
+// readers and more stuck clients than that, a healthy client's ping is
+// still answered at once.
+func TestStuckClientsDoNotStarveReaders(t *testing.T) {
+	tests := []struct {
+		name  string
+		hang  bool
+		stuck func(c *client)
+	}{
+		{"half a frame header", false, func(c *client) {
+			if _, err := c.conn.Write([]byte{0x81}); err != nil {
+				c.t.Fatal(err)
+			}
+		}},
+		{"half a frame payload", false, func(c *client) {
+			if _, err := c.conn.Write([]byte{0x81, 0x80 | 100, 1, 2, 3, 4, 'x'}); err != nil {
+				c.t.Fatal(err)
+			}
+		}},
+		{"a send to a hung im-logic", true, func(c *client) {
+			c.write(masked(ws.OpText, true), []byte(`{"type":"send","data":{"client_msg_id":"a","conversation_id":"c1","content":"hi"}}`))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := start(t, func(c *Config) {
+				c.MaxReaders = 4
+				c.FrameReadTimeout = 30 * time.Second
+				c.CallTimeout = 30 * time.Second
+			})
+			f.logic.hang = tt.hang
+			healthy := f.dial(t)
+			for i := 0; i < 40; i++ {
+				tt.stuck(f.dial(t))
+			}
+			time.Sleep(100 * time.Millisecond) // let the stuck ones take the readers
+			for i := 0; i < 3; i++ {
+				begin := time.Now()
+				healthy.write(masked(ws.OpText, true), []byte(`{"type":"ping"}`))
+				_ = healthy.conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+				h, err := ws.ReadHeader(healthy.r)
+				if err != nil {
+					t.Fatalf("ping %d: no answer within 3s while stuck clients wait (%v)", i, err)
+				}
+				p := make([]byte, h.Length)
+				if _, err := io.ReadFull(healthy.r, p); err != nil || !strings.Contains(string(p), "pong") {
+					t.Fatalf("ping %d: got %q, %v", i, p, err)
+				}
+				t.Logf("pong after %s", time.Since(begin))
+			}
+		})
+	}
+}
+
+// The send rate is the user's, not the connection's: a second connection
+// does not bring a second budget.
+func TestSendLimitIsPerUser(t *testing.T) {
+	f := start(t, func(c *Config) { c.SendRate = 0.001; c.SendBurst = 3 })
+	a, b := f.dial(t), f.dial(t)
+	send := func(c *client, id string) map[string]any {
+		c.write(masked(ws.OpText, true), []byte(`{"type":"send","data":{"client_msg_id":"`+id+`","conversation_id":"c1","content":"hi"}}`))
+		return c.next()
+	}
+	for i := 0; i < 3; i++ {
+		if got := send(a, "a"+strconv.Itoa(i)); got["type"] != "ack" {
+			t.Fatalf("send %d within the burst: %v", i, got)
+		}
+	}
+	got := send(b, "b0")
+	if got["type"] != "error" || got["data"].(map[string]any)["code"] != "rate_limited" {
+		t.Fatalf("a second connection of the same user sent past the user's burst: %v", got)
+	}
+}
+
+func TestSessionsPerUserAreCapped(t *testing.T) {
+	f := start(t, func(c *Config) { c.MaxUserSessions = 3 })
+	var cs []*client
+	for i := 0; i < 3; i++ {
+		cs = append(cs, f.dial(t))
+	}
+	_, _, _, err := ws.Dial(context.Background(), "ws://"+f.addr+"/v1/ws?token="+f.token)
+	var se ws.StatusError
+	if !errors.As(err, &se) || int(se) != http.StatusTooManyRequests {
+		t.Fatalf("a fourth session: %v, want HTTP 429", err)
+	}
+	cs[0].conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.g.Sessions() != 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.dial(t) // the closed one's slot is free again
+}
+
+// Connections that open and say nothing are bounded per address: past the
+// bound a new one is closed at once, and a slot frees when one goes.
+func TestPendingConnectionsPerAddress(t *testing.T) {
+	f := start(t, func(c *Config) { c.MaxPendingPerIP = 5; c.HandshakeTimeout = 30 * time.Second })
+	var idle []net.Conn
+	for i := 0; i < 5; i++ {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	time.Sleep(100 * time.Millisecond) // accepted and counted
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if conn, _, _, err := ws.Dial(ctx, "ws://"+f.addr+"/v1/ws?token="+f.token); err == nil {
+		conn.Close()
+		t.Fatal("a sixth connection from the address got through while five sat idle")
+	}
+	idle[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, _, _, err := ws.Dial(context.Background(), "ws://"+f.addr+"/v1/ws?token="+f.token)
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot after one idle connection closed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -273,12 +273,15 @@ func (o *Gateway) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxQueueBytes, "max-queue-bytes", 4<<20, "bytes queued to one client before it is dropped as too slow (at least twice --max-answer-bytes)")
 	fs.IntVar(&o.MaxAnswerBytes, "max-answer-bytes", 1<<20, "largest sync frame or history page; has_more tells the client to continue")
 	fs.IntVar(&o.MaxPage, "max-page", 200, "largest list page")
-	fs.Float64Var(&o.SendRate, "send-rate", 50, "sends per second per connection")
-	fs.IntVar(&o.SendBurst, "send-burst", 100, "send burst per connection")
+	fs.Float64Var(&o.SendRate, "send-rate", 50, "sends per second per user, over WebSocket and HTTP together")
+	fs.IntVar(&o.SendBurst, "send-burst", 100, "send burst per user")
 	fs.Float64Var(&o.FrameRate, "frame-rate", 200, "frames per second per connection, all types")
 	fs.IntVar(&o.FrameBurst, "frame-burst", 400, "frame burst per connection")
 	fs.IntVar(&o.MaxBadFrames, "max-bad-frames", 20, "bad frames in 10s before a connection is closed with 1008")
 	fs.IntVar(&o.MaxReaders, "max-readers", 512, "connections read at once")
+	fs.IntVar(&o.MaxUserSessions, "max-user-sessions", 10, "WebSocket sessions one user may hold on a gateway")
+	fs.IntVar(&o.MaxPendingPerIP, "max-pending-per-ip", 64, "connections from one address not yet past their handshake")
+	fs.IntVar(&o.MaxPending, "max-pending", 10000, "connections not yet past their handshake, in total")
 }
 
 func (o *Gateway) advertise() (string, error) {
