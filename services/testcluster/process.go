@@ -27,7 +27,7 @@ func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		_, here, _, _ := runtime.Caller(0)
-		servicesDir := filepath.Join(filepath.Dir(here), "..", "..")
+		servicesDir := filepath.Join(filepath.Dir(here), "..") // services/testcluster -> services
 		dir, err := os.MkdirTemp("", "gochat-bin-")
 		if err != nil {
 			buildErr = err

@@ -138,7 +138,14 @@ const (
 	TypeEvent     = "event"
 	TypeReconnect = "reconnect"
 	TypeError     = "error"
+	TypeResync    = "resync"
 )
+
+// ResyncData tells a client to sync a conversation from the last seq it
+// holds: the server could not push it something it should have.
+type ResyncData struct {
+	ConversationID string `json:"conversation_id"`
+}
 
 // InFrame is a frame from a client; Data is decoded once Type is known.
 type InFrame struct {
