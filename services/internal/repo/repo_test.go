@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
 	"github.com/gochat/gochat/services/internal/repo"
@@ -22,6 +24,8 @@ import (
 type env struct {
 	client gochatv1.RepoServiceClient
 	flush  func() // Redis loses every key of this test
+	rdb    *redis.Client
+	prefix string
 }
 
 // start serves im-repo over gRPC on loopback, on a fresh database of the
@@ -78,6 +82,7 @@ func start(t *testing.T, dialect string) *env {
 		}
 	})
 	return &env{
+		rdb: rdb, prefix: prefix,
 		client: gochatv1.NewRepoServiceClient(conn),
 		flush: func() {
 			if err := tc.FlushPrefix(ctx, rdb, prefix); err != nil {
@@ -96,6 +101,7 @@ func TestRepo(t *testing.T) {
 			t.Run("idempotent store", func(t *testing.T) { testIdempotent(t, e) })
 			t.Run("seqs survive a Redis loss", func(t *testing.T) { testRedisLoss(t, e) })
 			t.Run("membership", func(t *testing.T) { testMembership(t, e) })
+			t.Run("a stale member list is never served", func(t *testing.T) { testMemberCacheRace(t, e) })
 			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
 			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
 			t.Run("dispatch outbox", func(t *testing.T) { testOutbox(t, e) })
@@ -478,4 +484,32 @@ func testOutbox(t *testing.T, e *env) {
 	}
 	_, err = e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{})
 	wantCode(t, err, apierror.InvalidArgument)
+}
+
+// A fill that read the member list before a removal and writes it to the
+// cache after the removal's invalidation puts the old list back; so does an
+// invalidation that failed. Neither may make a removed member a recipient.
+func testMemberCacheRace(t *testing.T, e *env) {
+	owner, gone := user(t, e, "o"), user(t, e, "g")
+	g := group(t, e, owner, gone)
+	if got := memberIDs(t, e, g.Id); len(got) != 2 { // fills the cache
+		t.Fatalf("members %v", got)
+	}
+	key := e.prefix + "members:" + g.Id
+	before, err := e.rdb.Get(ctx, key).Result()
+	if err != nil {
+		t.Fatalf("the member list was not cached: %v", err)
+	}
+	if _, err := e.client.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: g.Id, ActorId: owner.Id, UserId: gone.Id}); err != nil {
+		t.Fatal(err)
+	}
+	// The racing fill lands after the invalidation.
+	if err := e.rdb.Set(ctx, key, before, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range memberIDs(t, e, g.Id) {
+		if id == gone.Id {
+			t.Fatal("a removed member is served from a stale cache entry")
+		}
+	}
 }

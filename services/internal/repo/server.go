@@ -210,13 +210,19 @@ func (s *Server) GetMembers(ctx context.Context, in *gochatv1.GetMembersRequest)
 	if err := checkIDs("conversation_ids", in.ConversationIds); err != nil {
 		return nil, err
 	}
-	lists, misses := s.members.get(ctx, in.ConversationIds)
+	// Versions first, then lists: a change committed in between leaves a
+	// newer list under an older version, which the next read refetches.
+	versions, err := s.store.MembersVersions(ctx, in.ConversationIds)
+	if err != nil {
+		return nil, err
+	}
+	lists, misses := s.members.get(ctx, in.ConversationIds, versions)
 	if len(misses) > 0 {
 		loaded, err := s.store.MembersOf(ctx, misses)
 		if err != nil {
 			return nil, err
 		}
-		s.members.put(ctx, loaded)
+		s.members.put(ctx, loaded, versions)
 		for id, m := range loaded {
 			lists[id] = m
 		}

@@ -299,7 +299,10 @@ func (s *Store) AddMembers(ctx context.Context, convID, actorID string, userIDs 
 		if len(rows) == 0 {
 			return nil
 		}
-		return tx.CreateInBatches(&rows, 500).Error
+		if err := tx.CreateInBatches(&rows, 500).Error; err != nil {
+			return fmt.Errorf("add members: %w", err)
+		}
+		return bumpMembersVersion(tx, convID)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -337,6 +340,9 @@ func (s *Store) RemoveMember(ctx context.Context, convID, actorID, userID string
 		}
 		if err := tx.Where("conversation_id = ? AND user_id = ?", convID, target.UserID).Delete(&memberRow{}).Error; err != nil {
 			return fmt.Errorf("remove member: %w", err)
+		}
+		if err := bumpMembersVersion(tx, convID); err != nil {
+			return err
 		}
 		if target.Role != roleOwner {
 			return nil
@@ -443,6 +449,26 @@ func (s *Store) conversationsFor(ctx context.Context, userID string, onlyIDs []s
 			MaxSeq: r.MaxSeq, ReadSeq: r.ReadSeq, LastMessage: last[r.ID],
 			CreatedAtMs: r.CreatedAtMs, LastActivityMs: r.LastActivityMs,
 		}
+	}
+	return out, nil
+}
+
+func bumpMembersVersion(tx *gorm.DB, convID string) error {
+	if err := tx.Model(&conversationRow{}).Where("id = ?", convID).Update("members_version", gorm.Expr("members_version + 1")).Error; err != nil {
+		return fmt.Errorf("bump member list version: %w", err)
+	}
+	return nil
+}
+
+// MembersVersions returns the member list version of each conversation that exists.
+func (s *Store) MembersVersions(ctx context.Context, convIDs []string) (map[string]int64, error) {
+	var rows []conversationRow
+	if err := s.db.WithContext(ctx).Select("id, members_version").Where("id IN ?", convIDs).Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("load member list versions: %w", err)
+	}
+	out := make(map[string]int64, len(rows))
+	for _, r := range rows {
+		out[r.ID] = r.MembersVersion
 	}
 	return out, nil
 }
