@@ -26,14 +26,14 @@ type conversationRow struct {
 	OwnerID string `gorm:"size:26;not null"`
 	// DirectKey is "<smaller user id>:<larger user id>" for direct conversations
 	// and NULL for groups; its unique index makes "created on first use" race-free.
-	DirectKey      *string `gorm:"size:53;uniqueIndex:uniq_conversations_direct_key"`
-	MaxSeq         int64   `gorm:"not null"`
+	DirectKey *string `gorm:"size:53;uniqueIndex:uniq_conversations_direct_key"`
+	MaxSeq    int64   `gorm:"not null"`
 	// MembersVersion grows with every membership change, in the change's
 	// own transaction: a cached member list is used only while its version
 	// is the row's, so no race or lost invalidation can keep a removed member.
 	MembersVersion int64 `gorm:"not null;default:0"`
 	CreatedAtMs    int64 `gorm:"not null"`
-	LastActivityMs int64   `gorm:"not null"`
+	LastActivityMs int64 `gorm:"not null"`
 }
 
 func (conversationRow) TableName() string { return "conversations" }
