@@ -127,6 +127,7 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 	o.DB.Register(fs)
 	o.Redis.Register(fs)
 	fs.DurationVar(&o.MemberCacheTTL, "member-cache-ttl", 5*time.Minute, "how long member lists stay in the Redis cache")
+	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time limit of one transaction storing a batch of messages; past it the batch's senders get unavailable")
 	fs.IntVar(&o.StoreWorkers, "store-workers", 1, "transactions storing messages at once per replica (MySQL; SQLite uses 1); one makes the largest batches (docs/benchmarks.md)")
 	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
 }

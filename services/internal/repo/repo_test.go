@@ -32,7 +32,6 @@ type env struct {
 // given dialect and a Redis key prefix of the test's own.
 func start(t *testing.T, dialect string) *env {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var cfg repo.DBConfig
 	switch dialect {
 	case "mysql":
@@ -40,6 +39,12 @@ func start(t *testing.T, dialect string) *env {
 	case "sqlite":
 		cfg.SQLitePath = filepath.Join(t.TempDir(), "gochat.db")
 	}
+	return startWith(t, cfg, repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64})
+}
+
+func startWith(t *testing.T, cfg repo.DBConfig, rcfg repo.Config) *env {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	db, err := repo.OpenDB(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +62,8 @@ func start(t *testing.T, dialect string) *env {
 		t.Fatal(err)
 	}
 	rdb, prefix := tc.Redis(t)
-	srv := repo.NewServer(db, rdb, repo.Config{RedisPrefix: prefix, MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64}, log)
+	rcfg.RedisPrefix = prefix
+	srv := repo.NewServer(db, rdb, rcfg, log)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { srv.Run(runCtx); close(done) }()

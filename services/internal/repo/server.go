@@ -27,6 +27,9 @@ type Config struct {
 	MemberCacheTTL time.Duration
 	StoreWorkers   int
 	StoreMaxBatch  int
+	// StoreTimeout bounds one batch's transaction: a hung database fails
+	// its callers with unavailable instead of blocking every send.
+	StoreTimeout time.Duration
 }
 
 // Server implements gochatv1.RepoServiceServer.
@@ -46,7 +49,7 @@ func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Log
 	logDB(log, db)
 	return &Server{
 		store:    store,
-		sender:   NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch),
+		sender:   NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
 		members:  &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
 		presence: NewPresence(rdb, cfg.RedisPrefix),
 		log:      log,
