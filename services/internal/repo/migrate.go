@@ -44,6 +44,12 @@ var migrations = []migration{
 		}
 		return tx.Migrator().AddColumn(&conversationRow{}, "MembersVersion")
 	}},
+	{version: 4, name: "outbox leases", up: func(tx *gorm.DB) error {
+		if tx.Migrator().HasColumn(&outboxRow{}, "LeaseUntilMs") {
+			return nil
+		}
+		return tx.Migrator().AddColumn(&outboxRow{}, "LeaseUntilMs")
+	}},
 }
 
 // SchemaVersion is the version this build expects.

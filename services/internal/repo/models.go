@@ -72,6 +72,9 @@ func (messageRow) TableName() string { return "messages" }
 type outboxRow struct {
 	MessageID  string `gorm:"primaryKey;size:26"`
 	StoredAtMs int64  `gorm:"not null;index:idx_outbox_stored"`
+	// LeaseUntilMs: a relay that listed the row owns it until then, so
+	// replicas relay different rows.
+	LeaseUntilMs int64 `gorm:"not null;default:0"`
 }
 
 func (outboxRow) TableName() string { return "outbox" }

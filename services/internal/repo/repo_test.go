@@ -39,7 +39,7 @@ func start(t *testing.T, dialect string) *env {
 	case "sqlite":
 		cfg.SQLitePath = filepath.Join(t.TempDir(), "gochat.db")
 	}
-	return startWith(t, cfg, repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64})
+	return startWith(t, cfg, repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64, OutboxLease: time.Second})
 }
 
 func startWith(t *testing.T, cfg repo.DBConfig, rcfg repo.Config) *env {
@@ -475,18 +475,23 @@ func testOutbox(t *testing.T, e *env) {
 		}
 		return out
 	}
-	if got := pending(); len(got) != 3 || got[0] != ids[0] || got[2] != ids[2] {
-		t.Fatalf("outbox %v, want %v in seq order", got, ids)
-	}
 	r, err := e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{StoredBeforeMs: time.Now().Add(-time.Hour).UnixMilli()})
 	if err != nil || len(r.Messages) != 0 {
 		t.Fatalf("messages younger than the cutoff were listed: %v %v", r, err)
 	}
+	if got := pending(); len(got) != 3 || got[0] != ids[0] || got[2] != ids[2] {
+		t.Fatalf("outbox %v, want %v in seq order", got, ids)
+	}
+	// Claimed: a second relay (another replica) does not get them while the lease lasts.
+	if got := pending(); len(got) != 0 {
+		t.Fatalf("rows claimed a moment ago were listed again: %v", got)
+	}
 	if _, err := e.client.AckDispatched(ctx, &gochatv1.AckDispatchedRequest{MessageIds: ids[:2]}); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(1100 * time.Millisecond) // the 1s lease of the test server ends
 	if got := pending(); len(got) != 1 || got[0] != ids[2] {
-		t.Fatalf("outbox after ack %v", got)
+		t.Fatalf("outbox after ack and the lease's end %v", got)
 	}
 	_, err = e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{})
 	wantCode(t, err, apierror.InvalidArgument)

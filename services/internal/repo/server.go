@@ -30,6 +30,9 @@ type Config struct {
 	// StoreTimeout bounds one batch's transaction: a hung database fails
 	// its callers with unavailable instead of blocking every send.
 	StoreTimeout time.Duration
+	// OutboxLease is how long ListUndispatched's rows stay claimed by the
+	// relay that listed them (default 30s).
+	OutboxLease time.Duration
 }
 
 // Server implements gochatv1.RepoServiceServer.
@@ -40,6 +43,8 @@ type Server struct {
 	members  *memberCache
 	presence *Presence
 	log      *slog.Logger
+
+	outboxLease time.Duration
 }
 
 // NewServer wires the store, the caches and presence. Run the returned
@@ -47,7 +52,11 @@ type Server struct {
 func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Logger) *Server {
 	store := NewStore(db)
 	logDB(log, db)
+	if cfg.OutboxLease <= 0 {
+		cfg.OutboxLease = 30 * time.Second
+	}
 	return &Server{
+		outboxLease: cfg.OutboxLease,
 		store:    store,
 		sender:   NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
 		members:  &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
@@ -362,7 +371,7 @@ func (s *Server) ListUndispatched(ctx context.Context, in *gochatv1.ListUndispat
 	if in.StoredBeforeMs <= 0 {
 		return nil, invalid("stored_before_ms is required")
 	}
-	msgs, err := s.store.ListUndispatched(ctx, in.StoredBeforeMs, pageLimit(in.Limit))
+	msgs, err := s.store.ListUndispatched(ctx, in.StoredBeforeMs, pageLimit(in.Limit), s.outboxLease)
 	if err != nil {
 		return nil, err
 	}

@@ -594,13 +594,34 @@ func (s *Store) AckDispatched(ctx context.Context, messageIDs []string) error {
 	return nil
 }
 
-// ListUndispatched returns outbox messages stored before a time, oldest first.
-func (s *Store) ListUndispatched(ctx context.Context, storedBeforeMs int64, limit int) ([]*gochatv1.Message, error) {
+// ListUndispatched claims up to limit outbox messages stored before a time
+// and not claimed by another relay, for lease, and returns them oldest first
+// (each conversation's in seq order). On MySQL, rows another transaction is
+// claiming are skipped (SKIP LOCKED), so replicas never wait on each other.
+func (s *Store) ListUndispatched(ctx context.Context, storedBeforeMs int64, limit int, lease time.Duration) ([]*gochatv1.Message, error) {
+	now := s.nowMs()
 	var rows []messageRow
-	err := s.db.WithContext(ctx).Table("outbox AS o").Select("m.*").
-		Joins("JOIN messages AS m ON m.id = o.message_id").
-		Where("o.stored_at_ms < ?", storedBeforeMs).
-		Order("o.stored_at_ms, m.conversation_id, m.seq").Limit(limit).Scan(&rows).Error
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		q := tx.Model(&outboxRow{}).Where("stored_at_ms < ? AND lease_until_ms < ?", storedBeforeMs, now).
+			Order("stored_at_ms, message_id").Limit(limit)
+		if s.mysql() {
+			q = q.Clauses(clause.Locking{Strength: "UPDATE", Options: "SKIP LOCKED"})
+		}
+		var ids []string
+		if err := q.Pluck("message_id", &ids).Error; err != nil {
+			return fmt.Errorf("claim outbox rows: %w", err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		if err := tx.Model(&outboxRow{}).Where("message_id IN ?", ids).Update("lease_until_ms", now+lease.Milliseconds()).Error; err != nil {
+			return fmt.Errorf("lease outbox rows: %w", err)
+		}
+		return tx.Table("outbox AS o").Select("m.*").
+			Joins("JOIN messages AS m ON m.id = o.message_id").
+			Where("o.message_id IN ?", ids).
+			Order("o.stored_at_ms, m.conversation_id, m.seq").Scan(&rows).Error
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list outbox: %w", err)
 	}
