@@ -58,7 +58,10 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 		"task", "--metrics-addr", taskMetrics, "--repo-addr", repoAddr)
 	WaitHTTP(t, fmt.Sprintf("http://%s/healthz", taskMetrics), c.Task)
 
-	args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--logic-addr", logicAddr, "--repo-addr", repoAddr}, o.GatewayFlags...)
+	// Every test client comes from 127.0.0.1: the per-address throttles of
+	// logins and guests are raised here (a test may lower them again).
+	args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--logic-addr", logicAddr, "--repo-addr", repoAddr,
+		"--auth-rate=1000", "--auth-burst=10000", "--guests-per-hour=1000000"}, o.GatewayFlags...)
 	c.Gateway = Start(t, "im-gateway", append(common, "GOCHAT_JWT_SECRET="+c.Secret), args...)
 	WaitHTTP(t, "http://"+gwHTTP+"/readyz", c.Gateway)
 	return c

@@ -42,9 +42,12 @@ type Config struct {
 	FrameBurst       int
 	MaxBadFrames     int
 	MaxReaders       int
-	MaxUserSessions  int          // sessions one user may hold on this gateway
-	MaxPendingPerIP  int          // connections not yet past their handshake, per source address
-	MaxPending       int          // connections not yet past their handshake, in total
+	MaxUserSessions  int     // sessions one user may hold on this gateway
+	MaxPendingPerIP  int     // connections not yet past their handshake, per source address
+	MaxPending       int     // connections not yet past their handshake, in total
+	AuthRate         float64 // login/register/guest attempts per second per source address
+	AuthBurst        int
+	GuestsPerHour    float64      // guest accounts created per hour per source address
 	WebRoot          http.Handler // the web client at /, or nil
 }
 
@@ -71,6 +74,7 @@ func (c Config) Validate() error {
 	check(c.FrameRate > 0 && c.FrameBurst >= 1, "--frame-rate and --frame-burst must be positive")
 	check(c.MaxBadFrames >= 1, "--max-bad-frames must be at least 1")
 	check(c.MaxReaders >= 1, "--max-readers must be at least 1")
+	check(c.AuthRate > 0 && c.AuthBurst >= 1 && c.GuestsPerHour > 0, "--auth-rate, --auth-burst and --guests-per-hour must be positive")
 	check(c.MaxUserSessions >= 1, "--max-user-sessions must be at least 1, got %d", c.MaxUserSessions)
 	check(c.MaxPendingPerIP >= 1 && c.MaxPending >= c.MaxPendingPerIP, "--max-pending-per-ip must be at least 1 and at most --max-pending, got %d and %d", c.MaxPendingPerIP, c.MaxPending)
 	return errors.Join(errs...)
@@ -103,6 +107,9 @@ type Gateway struct {
 	httpSend *userLimits // sends per user, over HTTP and WebSocket alike
 	userSess *sessionCounts
 	pending  *pendingConns
+	authAddr *userLimits // auth attempts per source address
+	authName *userLimits // login attempts per username
+	guests   *userLimits // guest accounts per source address
 
 	ctx      context.Context // lives as long as Run; parent of every call a session makes
 	spawnWG  sync.WaitGroup
@@ -126,6 +133,9 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		httpSend: newUserLimits(cfg.SendRate, cfg.SendBurst),
 		userSess: newSessionCounts(cfg.MaxUserSessions),
 		pending:  newPendingConns(cfg.MaxPendingPerIP, cfg.MaxPending),
+		authAddr: newUserLimits(cfg.AuthRate, cfg.AuthBurst),
+		authName: newUserLimits(cfg.AuthRate/5, max(1, cfg.AuthBurst/2)),
+		guests:   newUserLimits(cfg.GuestsPerHour/3600, max(1, int(cfg.GuestsPerHour))),
 		ctx:      context.Background(),
 	}
 	f := promauto.With(reg)
@@ -291,6 +301,9 @@ func (g *Gateway) sweep(ctx context.Context) {
 			return
 		case now := <-t.C:
 			g.httpSend.forget(now.Add(-time.Minute))
+			g.authAddr.forget(now.Add(-10 * time.Minute))
+			g.authName.forget(now.Add(-10 * time.Minute))
+			g.guests.forget(now.Add(-2 * time.Hour))
 			deadline := now.Add(-3 * g.cfg.Heartbeat).UnixMilli()
 			frameDeadline := now.Add(-g.cfg.FrameReadTimeout).UnixMilli()
 			g.hub.each(func(s *session) {

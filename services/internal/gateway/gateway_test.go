@@ -63,6 +63,14 @@ func (l *logicStub) ListMessages(_ context.Context, in *gochatv1.ListMessagesReq
 	return out, nil
 }
 
+func (l *logicStub) Login(context.Context, *gochatv1.LoginRequest, ...grpc.CallOption) (*gochatv1.AuthResponse, error) {
+	return nil, apierror.New(apierror.Unauthenticated, "wrong username or password")
+}
+
+func (l *logicStub) Guest(context.Context, *gochatv1.GuestRequest, ...grpc.CallOption) (*gochatv1.AuthResponse, error) {
+	return &gochatv1.AuthResponse{User: &gochatv1.User{Id: "g", Guest: true}, Token: "t"}, nil
+}
+
 // presenceStub is im-repo's presence, in memory.
 type presenceStub struct {
 	gochatv1.RepoServiceClient
@@ -117,7 +125,7 @@ func testConfig() Config {
 		FrameReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, CallTimeout: 5 * time.Second,
 		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxAnswerBytes: 16 << 10, MaxPage: 200,
 		SendRate: 1000, SendBurst: 1000, FrameRate: 1000, FrameBurst: 1000, MaxBadFrames: 5, MaxReaders: 8,
-		MaxUserSessions: 100, MaxPendingPerIP: 100, MaxPending: 1000,
+		MaxUserSessions: 100, MaxPendingPerIP: 100, MaxPending: 1000, AuthRate: 1000, AuthBurst: 1000, GuestsPerHour: 1000,
 	}
 }
 
@@ -725,5 +733,49 @@ func TestPendingConnectionsPerAddress(t *testing.T) {
 			t.Fatalf("no slot after one idle connection closed: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Logins are throttled per username and per source address, guest accounts
+// per address: past the budget the answer is 429 with Retry-After, and
+// nothing reaches im-logic's password hashing.
+func TestAuthThrottles(t *testing.T) {
+	f := start(t, func(c *Config) { c.AuthRate = 0.0001; c.AuthBurst = 20; c.GuestsPerHour = 2 })
+	post := func(path, body string) (int, string) {
+		resp, err := http.Post("http://"+f.addr+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Retry-After")
+	}
+	login := func(user string) (int, string) {
+		return post("/v1/auth/login", `{"username":"`+user+`","password":"wrong-password"}`)
+	}
+	for i := 0; i < 10; i++ { // a username's burst: half the address's
+		if st, _ := login("Ann"); st != http.StatusUnauthorized {
+			t.Fatalf("login %d: %d, want 401", i, st)
+		}
+	}
+	if st, ra := login("ann"); st != http.StatusTooManyRequests || ra == "" {
+		t.Fatalf("11th login for one username: %d Retry-After %q, want 429 with Retry-After", st, ra)
+	}
+	if st, _ := login("bob"); st != http.StatusUnauthorized {
+		t.Fatalf("another username from the same address: %d, want 401", st)
+	}
+	for i := 0; i < 2; i++ {
+		if st, _ := post("/v1/auth/guest", `{}`); st != http.StatusOK {
+			t.Fatalf("guest %d: %d", i, st)
+		}
+	}
+	if st, ra := post("/v1/auth/guest", `{}`); st != http.StatusTooManyRequests || ra == "" {
+		t.Fatalf("3rd guest in an hour: %d Retry-After %q, want 429", st, ra)
+	}
+	// The address's budget: 20 attempts, 14 spent.
+	for i := 0; i < 6; i++ {
+		login("carol" + strconv.Itoa(i))
+	}
+	if st, _ := login("dave"); st != http.StatusTooManyRequests {
+		t.Fatalf("past the address's budget: %d, want 429", st)
 	}
 }

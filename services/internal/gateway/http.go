@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -152,7 +153,29 @@ func (g *Gateway) answerAuth(w http.ResponseWriter, status int, r *gochatv1.Auth
 	writeJSON(w, status, authAnswer{User: clientapi.UserFrom(r.User), Token: r.Token, ExpiresAt: clientapi.Time(r.ExpiresAtMs)})
 }
 
+// throttled answers 429 with Retry-After when a limiter refuses: a source
+// address or username that tries too often waits, whoever it is.
+func throttled(w http.ResponseWriter, l *userLimits, key string, retryAfter int, what string) bool {
+	if l.allow(key, time.Now()) {
+		return false
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	writeError(w, apierror.New(apierror.RateLimited, "too many %s, try again later", what))
+	return true
+}
+
+func sourceAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
 func (g *Gateway) register(w http.ResponseWriter, r *http.Request) {
+	if throttled(w, g.authAddr, sourceAddr(r), 5, "sign-ups and logins from this address") {
+		return
+	}
 	var b authBody
 	if err := readJSON(w, r, &b); err != nil {
 		writeError(w, err)
@@ -163,9 +186,15 @@ func (g *Gateway) register(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
+	if throttled(w, g.authAddr, sourceAddr(r), 5, "sign-ups and logins from this address") {
+		return
+	}
 	var b authBody
 	if err := readJSON(w, r, &b); err != nil {
 		writeError(w, err)
+		return
+	}
+	if throttled(w, g.authName, strings.ToLower(b.Username), 10, "logins for this username") {
 		return
 	}
 	resp, err := g.logic.Login(r.Context(), &gochatv1.LoginRequest{Username: b.Username, Password: b.Password})
@@ -173,6 +202,10 @@ func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) guest(w http.ResponseWriter, r *http.Request) {
+	if throttled(w, g.authAddr, sourceAddr(r), 5, "sign-ups and logins from this address") ||
+		throttled(w, g.guests, sourceAddr(r), 600, "guest accounts from this address") {
+		return
+	}
 	var b authBody
 	if r.ContentLength != 0 {
 		if err := readJSON(w, r, &b); err != nil {

@@ -57,11 +57,11 @@ func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Log
 	}
 	return &Server{
 		outboxLease: cfg.OutboxLease,
-		store:    store,
-		sender:   NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
-		members:  &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
-		presence: NewPresence(rdb, cfg.RedisPrefix),
-		log:      log,
+		store:       store,
+		sender:      NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
+		members:     &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
+		presence:    NewPresence(rdb, cfg.RedisPrefix),
+		log:         log,
 	}
 }
 
