@@ -10,9 +10,16 @@ import (
 type Cluster struct {
 	Kafka, Repo, Logic, Gateway, Task *Process
 	HTTP                              string // the gateway's client address, host:port
-	MySQLDSN                          string
-	RedisPrefix                       string
-	Secret                            string
+	// With Options.Replicas > 1, the further replicas of im-gateway (and
+	// their client addresses), im-logic and im-task; the first replica of
+	// each is the field above.
+	MoreGateways []*Process
+	MoreHTTP     []string
+	MoreLogic    []*Process
+	MoreTask     []*Process
+	MySQLDSN     string
+	RedisPrefix  string
+	Secret       string
 }
 
 // Options change a cluster from the defaults.
@@ -23,6 +30,9 @@ type Options struct {
 	TaskEnv []string
 	// LogicFlags are added to im-logic's command line.
 	LogicFlags []string
+	// Replicas of im-gateway, im-logic and im-task (default 1). Each
+	// gateway uses its own im-logic replica; the tasks share one consumer group.
+	Replicas int
 }
 
 // StartCluster starts everything against a fresh database and Redis prefix,
@@ -36,7 +46,6 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	mustf(t, err, "free ports")
 	kafkaAddr, repoAddr, logicAddr, gwHTTP, gwGRPC := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 	repoMetrics, logicMetrics, taskMetrics := addrs[5], addrs[6], addrs[7]
-	c.HTTP = gwHTTP
 	topicPrefix := RandomName("e2e")
 
 	// The broker keeps its log on disk, so a test can stop and restart it.
@@ -50,20 +59,36 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 		"repo", "--grpc-addr", repoAddr, "--metrics-addr", repoMetrics, "--migrate")
 	WaitTCP(t, repoAddr, c.Repo)
 
-	c.Logic = Start(t, "im-logic", append(append(common, kafkaEnv...), "GOCHAT_JWT_SECRET="+c.Secret),
-		append([]string{"logic", "--grpc-addr", logicAddr, "--metrics-addr", logicMetrics, "--repo-addr", repoAddr}, o.LogicFlags...)...)
-	WaitTCP(t, logicAddr, c.Logic)
+	replicas := max(o.Replicas, 1)
+	for i := 0; i < replicas; i++ {
+		suffix := ""
+		if i > 0 {
+			more, err := freeAddrs(5)
+			mustf(t, err, "free ports")
+			logicAddr, gwHTTP, gwGRPC, logicMetrics, taskMetrics = more[0], more[1], more[2], more[3], more[4]
+			suffix = fmt.Sprintf("-%d", i+1)
+		}
+		logic := Start(t, "im-logic"+suffix, append(append(common, kafkaEnv...), "GOCHAT_JWT_SECRET="+c.Secret),
+			append([]string{"logic", "--grpc-addr", logicAddr, "--metrics-addr", logicMetrics, "--repo-addr", repoAddr}, o.LogicFlags...)...)
+		WaitTCP(t, logicAddr, logic)
 
-	c.Task = Start(t, "im-task", append(append(append(common, kafkaEnv...), o.TaskEnv...), "GOCHAT_CONSUMER_GROUP="+topicPrefix),
-		"task", "--metrics-addr", taskMetrics, "--repo-addr", repoAddr)
-	WaitHTTP(t, fmt.Sprintf("http://%s/healthz", taskMetrics), c.Task)
+		task := Start(t, "im-task"+suffix, append(append(append(common, kafkaEnv...), o.TaskEnv...), "GOCHAT_CONSUMER_GROUP="+topicPrefix),
+			"task", "--metrics-addr", taskMetrics, "--repo-addr", repoAddr)
+		WaitHTTP(t, fmt.Sprintf("http://%s/healthz", taskMetrics), task)
 
-	// Every test client comes from 127.0.0.1: the per-address throttles of
-	// logins and guests are raised here (a test may lower them again).
-	args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--logic-addr", logicAddr, "--repo-addr", repoAddr,
-		"--auth-rate=1000", "--auth-burst=10000", "--guests-per-hour=1000000"}, o.GatewayFlags...)
-	c.Gateway = Start(t, "im-gateway", append(common, "GOCHAT_JWT_SECRET="+c.Secret), args...)
-	WaitHTTP(t, "http://"+gwHTTP+"/readyz", c.Gateway)
+		// Every test client comes from 127.0.0.1: the per-address throttles of
+		// logins and guests are raised here (a test may lower them again).
+		args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--logic-addr", logicAddr, "--repo-addr", repoAddr,
+			"--auth-rate=1000", "--auth-burst=10000", "--guests-per-hour=1000000"}, o.GatewayFlags...)
+		gw := Start(t, "im-gateway"+suffix, append(common, "GOCHAT_JWT_SECRET="+c.Secret), args...)
+		WaitHTTP(t, "http://"+gwHTTP+"/readyz", gw)
+		if i == 0 {
+			c.Logic, c.Task, c.Gateway, c.HTTP = logic, task, gw, gwHTTP
+		} else {
+			c.MoreLogic, c.MoreTask = append(c.MoreLogic, logic), append(c.MoreTask, task)
+			c.MoreGateways, c.MoreHTTP = append(c.MoreGateways, gw), append(c.MoreHTTP, gwHTTP)
+		}
+	}
 	return c
 }
 

@@ -115,6 +115,20 @@ func (p *Process) Stop() {
 	f.Close()
 }
 
+// Kill ends the process with SIGKILL: no shutdown code runs.
+func (p *Process) Kill() {
+	p.mu.Lock()
+	cmd, done, f := p.cmd, p.done, p.log
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+	f.Close()
+}
+
 // Restart stops and starts the process again with the same arguments.
 func (p *Process) Restart() {
 	p.Stop()
