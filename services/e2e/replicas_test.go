@@ -13,7 +13,7 @@ import (
 // TestReplicas runs two gateways, two im-logic and two im-task replicas,
 // with clients spread over the gateways.
 func TestReplicas(t *testing.T) {
-	c := tc.StartCluster(t, tc.Options{Replicas: 2})
+	c := tc.StartCluster(t, tc.Options{Replicas: 2, TaskEnv: []string{"GOCHAT_PUSH_TIMEOUT=1s"}})
 	ws1, ws2 := c.WSURL(), "ws://"+c.MoreHTTP[0]+"/v1/ws"
 	t.Run("routing across gateways", func(t *testing.T) {
 		a, b := register(t, c, "ra"), register(t, c, "rb")
@@ -25,6 +25,40 @@ func TestReplicas(t *testing.T) {
 		back := send(t, wb, map[string]any{"client_msg_id": "r2", "conversation_id": ack.Message.ConversationID, "content": "back"})
 		if m := wa.Messages(t, 1, wait)[0]; m.ID != back.Message.ID {
 			t.Fatalf("gateway 1 got %+v", m)
+		}
+	})
+	// A gateway that does not answer (SIGSTOP: its sockets stay open) used
+	// to cost every batch three push timeouts. Now it costs one, then it is
+	// skipped while its cooldown lasts, and the healthy gateway's clients
+	// see no gap over 2s.
+	t.Run("a black-holed gateway does not stall the others", func(t *testing.T) {
+		owner, stay, held := register(t, c, "bo"), register(t, c, "bs"), register(t, c, "bh")
+		var g clientapi.Conversation
+		if st := owner.Must(t, http.MethodPost, "/v1/groups", map[string]any{"name": "hole", "member_ids": []string{stay.User.ID, held.User.ID}}, &g); st != 201 {
+			t.Fatalf("create group: %d", st)
+		}
+		wo, ws := tc.DialWS(t, ws1, owner.Token), tc.DialWS(t, ws1, stay.Token)
+		tc.DialWS(t, ws2, held.Token)
+		c.MoreGateways[0].Pause()
+		defer c.MoreGateways[0].Resume()
+		const total = 20
+		var prev time.Time
+		seen := map[int64]bool{}
+		for i := 0; i < total; i++ {
+			send(t, wo, map[string]any{"client_msg_id": fmt.Sprint("b", i), "conversation_id": g.ID, "content": fmt.Sprint("m", i)})
+			m := ws.Messages(t, 1, wait)[0]
+			now := time.Now()
+			// The first push may wait out one push timeout (1s) before the
+			// gateway is marked down; no later one may stall.
+			if i > 1 && now.Sub(prev) > 2*time.Second {
+				t.Fatalf("the healthy gateway's client waited %s for seq %d while the other gateway was black-holed", now.Sub(prev), m.Seq)
+			}
+			prev = now
+			seen[m.Seq] = true
+			time.Sleep(100 * time.Millisecond)
+		}
+		if len(seen) != total {
+			t.Fatalf("%d unique seqs of %d", len(seen), total)
 		}
 	})
 	t.Run("kill -9 of a gateway while messages flow", func(t *testing.T) {

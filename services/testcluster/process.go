@@ -129,6 +129,21 @@ func (p *Process) Kill() {
 	f.Close()
 }
 
+// Pause stops the process with SIGSTOP: its sockets stay open and nothing
+// answers (a black-holed process). Resume continues it.
+func (p *Process) Pause() { p.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused process.
+func (p *Process) Resume() { p.signal(syscall.SIGCONT) }
+
+func (p *Process) signal(sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
 // Restart stops and starts the process again with the same arguments.
 func (p *Process) Restart() {
 	p.Stop()
