@@ -27,6 +27,52 @@ func TestReplicas(t *testing.T) {
 			t.Fatalf("gateway 1 got %+v", m)
 		}
 	})
+	// A member removed while the group is busy gets nothing sent after the
+	// removal's answer; the others get everything.
+	t.Run("a member removed while the group is busy", func(t *testing.T) {
+		owner, stay, out := register(t, c, "mo"), register(t, c, "ms"), register(t, c, "mr")
+		var g clientapi.Conversation
+		if st := owner.Must(t, http.MethodPost, "/v1/groups", map[string]any{"name": "busy", "member_ids": []string{stay.User.ID, out.User.ID}}, &g); st != 201 {
+			t.Fatalf("create group: %d", st)
+		}
+		wo, ws, wr := tc.DialWS(t, ws1, owner.Token), tc.DialWS(t, ws2, stay.Token), tc.DialWS(t, ws2, out.Token)
+		// Make the member list cached and the group busy.
+		var removedAt int64
+		const total = 30
+		for i := 0; i < total; i++ {
+			if i == total/2 {
+				if st := owner.Must(t, http.MethodDelete, "/v1/groups/"+g.ID+"/members/"+out.User.ID, nil, nil); st != 204 {
+					t.Fatalf("remove member: %d", st)
+				}
+			}
+			ack := send(t, wo, map[string]any{"client_msg_id": fmt.Sprint("b", i), "conversation_id": g.ID, "content": fmt.Sprint("m", i)})
+			if i == total/2 {
+				removedAt = ack.Message.Seq
+			}
+		}
+		got := uniqueSeqs{}
+		for _, m := range ws.Messages(t, total, wait) {
+			got.add(m)
+		}
+		if got.count() != total {
+			t.Fatalf("a remaining member got %d unique seqs of %d", got.count(), total)
+		}
+		// The remaining member has everything, so every push is done: what
+		// the removed member holds now is all it will get.
+		time.Sleep(500 * time.Millisecond)
+		before := uniqueSeqs{}
+		for _, f := range wr.Drain("message") {
+			var m clientapi.Message
+			f.Decode(t, &m)
+			if m.Seq >= removedAt {
+				t.Fatalf("the removed member got seq %d, sent after its removal (seq %d on)", m.Seq, removedAt)
+			}
+			before.add(m)
+		}
+		if before.count() < total/2 { // positive control: it did receive while a member
+			t.Fatalf("the member got %d unique seqs before its removal, want %d", before.count(), total/2)
+		}
+	})
 	// A gateway that does not answer (SIGSTOP: its sockets stay open) used
 	// to cost every batch three push timeouts. Now it costs one, then it is
 	// skipped while its cooldown lasts, and the healthy gateway's clients
