@@ -30,7 +30,8 @@ type logicStub struct {
 	gochatv1.LogicServiceClient
 	mu    sync.Mutex
 	sends []*gochatv1.SendRequest
-	hang  bool // Send waits for its context: a hung im-logic
+	hang  bool          // Send waits for its context: a hung im-logic
+	delay time.Duration // Send takes this long: a slow im-logic
 }
 
 func (l *logicStub) GetUser(_ context.Context, in *gochatv1.GetUserRequest, _ ...grpc.CallOption) (*gochatv1.GetUserResponse, error) {
@@ -45,6 +46,7 @@ func (l *logicStub) Send(ctx context.Context, in *gochatv1.SendRequest, _ ...grp
 		<-ctx.Done()
 		return nil, apierror.New(apierror.Unavailable, "im-logic hung")
 	}
+	time.Sleep(l.delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sends = append(l.sends, in)
@@ -777,5 +779,29 @@ func TestAuthThrottles(t *testing.T) {
 	}
 	if st, _ := login("dave"); st != http.StatusTooManyRequests {
 		t.Fatalf("past the address's budget: %d, want 429", st)
+	}
+}
+
+// A client that sends faster than im-logic answers fills its window of calls
+// in flight: its reading pauses (it waits in TCP) and resumes as they drain,
+// and every send is answered, in order, none refused.
+func TestCallWindowPausesAndResumes(t *testing.T) {
+	f := start(t, nil)
+	f.logic.delay = 2 * time.Millisecond
+	c := f.dial(t)
+	const n = 300
+	go func() {
+		for i := 0; i < n; i++ {
+			c.write(masked(ws.OpText, true), []byte(`{"type":"send","data":{"client_msg_id":"m`+strconv.Itoa(i)+`","conversation_id":"c1","content":"hi"}}`))
+		}
+	}()
+	for i := 0; i < n; i++ {
+		got := c.next()
+		if got["type"] != "ack" {
+			t.Fatalf("answer %d: %v", i, got)
+		}
+		if id := got["data"].(map[string]any)["client_msg_id"]; id != "m"+strconv.Itoa(i) {
+			t.Fatalf("answer %d is for %v: out of order", i, id)
+		}
 	}
 }

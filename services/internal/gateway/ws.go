@@ -158,7 +158,8 @@ type readWriter struct {
 const (
 	readChunk      = 4096
 	maxReadPerTurn = 64 << 10
-	maxInFlight    = 16 // backend calls queued per session
+	maxInFlight    = 16 // backend calls queued per session before its reading pauses
+	maxQueuedCalls = 4 * maxInFlight // frames of one read turn past that get rate_limited
 )
 
 var readBufs = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
@@ -191,13 +192,22 @@ func (g *Gateway) readReady(s *session) {
 		}
 		return
 	}
+	// A session whose calls fill its window is not read again until they
+	// drain (runCalls re-arms it): the client waits in TCP, not in our memory.
+	s.callMu.Lock()
+	if len(s.calls) >= maxInFlight {
+		s.readPaused = true
+		s.callMu.Unlock()
+		return
+	}
+	s.callMu.Unlock()
 	if err := g.poller.rearm(s); err != nil {
 		s.shutdown("rearm: " + err.Error())
 	}
 }
 
 func (g *Gateway) readAvailable(s *session, buf []byte) error {
-	for total := 0; total < maxReadPerTurn; {
+	for total := 0; total < maxReadPerTurn && !s.callsFull(); {
 		n, err := readNow(s, buf)
 		if n > 0 {
 			total += n
@@ -312,9 +322,9 @@ var pongFrame = clientapi.Frame(clientapi.TypePong, struct{}{})
 // most maxInFlight wait: past that the client is told to slow down.
 func (g *Gateway) call(s *session, clientMsgID string, fn func(context.Context) error) error {
 	s.callMu.Lock()
-	if len(s.calls) >= maxInFlight {
+	if len(s.calls) >= maxQueuedCalls {
 		s.callMu.Unlock()
-		return g.clientError(s, apierror.New(apierror.RateLimited, "%d requests in flight, wait for their answers", maxInFlight), clientMsgID)
+		return g.clientError(s, apierror.New(apierror.RateLimited, "%d requests in flight, wait for their answers", maxQueuedCalls), clientMsgID)
 	}
 	s.calls = append(s.calls, fn)
 	start := !s.calling
@@ -324,6 +334,12 @@ func (g *Gateway) call(s *session, clientMsgID string, fn func(context.Context) 
 		g.spawn(func() { g.runCalls(s) })
 	}
 	return nil
+}
+
+func (s *session) callsFull() bool {
+	s.callMu.Lock()
+	defer s.callMu.Unlock()
+	return len(s.calls) >= maxInFlight
 }
 
 // runCalls runs the session's queued calls in order; the goroutine ends
@@ -339,11 +355,23 @@ func (g *Gateway) runCalls(s *session) {
 		fn := s.calls[0]
 		s.calls[0] = nil
 		s.calls = s.calls[1:]
+		resume := s.readPaused && len(s.calls) < maxInFlight
+		if resume {
+			s.readPaused = false
+		}
 		ctx, cancel := context.WithTimeout(g.ctx, g.cfg.CallTimeout)
 		s.cancelCall = cancel
 		s.callMu.Unlock()
+		if resume {
+			if err := g.poller.rearm(s); err != nil {
+				cancel()
+				s.shutdown("rearm: " + err.Error())
+				return
+			}
+		}
 		err := fn(ctx)
 		cancel()
+		s.touch(time.Now()) // a session whose calls run is alive, read or not
 		var pe *protocolError
 		if errors.As(err, &pe) {
 			g.log.Info("closing session", "session_id", s.id, "user_id", s.userID, "status", pe.code, "reason", pe.reason)
