@@ -158,7 +158,7 @@ type readWriter struct {
 const (
 	readChunk      = 4096
 	maxReadPerTurn = 64 << 10
-	maxInFlight    = 16 // backend calls queued per session before its reading pauses
+	maxInFlight    = 16              // backend calls queued per session before its reading pauses
 	maxQueuedCalls = 4 * maxInFlight // frames of one read turn past that get rate_limited
 )
 
