@@ -782,26 +782,49 @@ func TestAuthThrottles(t *testing.T) {
 	}
 }
 
-// A client that sends faster than im-logic answers fills its window of calls
-// in flight: its reading pauses (it waits in TCP) and resumes as they drain,
-// and every send is answered, in order, none refused.
-func TestCallWindowPausesAndResumes(t *testing.T) {
+// A client that sends faster than im-logic answers: up to the window of
+// calls in flight every send is answered, in order; past it the excess is
+// refused with rate_limited at once, and the accepted ones still complete.
+func TestCallWindow(t *testing.T) {
 	f := start(t, nil)
-	f.logic.delay = 2 * time.Millisecond
+	f.logic.delay = 20 * time.Millisecond
 	c := f.dial(t)
-	const n = 300
-	go func() {
-		for i := 0; i < n; i++ {
-			c.write(masked(ws.OpText, true), []byte(`{"type":"send","data":{"client_msg_id":"m`+strconv.Itoa(i)+`","conversation_id":"c1","content":"hi"}}`))
-		}
-	}()
+	const n = 60 // under the 10 x --max-bad-frames rate errors that close a connection
+	var frames []byte
+	for i := 0; i < n; i++ {
+		p := []byte(`{"type":"send","data":{"client_msg_id":"m` + strconv.Itoa(i) + `","conversation_id":"c1","content":"hi"}}`)
+		h := masked(ws.OpText, true)
+		h.Length = int64(len(p))
+		ws.Cipher(p, h.Mask, 0)
+		var b strings.Builder
+		_ = ws.WriteHeader(&b, h)
+		frames = append(append(frames, b.String()...), p...)
+	}
+	if _, err := c.conn.Write(frames); err != nil {
+		t.Fatal(err)
+	}
+	acked, limited, last := 0, 0, -1
 	for i := 0; i < n; i++ {
 		got := c.next()
-		if got["type"] != "ack" {
-			t.Fatalf("answer %d: %v", i, got)
+		data, _ := got["data"].(map[string]any)
+		switch got["type"] {
+		case "ack":
+			idx, _ := strconv.Atoi(strings.TrimPrefix(data["client_msg_id"].(string), "m"))
+			if idx <= last {
+				t.Fatalf("ack for m%d after m%d: out of order", idx, last)
+			}
+			last = idx
+			acked++
+		case "error":
+			if data["code"] != "rate_limited" {
+				t.Fatalf("error %v", data)
+			}
+			limited++
+		default:
+			t.Fatalf("got %v", got)
 		}
-		if id := got["data"].(map[string]any)["client_msg_id"]; id != "m"+strconv.Itoa(i) {
-			t.Fatalf("answer %d is for %v: out of order", i, id)
-		}
+	}
+	if acked < maxInFlight || limited == 0 || acked+limited != n {
+		t.Fatalf("%d acked, %d rate_limited of %d sent at once; want at least the window (%d) acked and the rest limited", acked, limited, n, maxInFlight)
 	}
 }

@@ -53,9 +53,6 @@ type session struct {
 	callMu  sync.Mutex
 	calls   []func(context.Context) error
 	calling bool
-	// readPaused: the calls filled the window, so the socket was not
-	// re-armed; the call runner re-arms it once they drain.
-	readPaused bool
 	// cancelCall ends the call in flight when the session closes: nobody is
 	// left to answer, and a stopping gateway must not wait for it.
 	cancelCall context.CancelFunc

@@ -158,8 +158,11 @@ type readWriter struct {
 const (
 	readChunk      = 4096
 	maxReadPerTurn = 64 << 10
-	maxInFlight    = 16              // backend calls queued per session before its reading pauses
-	maxQueuedCalls = 4 * maxInFlight // frames of one read turn past that get rate_limited
+	// maxInFlight bounds the backend calls queued per session; past it a
+	// frame is answered rate_limited at once. Reading never pauses for it:
+	// a paused socket would also hide the client's pings, and its floods
+	// from the rate limiter.
+	maxInFlight = 32
 )
 
 var readBufs = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
@@ -192,22 +195,13 @@ func (g *Gateway) readReady(s *session) {
 		}
 		return
 	}
-	// A session whose calls fill its window is not read again until they
-	// drain (runCalls re-arms it): the client waits in TCP, not in our memory.
-	s.callMu.Lock()
-	if len(s.calls) >= maxInFlight {
-		s.readPaused = true
-		s.callMu.Unlock()
-		return
-	}
-	s.callMu.Unlock()
 	if err := g.poller.rearm(s); err != nil {
 		s.shutdown("rearm: " + err.Error())
 	}
 }
 
 func (g *Gateway) readAvailable(s *session, buf []byte) error {
-	for total := 0; total < maxReadPerTurn && !s.callsFull(); {
+	for total := 0; total < maxReadPerTurn; {
 		n, err := readNow(s, buf)
 		if n > 0 {
 			total += n
@@ -322,9 +316,9 @@ var pongFrame = clientapi.Frame(clientapi.TypePong, struct{}{})
 // most maxInFlight wait: past that the client is told to slow down.
 func (g *Gateway) call(s *session, clientMsgID string, fn func(context.Context) error) error {
 	s.callMu.Lock()
-	if len(s.calls) >= maxQueuedCalls {
+	if len(s.calls) >= maxInFlight {
 		s.callMu.Unlock()
-		return g.clientError(s, apierror.New(apierror.RateLimited, "%d requests in flight, wait for their answers", maxQueuedCalls), clientMsgID)
+		return g.clientError(s, apierror.New(apierror.RateLimited, "%d requests in flight, wait for their answers", maxInFlight), clientMsgID)
 	}
 	s.calls = append(s.calls, fn)
 	start := !s.calling
@@ -334,12 +328,6 @@ func (g *Gateway) call(s *session, clientMsgID string, fn func(context.Context) 
 		g.spawn(func() { g.runCalls(s) })
 	}
 	return nil
-}
-
-func (s *session) callsFull() bool {
-	s.callMu.Lock()
-	defer s.callMu.Unlock()
-	return len(s.calls) >= maxInFlight
 }
 
 // runCalls runs the session's queued calls in order; the goroutine ends
@@ -355,20 +343,9 @@ func (g *Gateway) runCalls(s *session) {
 		fn := s.calls[0]
 		s.calls[0] = nil
 		s.calls = s.calls[1:]
-		resume := s.readPaused && len(s.calls) < maxInFlight
-		if resume {
-			s.readPaused = false
-		}
 		ctx, cancel := context.WithTimeout(g.ctx, g.cfg.CallTimeout)
 		s.cancelCall = cancel
 		s.callMu.Unlock()
-		if resume {
-			if err := g.poller.rearm(s); err != nil {
-				cancel()
-				s.shutdown("rearm: " + err.Error())
-				return
-			}
-		}
 		err := fn(ctx)
 		cancel()
 		s.touch(time.Now()) // a session whose calls run is alive, read or not
