@@ -687,7 +687,7 @@ func (t *Task) pushOne(ctx context.Context, gw string, deliveries []delivery) (u
 
 // gatewayConns keeps one long-lived connection per gateway address, and a
 // breaker per gateway: one that failed is skipped until its cooldown ends,
-// the cooldown doubling (up to a minute) while it keeps failing.
+// the cooldown doubling (up to 15s) while it keeps failing.
 type gatewayConns struct {
 	mu       sync.Mutex
 	conns    map[string]*grpc.ClientConn
@@ -697,7 +697,7 @@ type gatewayConns struct {
 
 const (
 	firstCooldown = 2 * time.Second
-	maxCooldown   = time.Minute
+	maxCooldown   = 15 * time.Second // a gateway back from a stall waits at most this for pushes
 )
 
 func (g *gatewayConns) isDown(addr string) bool {
