@@ -63,8 +63,10 @@ test: lint verify-generated $(BIN)/kustomize $(BIN)/helm localcluster-bin ## eve
 	$(BIN)/helm lint --strict charts/gochat-operator
 	$(BIN)/helm template t charts/gochat-operator --namespace gochat-system --kube-version 1.37.0 --set metrics.serviceMonitor.enabled=true --set grafana.dashboard.enabled=true > /dev/null
 	rm -rf $(GOCHAT_TEST_ARTIFACTS)
-	$(GO) test -count=1 -timeout 20m $(MODULES)
-	$(GO) test -count=1 -race -timeout 10m github.com/gochat/gochat/services/internal/gateway/...
+	$(GO) test -race -count=1 -timeout 25m github.com/gochat/gochat/services/...
+	$(GO) test -count=1 -timeout 20m github.com/gochat/gochat/api/... github.com/gochat/gochat/operator/...
+	$(GO) test -run '^$$' -fuzz '^FuzzFrameReader$$' -fuzztime 10s github.com/gochat/gochat/services/internal/gateway
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeInFrame$$' -fuzztime 10s github.com/gochat/gochat/services/internal/clientapi
 	$(MAKE) --no-print-directory e2e-local
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)

@@ -291,6 +291,11 @@ func testRetry(t *testing.T, c *tc.Cluster) {
 	if f, ok := wb.Wait("message", time.Second); ok {
 		t.Fatalf("duplicate delivered: %s", f.Data)
 	}
+	// Positive control: pushes still flow, and the next frame is the next message.
+	last := send(t, wa, map[string]any{"client_msg_id": "control", "conversation_id": conv.ID, "content": "control"})
+	if m := wb.Messages(t, 1, wait)[0]; m.ID != last.Message.ID {
+		t.Fatalf("after the quiet second the recipient got seq %d, want the control message's seq %d", m.Seq, last.Message.Seq)
+	}
 }
 
 type page struct {

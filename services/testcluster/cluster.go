@@ -13,12 +13,19 @@ import (
 type Cluster struct {
 	Kafka, Repo, Logic, Gateway, Task *Process
 	HTTP                              string // the gateway's client address, host:port
-	GatewayGRPC, LogicGRPC, RepoGRPC  string // gRPC addresses, host:port
-	GatewayMetrics                    string // the gateway's /metrics address, host:port
-	MySQLDSN                          string
-	RedisPrefix                       string
-	Secret                            string
-	CA                                *pki.CA
+	GatewayGRPC, LogicGRPC, RepoGRPC  string // gRPC addresses of the first replicas, host:port
+	GatewayMetrics                    string // the first gateway's /metrics address, host:port
+	// With Options.Replicas > 1, the further replicas of im-gateway (and
+	// their client addresses), im-logic and im-task; the first replica of
+	// each is the field above.
+	MoreGateways []*Process
+	MoreHTTP     []string
+	MoreLogic    []*Process
+	MoreTask     []*Process
+	MySQLDSN     string
+	RedisPrefix  string
+	Secret       string
+	CA           *pki.CA
 }
 
 // Options change a cluster from the defaults.
@@ -29,6 +36,9 @@ type Options struct {
 	TaskEnv []string
 	// LogicFlags are added to im-logic's command line.
 	LogicFlags []string
+	// Replicas of im-gateway, im-logic and im-task (default 1). Each
+	// gateway uses its own im-logic replica; the tasks share one consumer group.
+	Replicas int
 }
 
 // StartCluster starts everything against a fresh database and Redis prefix,
@@ -42,7 +52,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	mustf(t, err, "free ports")
 	kafkaAddr, repoAddr, logicAddr, gwHTTP, gwGRPC := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 	repoMetrics, logicMetrics, taskMetrics, gwMetrics := addrs[5], addrs[6], addrs[7], addrs[8]
-	c.HTTP, c.GatewayGRPC, c.LogicGRPC, c.RepoGRPC, c.GatewayMetrics = gwHTTP, gwGRPC, logicAddr, repoAddr, gwMetrics
+	c.RepoGRPC = repoAddr
 	c.CA = NewCA(t)
 	topicPrefix := RandomName("e2e")
 
@@ -57,17 +67,37 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 		"repo", "--grpc-addr", repoAddr, "--metrics-addr", repoMetrics, "--migrate")
 	WaitTCP(t, repoAddr, c.Repo)
 
-	c.Logic = Start(t, "im-logic", append(append(append(common, kafkaEnv...), IssueFiles(t, c.CA, pki.Logic).Env()...), "GOCHAT_JWT_SECRET="+c.Secret),
-		append([]string{"logic", "--grpc-addr", logicAddr, "--metrics-addr", logicMetrics, "--repo-addr", repoAddr}, o.LogicFlags...)...)
-	WaitTCP(t, logicAddr, c.Logic)
+	replicas := max(o.Replicas, 1)
+	for i := 0; i < replicas; i++ {
+		suffix := ""
+		if i > 0 {
+			more, err := freeAddrs(6)
+			mustf(t, err, "free ports")
+			logicAddr, gwHTTP, gwGRPC, logicMetrics, taskMetrics, gwMetrics = more[0], more[1], more[2], more[3], more[4], more[5]
+			suffix = fmt.Sprintf("-%d", i+1)
+		}
+		logic := Start(t, "im-logic"+suffix, append(append(append(common, kafkaEnv...), IssueFiles(t, c.CA, pki.Logic).Env()...), "GOCHAT_JWT_SECRET="+c.Secret),
+			append([]string{"logic", "--grpc-addr", logicAddr, "--metrics-addr", logicMetrics, "--repo-addr", repoAddr}, o.LogicFlags...)...)
+		WaitTCP(t, logicAddr, logic)
 
-	c.Task = Start(t, "im-task", append(append(append(append(common, kafkaEnv...), o.TaskEnv...), IssueFiles(t, c.CA, pki.Task).Env()...), "GOCHAT_CONSUMER_GROUP="+topicPrefix),
-		"task", "--metrics-addr", taskMetrics, "--repo-addr", repoAddr)
-	WaitHTTP(t, fmt.Sprintf("http://%s/healthz", taskMetrics), c.Task)
+		task := Start(t, "im-task"+suffix, append(append(append(append(common, kafkaEnv...), o.TaskEnv...), IssueFiles(t, c.CA, pki.Task).Env()...), "GOCHAT_CONSUMER_GROUP="+topicPrefix),
+			"task", "--metrics-addr", taskMetrics, "--repo-addr", repoAddr)
+		WaitHTTP(t, fmt.Sprintf("http://%s/healthz", taskMetrics), task)
 
-	args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--metrics-addr", gwMetrics, "--logic-addr", logicAddr, "--repo-addr", repoAddr}, o.GatewayFlags...)
-	c.Gateway = Start(t, "im-gateway", append(append(common, IssueFiles(t, c.CA, pki.Gateway).Env()...), "GOCHAT_JWT_SECRET="+c.Secret), args...)
-	WaitHTTP(t, "http://"+gwHTTP+"/readyz", c.Gateway)
+		// Every test client comes from 127.0.0.1: the per-address throttles of
+		// logins and guests are raised here (a test may lower them again).
+		args := append([]string{"gateway", "--http-addr", gwHTTP, "--grpc-addr", gwGRPC, "--metrics-addr", gwMetrics, "--logic-addr", logicAddr, "--repo-addr", repoAddr,
+			"--auth-rate=1000", "--auth-burst=10000", "--guests-per-hour=1000000"}, o.GatewayFlags...)
+		gw := Start(t, "im-gateway"+suffix, append(append(common, IssueFiles(t, c.CA, pki.Gateway).Env()...), "GOCHAT_JWT_SECRET="+c.Secret), args...)
+		WaitHTTP(t, "http://"+gwHTTP+"/readyz", gw)
+		if i == 0 {
+			c.Logic, c.Task, c.Gateway, c.HTTP = logic, task, gw, gwHTTP
+			c.GatewayGRPC, c.LogicGRPC, c.GatewayMetrics = gwGRPC, logicAddr, gwMetrics
+		} else {
+			c.MoreLogic, c.MoreTask = append(c.MoreLogic, logic), append(c.MoreTask, task)
+			c.MoreGateways, c.MoreHTTP = append(c.MoreGateways, gw), append(c.MoreHTTP, gwHTTP)
+		}
+	}
 	return c
 }
 

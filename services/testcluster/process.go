@@ -125,6 +125,27 @@ func (p *Process) Signal(sig os.Signal) error {
 	return p.cmd.Process.Signal(sig)
 }
 
+// Kill ends the process with SIGKILL: no shutdown code runs.
+func (p *Process) Kill() {
+	p.mu.Lock()
+	cmd, done, f := p.cmd, p.done, p.log
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+	f.Close()
+}
+
+// Pause stops the process with SIGSTOP: its sockets stay open and nothing
+// answers (a black-holed process). Resume continues it.
+func (p *Process) Pause() { _ = p.Signal(syscall.SIGSTOP) }
+
+// Resume continues a paused process.
+func (p *Process) Resume() { _ = p.Signal(syscall.SIGCONT) }
+
 // Restart stops and starts the process again with the same arguments.
 func (p *Process) Restart() {
 	p.Stop()

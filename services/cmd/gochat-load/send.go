@@ -151,10 +151,33 @@ func sendMain(args []string) error {
 	var (
 		sentAt              sync.Map // client_msg_id -> time.Time
 		sent, acked, failed atomic.Int64
-		delivered           atomic.Int64
-		ackLat, deliverLat  latencies
-		wg                  sync.WaitGroup
+		// Delivery is counted by unique (conversation_id, seq), never by
+		// frames: a redelivered message is one message.
+		ackedSeqs, deliveredSeqs sync.Map // "conversation_id/seq" -> struct{}
+		delivered, duplicates    atomic.Int64
+		ackLat, deliverLat       latencies
+		wg                       sync.WaitGroup
 	)
+	seqKey := func(data json.RawMessage) (string, bool) {
+		var d struct {
+			ConversationID string `json:"conversation_id"`
+			Seq            int64  `json:"seq"`
+			Message        *struct {
+				ConversationID string `json:"conversation_id"`
+				Seq            int64  `json:"seq"`
+			} `json:"message"`
+		}
+		if json.Unmarshal(data, &d) != nil {
+			return "", false
+		}
+		if d.Message != nil { // an ack carries the stored message
+			d.ConversationID, d.Seq = d.Message.ConversationID, d.Message.Seq
+		}
+		if d.ConversationID == "" || d.Seq <= 0 {
+			return "", false
+		}
+		return fmt.Sprintf("%s/%d", d.ConversationID, d.Seq), true
+	}
 	type frame struct {
 		Type string          `json:"type"`
 		Data json.RawMessage `json:"data"`
@@ -190,6 +213,13 @@ func sendMain(args []string) error {
 		go read(p.from, func(f frame) {
 			switch f.Type {
 			case "ack":
+				k, ok := seqKey(f.Data)
+				if !ok {
+					return
+				}
+				if _, dup := ackedSeqs.LoadOrStore(k, struct{}{}); dup {
+					return
+				}
 				if d, ok := since(f.Data); ok {
 					ackLat.add(d)
 				}
@@ -200,6 +230,14 @@ func sendMain(args []string) error {
 		})
 		go read(p.to, func(f frame) {
 			if f.Type != "message" {
+				return
+			}
+			k, ok := seqKey(f.Data)
+			if !ok {
+				return
+			}
+			if _, dup := deliveredSeqs.LoadOrStore(k, struct{}{}); dup {
+				duplicates.Add(1)
 				return
 			}
 			if d, ok := since(f.Data); ok {
@@ -245,9 +283,20 @@ func sendMain(args []string) error {
 	}
 	wg.Wait()
 	fmt.Printf("senders %d at %.0f/s each for %s, %d-byte messages\n", *pairs, *rate, duration.String(), *size)
-	fmt.Printf("sent %d (%.0f/s), acked %d, errors %d, delivered %d (%.0f/s over %s)\n",
-		sent.Load(), float64(sent.Load())/sendTime.Seconds(), acked.Load(), failed.Load(), delivered.Load(), float64(delivered.Load())/total.Seconds(), total.Round(time.Millisecond))
+	// Every acked (conversation_id, seq) must have been delivered.
+	missing := 0
+	ackedSeqs.Range(func(k, _ any) bool {
+		if _, ok := deliveredSeqs.Load(k); !ok {
+			missing++
+		}
+		return true
+	})
+	fmt.Printf("sent %d (%.0f/s), acked %d, errors %d, delivered %d unique (conversation_id, seq) (%.0f/s over %s), %d duplicate frames, %d acked but not delivered\n",
+		sent.Load(), float64(sent.Load())/sendTime.Seconds(), acked.Load(), failed.Load(), delivered.Load(), float64(delivered.Load())/total.Seconds(), total.Round(time.Millisecond), duplicates.Load(), missing)
 	fmt.Printf("ack latency      p50 %s  p99 %s  max %s\n", ackLat.quantile(0.5).Round(time.Microsecond*100), ackLat.quantile(0.99).Round(time.Microsecond*100), ackLat.quantile(1).Round(time.Microsecond*100))
 	fmt.Printf("delivery latency p50 %s  p99 %s  max %s\n", deliverLat.quantile(0.5).Round(time.Microsecond*100), deliverLat.quantile(0.99).Round(time.Microsecond*100), deliverLat.quantile(1).Round(time.Microsecond*100))
+	if missing > 0 {
+		return fmt.Errorf("%d acked messages were not delivered to their connected recipient", missing)
+	}
 	return nil
 }

@@ -5,10 +5,12 @@
 package clientapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
 )
 
 // Time is Unix milliseconds rendered as RFC 3339 UTC with milliseconds.
@@ -139,12 +141,32 @@ const (
 	TypeEvent     = "event"
 	TypeReconnect = "reconnect"
 	TypeError     = "error"
+	TypeResync    = "resync"
 )
+
+// ResyncData tells a client to sync a conversation from the last seq it
+// holds: the server could not push it something it should have.
+type ResyncData struct {
+	ConversationID string `json:"conversation_id"`
+}
 
 // InFrame is a frame from a client; Data is decoded once Type is known.
 type InFrame struct {
 	Type string          `json:"type"`
 	Data json.RawMessage `json:"data"`
+}
+
+// DecodeInFrame decodes a client's text frame. Bad input is an
+// invalid_argument error that says what is wrong; it never panics.
+func DecodeInFrame(payload []byte) (InFrame, *apierror.Error) {
+	var f InFrame
+	if err := json.Unmarshal(payload, &f); err != nil {
+		return InFrame{}, apierror.New(apierror.InvalidArgument, "malformed JSON frame: %v", err)
+	}
+	if f.Type == "" {
+		return InFrame{}, apierror.New(apierror.InvalidArgument, "frame has no type")
+	}
+	return f, nil
 }
 
 // SendData is the data of a client "send".
@@ -227,12 +249,56 @@ type outFrame struct {
 
 // Frame encodes one server-to-client frame.
 func Frame(typ string, data any) []byte {
-	b, err := json.Marshal(outFrame{Type: typ, Data: data})
+	b, err := Marshal(outFrame{Type: typ, Data: data})
 	if err != nil {
 		// Only our own types reach here; they always encode.
 		panic("clientapi: encode " + typ + " frame: " + err.Error())
 	}
 	return b
+}
+
+// Marshal encodes v as JSON without HTML escaping: frames are not HTML, and
+// escaping turns each '<', '>' or '&' of a message into six bytes, so a page
+// of such messages would be six times its content.
+func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// CapMessages keeps messages while their encoded size stays within maxBytes,
+// and always at least one. With fromEnd it keeps the newest (a page read
+// backwards with before_seq), otherwise the oldest. cut reports whether any
+// were left out: the answer's has_more must then be true.
+func CapMessages(msgs []Message, maxBytes int, fromEnd bool) (kept []Message, cut bool) {
+	total := 0
+	n := 0
+	for i := range msgs {
+		m := msgs[i]
+		if fromEnd {
+			m = msgs[len(msgs)-1-i]
+		}
+		b, err := Marshal(m)
+		if err != nil {
+			break
+		}
+		total += len(b) + 1
+		if n > 0 && total > maxBytes {
+			break
+		}
+		n++
+	}
+	if n == len(msgs) {
+		return msgs, false
+	}
+	if fromEnd {
+		return msgs[len(msgs)-n:], true
+	}
+	return msgs[:n], true
 }
 
 // ErrorFrame encodes an "error" frame.

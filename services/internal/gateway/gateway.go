@@ -36,6 +36,7 @@ type Config struct {
 	MaxFrameBytes    int
 	MaxContentBytes  int
 	MaxQueueBytes    int
+	MaxAnswerBytes   int // a sync or history answer holds fewer messages than asked to stay within this
 	MaxPage          int
 	SendRate         float64
 	SendBurst        int
@@ -47,8 +48,14 @@ type Config struct {
 	DrainTimeout     time.Duration // Drain's default timeout
 	// DrainOnStop: when Serve's context ends, drain (as Drain with the
 	// defaults) before stopping, instead of closing every session at once.
-	DrainOnStop bool
-	WebRoot     http.Handler // the web client at /, or nil
+	DrainOnStop     bool
+	MaxUserSessions int     // sessions one user may hold on this gateway
+	MaxPendingPerIP int     // connections not yet past their handshake, per source address
+	MaxPending      int     // connections not yet past their handshake, in total
+	AuthRate        float64 // login/register/guest attempts per second per source address
+	AuthBurst       int
+	GuestsPerHour   float64      // guest accounts created per hour per source address
+	WebRoot         http.Handler // the web client at /, or nil
 	// Identity is the gateway's own mutual-TLS identity, used to relay
 	// typing and presence frames to other gateways' Push; nil: plaintext
 	// (--insecure-internal, tests only).
@@ -71,6 +78,8 @@ func (c Config) Validate() error {
 	check(c.MaxFrameBytes >= 1024, "--max-frame-bytes must be at least 1024, got %d", c.MaxFrameBytes)
 	check(c.MaxContentBytes > 0 && c.MaxContentBytes < c.MaxFrameBytes, "--max-content-bytes must be positive and below --max-frame-bytes, got %d", c.MaxContentBytes)
 	check(c.MaxQueueBytes >= c.MaxFrameBytes, "--max-queue-bytes must be at least --max-frame-bytes, got %d", c.MaxQueueBytes)
+	check(c.MaxAnswerBytes >= 1024, "--max-answer-bytes must be at least 1024, got %d", c.MaxAnswerBytes)
+	check(c.MaxQueueBytes >= 2*c.MaxAnswerBytes, "--max-queue-bytes must be at least twice --max-answer-bytes (%d), got %d", c.MaxAnswerBytes, c.MaxQueueBytes)
 	check(c.MaxPage >= 1 && c.MaxPage <= 1000, "--max-page must be 1 to 1000, got %d", c.MaxPage)
 	check(c.SendRate > 0 && c.SendBurst >= 1, "--send-rate and --send-burst must be positive")
 	check(c.FrameRate > 0 && c.FrameBurst >= 1, "--frame-rate and --frame-burst must be positive")
@@ -79,6 +88,9 @@ func (c Config) Validate() error {
 	if err := validateDrain(c.DrainWindow, c.DrainTimeout); err != nil {
 		errs = append(errs, err)
 	}
+	check(c.AuthRate > 0 && c.AuthBurst >= 1 && c.GuestsPerHour > 0, "--auth-rate, --auth-burst and --guests-per-hour must be positive")
+	check(c.MaxUserSessions >= 1, "--max-user-sessions must be at least 1, got %d", c.MaxUserSessions)
+	check(c.MaxPendingPerIP >= 1 && c.MaxPending >= c.MaxPendingPerIP, "--max-pending-per-ip must be at least 1 and at most --max-pending, got %d and %d", c.MaxPendingPerIP, c.MaxPending)
 	return errors.Join(errs...)
 }
 
@@ -111,7 +123,12 @@ type Gateway struct {
 	metrics  gatewayMetrics
 	draining atomic.Bool
 	httpSrv  *http.Server
-	httpSend *userLimits
+	httpSend *userLimits // sends per user, over HTTP and WebSocket alike
+	userSess *sessionCounts
+	pending  *pendingConns
+	authAddr *userLimits // auth attempts per source address
+	authName *userLimits // login attempts per username
+	guests   *userLimits // guest accounts per source address
 
 	ctx      context.Context // lives as long as Run; parent of every call a session makes
 	spawnWG  sync.WaitGroup
@@ -139,6 +156,11 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p,
 		presence:  newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
 		httpSend:  newUserLimits(cfg.SendRate, cfg.SendBurst),
+		userSess:  newSessionCounts(cfg.MaxUserSessions),
+		pending:   newPendingConns(cfg.MaxPendingPerIP, cfg.MaxPending),
+		authAddr:  newUserLimits(cfg.AuthRate, cfg.AuthBurst),
+		authName:  newUserLimits(cfg.AuthRate/5, max(1, cfg.AuthBurst/2)),
+		guests:    newUserLimits(cfg.GuestsPerHour/3600, max(1, int(cfg.GuestsPerHour))),
 		ctx:       context.Background(),
 		drainStop: make(chan struct{}),
 		repo:      repo,
@@ -312,6 +334,16 @@ func (g *Gateway) acceptLoop(ctx context.Context, ln net.Listener, httpLn *chanL
 var wsPrefix = []byte("GET " + wsPath)
 
 func (g *Gateway) route(conn net.Conn, httpLn *chanListener) {
+	addr := conn.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	if !g.pending.acquire(addr) {
+		g.metrics.handshakeErrors.Inc()
+		_ = conn.Close()
+		return
+	}
+	defer g.pending.release(addr)
 	br := bufio.NewReaderSize(conn, 1024)
 	_ = conn.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
 	head, err := br.Peek(len(wsPrefix) + 1)
@@ -332,7 +364,7 @@ func (g *Gateway) route(conn net.Conn, httpLn *chanListener) {
 // sweep closes sessions that have been silent for three heartbeats, and
 // forgets idle users' HTTP send limits.
 func (g *Gateway) sweep(ctx context.Context) {
-	t := time.NewTicker(g.cfg.Heartbeat / 2)
+	t := time.NewTicker(min(g.cfg.Heartbeat/2, g.cfg.FrameReadTimeout/2))
 	defer t.Stop()
 	for {
 		select {
@@ -340,10 +372,16 @@ func (g *Gateway) sweep(ctx context.Context) {
 			return
 		case now := <-t.C:
 			g.httpSend.forget(now.Add(-time.Minute))
+			g.authAddr.forget(now.Add(-10 * time.Minute))
+			g.authName.forget(now.Add(-10 * time.Minute))
+			g.guests.forget(now.Add(-2 * time.Hour))
 			deadline := now.Add(-3 * g.cfg.Heartbeat).UnixMilli()
+			frameDeadline := now.Add(-g.cfg.FrameReadTimeout).UnixMilli()
 			g.hub.each(func(s *session) {
 				if s.lastSeen.Load() < deadline {
 					s.closeWith(1001, "heartbeat timeout")
+				} else if p := s.partialSince.Load(); p != 0 && p < frameDeadline {
+					s.closeWith(1008, "frame not completed in time")
 				}
 			})
 		}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -29,6 +30,8 @@ type logicStub struct {
 	gochatv1.LogicServiceClient
 	mu    sync.Mutex
 	sends []*gochatv1.SendRequest
+	hang  bool          // Send waits for its context: a hung im-logic
+	delay time.Duration // Send takes this long: a slow im-logic
 }
 
 func (l *logicStub) GetUser(_ context.Context, in *gochatv1.GetUserRequest, _ ...grpc.CallOption) (*gochatv1.GetUserResponse, error) {
@@ -38,11 +41,36 @@ func (l *logicStub) GetUser(_ context.Context, in *gochatv1.GetUserRequest, _ ..
 	return &gochatv1.GetUserResponse{User: &gochatv1.User{Id: "u1", Username: "ann"}}, nil
 }
 
-func (l *logicStub) Send(_ context.Context, in *gochatv1.SendRequest, _ ...grpc.CallOption) (*gochatv1.SendResponse, error) {
+func (l *logicStub) Send(ctx context.Context, in *gochatv1.SendRequest, _ ...grpc.CallOption) (*gochatv1.SendResponse, error) {
+	if l.hang {
+		<-ctx.Done()
+		return nil, apierror.New(apierror.Unavailable, "im-logic hung")
+	}
+	time.Sleep(l.delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sends = append(l.sends, in)
 	return &gochatv1.SendResponse{Message: &gochatv1.Message{Id: "m", ConversationId: in.ConversationId, Seq: int64(len(l.sends)), Content: in.Content}}, nil
+}
+
+// ListMessages answers up to 200 messages of 4 KiB of characters that JSON
+// may escape, from after_seq on, in a conversation of 1000.
+func (l *logicStub) ListMessages(_ context.Context, in *gochatv1.ListMessagesRequest, _ ...grpc.CallOption) (*gochatv1.ListMessagesResponse, error) {
+	content := strings.Repeat(`<&"`, 4096/3)
+	out := &gochatv1.ListMessagesResponse{}
+	for seq := in.AfterSeq + 1; seq <= 1000 && len(out.Messages) < int(in.Limit); seq++ {
+		out.Messages = append(out.Messages, &gochatv1.Message{Id: "m" + strconv.FormatInt(seq, 10), ConversationId: in.ConversationId, Seq: seq, Content: content})
+	}
+	out.HasMore = len(out.Messages) > 0 && out.Messages[len(out.Messages)-1].Seq < 1000
+	return out, nil
+}
+
+func (l *logicStub) Login(context.Context, *gochatv1.LoginRequest, ...grpc.CallOption) (*gochatv1.AuthResponse, error) {
+	return nil, apierror.New(apierror.Unauthenticated, "wrong username or password")
+}
+
+func (l *logicStub) Guest(context.Context, *gochatv1.GuestRequest, ...grpc.CallOption) (*gochatv1.AuthResponse, error) {
+	return &gochatv1.AuthResponse{User: &gochatv1.User{Id: "g", Guest: true}, Token: "t"}, nil
 }
 
 // presenceStub is im-repo's presence, in memory.
@@ -52,7 +80,10 @@ type presenceStub struct {
 	sessions map[string]bool
 }
 
-func (p *presenceStub) RegisterSessions(_ context.Context, in *gochatv1.RegisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.RegisterSessionsResponse, error) {
+func (p *presenceStub) RegisterSessions(ctx context.Context, in *gochatv1.RegisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.RegisterSessionsResponse, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range in.Sessions {
@@ -61,7 +92,10 @@ func (p *presenceStub) RegisterSessions(_ context.Context, in *gochatv1.Register
 	return &gochatv1.RegisterSessionsResponse{}, nil
 }
 
-func (p *presenceStub) UnregisterSessions(_ context.Context, in *gochatv1.UnregisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.UnregisterSessionsResponse, error) {
+func (p *presenceStub) UnregisterSessions(ctx context.Context, in *gochatv1.UnregisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.UnregisterSessionsResponse, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // as gRPC does with a cancelled call
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range in.Sessions {
@@ -91,9 +125,10 @@ func testConfig() Config {
 	return Config{
 		Advertise: "127.0.0.1:1", Heartbeat: time.Hour, PresenceTTL: time.Hour, HandshakeTimeout: 5 * time.Second,
 		FrameReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, CallTimeout: 5 * time.Second,
-		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxPage: 200,
+		MaxFrameBytes: 1024, MaxContentBytes: 256, MaxQueueBytes: 64 << 10, MaxAnswerBytes: 16 << 10, MaxPage: 200,
 		SendRate: 1000, SendBurst: 1000, FrameRate: 1000, FrameBurst: 1000, MaxBadFrames: 5, MaxReaders: 8,
 		DrainWindow: 2 * time.Second, DrainTimeout: 5 * time.Second,
+		MaxUserSessions: 100, MaxPendingPerIP: 100, MaxPending: 1000, AuthRate: 1000, AuthBurst: 1000, GuestsPerHour: 1000,
 	}
 }
 
@@ -230,6 +265,20 @@ func TestProtocol(t *testing.T) {
 		{"far over the limit closes with 1009", func(c *client) {
 			c.write(masked(ws.OpText, true), make([]byte, 17*1024))
 		}, map[string]any{"type": "close", "code": float64(1009)}},
+		{"fragments over the limit together are an error", func(c *client) {
+			c.write(masked(ws.OpText, false), []byte(`{"type":"ping","data":{"p":"`+strings.Repeat("x", 600)))
+			c.write(masked(ws.OpContinuation, true), []byte(strings.Repeat("x", 600)+`"}}`))
+		}, map[string]any{"type": "error", "code": "payload_too_large"}},
+		{"fragments far over the limit together close with 1009", func(c *client) {
+			c.write(masked(ws.OpText, false), make([]byte, 1000))
+			for i := 0; i < 30; i++ {
+				c.write(masked(ws.OpContinuation, false), make([]byte, 1000))
+			}
+			c.write(masked(ws.OpContinuation, true), make([]byte, 10))
+		}, map[string]any{"type": "close", "code": float64(1009)}},
+		{"reserved opcode closes with 1002", func(c *client) {
+			c.write(masked(ws.OpCode(3), true), []byte(`x`))
+		}, map[string]any{"type": "close", "code": float64(1002)}},
 		{"close is answered with close", func(c *client) {
 			c.write(masked(ws.OpClose, true), ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))
 		}, map[string]any{"type": "close", "code": float64(1000)}},
@@ -309,7 +358,11 @@ func TestPushAndPresence(t *testing.T) {
 }
 
 func TestSlowConsumerIsDropped(t *testing.T) {
-	f := start(t, func(c *Config) { c.MaxQueueBytes = 4096; c.WriteTimeout = 500 * time.Millisecond })
+	f := start(t, func(c *Config) {
+		c.MaxQueueBytes = 4096
+		c.MaxAnswerBytes = 2048
+		c.WriteTimeout = 500 * time.Millisecond
+	})
 	f.dial(t) // a client that will read nothing
 	var id string
 	f.g.hub.each(func(s *session) { id = s.id })
@@ -423,6 +476,7 @@ func TestConfigValidate(t *testing.T) {
 		{"content over the frame", func(c *Config) { c.MaxContentBytes = 4096 }, "--max-content-bytes"},
 		{"no readers", func(c *Config) { c.MaxReaders = 0 }, "--max-readers"},
 		{"negative rate", func(c *Config) { c.SendRate = -1 }, "--send-rate"},
+		{"answer over half the queue", func(c *Config) { c.MaxAnswerBytes = c.MaxQueueBytes }, "--max-answer-bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -475,5 +529,304 @@ func BenchmarkHubLookup(b *testing.B) {
 			b.Fatal("missing session")
 		}
 		i++
+	}
+}
+
+// A clean stop leaves none of the gateway's sessions in presence: the final
+// removal must not run under the context the stop has just cancelled.
+func TestStopUnregistersPresence(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		f := start(t, nil)
+		for i := 0; i < 20; i++ {
+			f.dial(t)
+		}
+		if n := f.presence.count(); n != 20 {
+			t.Fatalf("round %d: %d sessions in presence before the stop, want 20", round, n)
+		}
+		f.stop()
+		if n := f.presence.count(); n != 0 {
+			t.Fatalf("round %d: %d sessions left in presence right after a clean stop", round, n)
+		}
+	}
+}
+
+// A sync of 200 messages of 4 KiB of escapable characters used to encode to
+// ~5 MiB, over the session queue: the client was closed as too slow, synced
+// again on reconnect, and was closed again. Now the answer is cut by bytes,
+// has_more says to continue, and the client pages through everything.
+func TestSyncOfBigEscapedMessagesIsPaged(t *testing.T) {
+	f := start(t, func(c *Config) { c.MaxQueueBytes = 1 << 20; c.MaxAnswerBytes = 256 << 10 })
+	c := f.dial(t)
+	seen := map[float64]bool{}
+	after := 0
+	for pages := 0; ; pages++ {
+		if pages > 100 {
+			t.Fatal("no end to the pages")
+		}
+		c.write(masked(ws.OpText, true), []byte(`{"type":"sync","data":{"conversation_id":"c1","after_seq":`+strconv.Itoa(after)+`,"limit":200}}`))
+		_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		h, err := ws.ReadHeader(c.r)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages, err)
+		}
+		if h.Length > 300<<10 {
+			t.Fatalf("page %d is %d bytes, over the 256 KiB answer limit", pages, h.Length)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(c.r, p); err != nil {
+			t.Fatal(err)
+		}
+		if h.OpCode != ws.OpText {
+			t.Fatalf("page %d: opcode %v (%q)", pages, h.OpCode, p)
+		}
+		if strings.Contains(string(p), `\u003c`) {
+			t.Fatal("frame is HTML-escaped")
+		}
+		var fr struct {
+			Type string
+			Data struct {
+				Messages []struct {
+					Seq     float64
+					Content string
+				}
+				HasMore bool `json:"has_more"`
+			}
+		}
+		if err := json.Unmarshal(p, &fr); err != nil || fr.Type != "sync" || len(fr.Data.Messages) == 0 {
+			t.Fatalf("page %d: %v %.200s", pages, err, p)
+		}
+		for _, m := range fr.Data.Messages {
+			if m.Content != strings.Repeat(`<&"`, 4096/3) {
+				t.Fatalf("seq %v content changed", m.Seq)
+			}
+			seen[m.Seq] = true
+			after = int(m.Seq)
+		}
+		if !fr.Data.HasMore {
+			break
+		}
+	}
+	if len(seen) != 1000 {
+		t.Fatalf("paged through %d unique seqs, want 1000", len(seen))
+	}
+}
+
+// No client may hold the gateway's shared readers while it waits: not by
+// sending half a frame header, not by a backend call that hangs. With four
+// readers and more stuck clients than that, a healthy client's ping is
+// still answered at once.
+func TestStuckClientsDoNotStarveReaders(t *testing.T) {
+	tests := []struct {
+		name  string
+		hang  bool
+		stuck func(c *client)
+	}{
+		{"half a frame header", false, func(c *client) {
+			if _, err := c.conn.Write([]byte{0x81}); err != nil {
+				c.t.Fatal(err)
+			}
+		}},
+		{"half a frame payload", false, func(c *client) {
+			if _, err := c.conn.Write([]byte{0x81, 0x80 | 100, 1, 2, 3, 4, 'x'}); err != nil {
+				c.t.Fatal(err)
+			}
+		}},
+		{"a send to a hung im-logic", true, func(c *client) {
+			c.write(masked(ws.OpText, true), []byte(`{"type":"send","data":{"client_msg_id":"a","conversation_id":"c1","content":"hi"}}`))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := start(t, func(c *Config) {
+				c.MaxReaders = 4
+				c.FrameReadTimeout = 30 * time.Second
+				c.CallTimeout = 30 * time.Second
+			})
+			f.logic.hang = tt.hang
+			healthy := f.dial(t)
+			for i := 0; i < 40; i++ {
+				tt.stuck(f.dial(t))
+			}
+			time.Sleep(100 * time.Millisecond) // let the stuck ones take the readers
+			for i := 0; i < 3; i++ {
+				begin := time.Now()
+				healthy.write(masked(ws.OpText, true), []byte(`{"type":"ping"}`))
+				_ = healthy.conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+				h, err := ws.ReadHeader(healthy.r)
+				if err != nil {
+					t.Fatalf("ping %d: no answer within 3s while stuck clients wait (%v)", i, err)
+				}
+				p := make([]byte, h.Length)
+				if _, err := io.ReadFull(healthy.r, p); err != nil || !strings.Contains(string(p), "pong") {
+					t.Fatalf("ping %d: got %q, %v", i, p, err)
+				}
+				t.Logf("pong after %s", time.Since(begin))
+			}
+		})
+	}
+}
+
+// The send rate is the user's, not the connection's: a second connection
+// does not bring a second budget.
+func TestSendLimitIsPerUser(t *testing.T) {
+	f := start(t, func(c *Config) { c.SendRate = 0.001; c.SendBurst = 3 })
+	a, b := f.dial(t), f.dial(t)
+	send := func(c *client, id string) map[string]any {
+		c.write(masked(ws.OpText, true), []byte(`{"type":"send","data":{"client_msg_id":"`+id+`","conversation_id":"c1","content":"hi"}}`))
+		return c.next()
+	}
+	for i := 0; i < 3; i++ {
+		if got := send(a, "a"+strconv.Itoa(i)); got["type"] != "ack" {
+			t.Fatalf("send %d within the burst: %v", i, got)
+		}
+	}
+	got := send(b, "b0")
+	if got["type"] != "error" || got["data"].(map[string]any)["code"] != "rate_limited" {
+		t.Fatalf("a second connection of the same user sent past the user's burst: %v", got)
+	}
+}
+
+func TestSessionsPerUserAreCapped(t *testing.T) {
+	f := start(t, func(c *Config) { c.MaxUserSessions = 3 })
+	var cs []*client
+	for i := 0; i < 3; i++ {
+		cs = append(cs, f.dial(t))
+	}
+	_, _, _, err := ws.Dial(context.Background(), "ws://"+f.addr+"/v1/ws?token="+f.token)
+	var se ws.StatusError
+	if !errors.As(err, &se) || int(se) != http.StatusTooManyRequests {
+		t.Fatalf("a fourth session: %v, want HTTP 429", err)
+	}
+	cs[0].conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.g.Sessions() != 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.dial(t) // the closed one's slot is free again
+}
+
+// Connections that open and say nothing are bounded per address: past the
+// bound a new one is closed at once, and a slot frees when one goes.
+func TestPendingConnectionsPerAddress(t *testing.T) {
+	f := start(t, func(c *Config) { c.MaxPendingPerIP = 5; c.HandshakeTimeout = 30 * time.Second })
+	var idle []net.Conn
+	for i := 0; i < 5; i++ {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	time.Sleep(100 * time.Millisecond) // accepted and counted
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if conn, _, _, err := ws.Dial(ctx, "ws://"+f.addr+"/v1/ws?token="+f.token); err == nil {
+		conn.Close()
+		t.Fatal("a sixth connection from the address got through while five sat idle")
+	}
+	idle[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, _, _, err := ws.Dial(context.Background(), "ws://"+f.addr+"/v1/ws?token="+f.token)
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot after one idle connection closed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Logins are throttled per username and per source address, guest accounts
+// per address: past the budget the answer is 429 with Retry-After, and
+// nothing reaches im-logic's password hashing.
+func TestAuthThrottles(t *testing.T) {
+	f := start(t, func(c *Config) { c.AuthRate = 0.0001; c.AuthBurst = 20; c.GuestsPerHour = 2 })
+	post := func(path, body string) (int, string) {
+		resp, err := http.Post("http://"+f.addr+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Retry-After")
+	}
+	login := func(user string) (int, string) {
+		return post("/v1/auth/login", `{"username":"`+user+`","password":"wrong-password"}`)
+	}
+	for i := 0; i < 10; i++ { // a username's burst: half the address's
+		if st, _ := login("Ann"); st != http.StatusUnauthorized {
+			t.Fatalf("login %d: %d, want 401", i, st)
+		}
+	}
+	if st, ra := login("ann"); st != http.StatusTooManyRequests || ra == "" {
+		t.Fatalf("11th login for one username: %d Retry-After %q, want 429 with Retry-After", st, ra)
+	}
+	if st, _ := login("bob"); st != http.StatusUnauthorized {
+		t.Fatalf("another username from the same address: %d, want 401", st)
+	}
+	for i := 0; i < 2; i++ {
+		if st, _ := post("/v1/auth/guest", `{}`); st != http.StatusOK {
+			t.Fatalf("guest %d: %d", i, st)
+		}
+	}
+	if st, ra := post("/v1/auth/guest", `{}`); st != http.StatusTooManyRequests || ra == "" {
+		t.Fatalf("3rd guest in an hour: %d Retry-After %q, want 429", st, ra)
+	}
+	// The address's budget: 20 attempts, 14 spent.
+	for i := 0; i < 6; i++ {
+		login("carol" + strconv.Itoa(i))
+	}
+	if st, _ := login("dave"); st != http.StatusTooManyRequests {
+		t.Fatalf("past the address's budget: %d, want 429", st)
+	}
+}
+
+// A client that sends faster than im-logic answers: up to the window of
+// calls in flight every send is answered, in order; past it the excess is
+// refused with rate_limited at once, and the accepted ones still complete.
+func TestCallWindow(t *testing.T) {
+	f := start(t, nil)
+	f.logic.delay = 20 * time.Millisecond
+	c := f.dial(t)
+	const n = 60 // under the 10 x --max-bad-frames rate errors that close a connection
+	var frames []byte
+	for i := 0; i < n; i++ {
+		p := []byte(`{"type":"send","data":{"client_msg_id":"m` + strconv.Itoa(i) + `","conversation_id":"c1","content":"hi"}}`)
+		h := masked(ws.OpText, true)
+		h.Length = int64(len(p))
+		ws.Cipher(p, h.Mask, 0)
+		var b strings.Builder
+		_ = ws.WriteHeader(&b, h)
+		frames = append(append(frames, b.String()...), p...)
+	}
+	if _, err := c.conn.Write(frames); err != nil {
+		t.Fatal(err)
+	}
+	acked, limited, last := 0, 0, -1
+	for i := 0; i < n; i++ {
+		got := c.next()
+		data, _ := got["data"].(map[string]any)
+		switch got["type"] {
+		case "ack":
+			idx, _ := strconv.Atoi(strings.TrimPrefix(data["client_msg_id"].(string), "m"))
+			if idx <= last {
+				t.Fatalf("ack for m%d after m%d: out of order", idx, last)
+			}
+			last = idx
+			acked++
+		case "error":
+			if data["code"] != "rate_limited" {
+				t.Fatalf("error %v", data)
+			}
+			limited++
+		default:
+			t.Fatalf("got %v", got)
+		}
+	}
+	if acked < maxInFlight || limited == 0 || acked+limited != n {
+		t.Fatalf("%d acked, %d rate_limited of %d sent at once; want at least the window (%d) acked and the rest limited", acked, limited, n, maxInFlight)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -79,7 +80,9 @@ func (g *Gateway) readyz(w http.ResponseWriter, _ *http.Request) {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // JSON, not HTML: escaping only inflates the answer
+	_ = enc.Encode(v)
 }
 
 func writeError(w http.ResponseWriter, err error) {
@@ -147,7 +150,29 @@ func (g *Gateway) answerAuth(w http.ResponseWriter, status int, r *gochatv1.Auth
 	writeJSON(w, status, authAnswer{User: clientapi.UserFrom(r.User), Token: r.Token, ExpiresAt: clientapi.Time(r.ExpiresAtMs)})
 }
 
+// throttled answers 429 with Retry-After when a limiter refuses: a source
+// address or username that tries too often waits, whoever it is.
+func throttled(w http.ResponseWriter, l *userLimits, key string, retryAfter int, what string) bool {
+	if l.allow(key, time.Now()) {
+		return false
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	writeError(w, apierror.New(apierror.RateLimited, "too many %s, try again later", what))
+	return true
+}
+
+func sourceAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
 func (g *Gateway) register(w http.ResponseWriter, r *http.Request) {
+	if throttled(w, g.authAddr, sourceAddr(r), 5, "sign-ups and logins from this address") {
+		return
+	}
 	var b authBody
 	if err := readJSON(w, r, &b); err != nil {
 		writeError(w, err)
@@ -158,9 +183,15 @@ func (g *Gateway) register(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
+	if throttled(w, g.authAddr, sourceAddr(r), 5, "sign-ups and logins from this address") {
+		return
+	}
 	var b authBody
 	if err := readJSON(w, r, &b); err != nil {
 		writeError(w, err)
+		return
+	}
+	if throttled(w, g.authName, normalUsername(b.Username), 10, "logins for this username") {
 		return
 	}
 	resp, err := g.logic.Login(r.Context(), &gochatv1.LoginRequest{Username: normalUsername(b.Username), Password: b.Password})
@@ -168,6 +199,10 @@ func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) guest(w http.ResponseWriter, r *http.Request) {
+	if throttled(w, g.authAddr, sourceAddr(r), 5, "sign-ups and logins from this address") ||
+		throttled(w, g.guests, sourceAddr(r), 600, "guest accounts from this address") {
+		return
+	}
 	var b authBody
 	if r.ContentLength != 0 {
 		if err := readJSON(w, r, &b); err != nil {
@@ -335,7 +370,8 @@ func (g *Gateway) history(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"messages": clientapi.MessagesFrom(resp.Messages), "has_more": resp.HasMore})
+	msgs, cut := clientapi.CapMessages(clientapi.MessagesFrom(resp.Messages), g.cfg.MaxAnswerBytes, before > 0)
+	writeJSON(w, http.StatusOK, map[string]any{"messages": msgs, "has_more": resp.HasMore || cut})
 }
 
 func (g *Gateway) postMessage(w http.ResponseWriter, r *http.Request) {

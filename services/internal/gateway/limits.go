@@ -48,3 +48,72 @@ func (u *userLimits) forget(cutoff time.Time) {
 		}
 	}
 }
+
+// sessionCounts caps the sessions one user holds on this gateway: a client
+// that opens connections in a loop takes its own slots, not the gateway's.
+type sessionCounts struct {
+	max   int
+	mu    sync.Mutex
+	users map[string]int
+}
+
+func newSessionCounts(max int) *sessionCounts {
+	return &sessionCounts{max: max, users: map[string]int{}}
+}
+
+// reserve takes a slot for the user, or reports that all are taken.
+func (c *sessionCounts) reserve(userID string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.users[userID] >= c.max {
+		return false
+	}
+	c.users[userID]++
+	return true
+}
+
+func (c *sessionCounts) release(userID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.users[userID] <= 1 {
+		delete(c.users, userID)
+		return
+	}
+	c.users[userID]--
+}
+
+// pendingConns bounds connections that have not finished their handshake,
+// per source address and in total, so that opening sockets and sending
+// nothing cannot use up the gateway's descriptors and memory.
+type pendingConns struct {
+	perAddr, total int
+	mu             sync.Mutex
+	byAddr         map[string]int
+	n              int
+}
+
+func newPendingConns(perAddr, total int) *pendingConns {
+	return &pendingConns{perAddr: perAddr, total: total, byAddr: map[string]int{}}
+}
+
+func (p *pendingConns) acquire(addr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n >= p.total || p.byAddr[addr] >= p.perAddr {
+		return false
+	}
+	p.n++
+	p.byAddr[addr]++
+	return true
+}
+
+func (p *pendingConns) release(addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n--
+	if p.byAddr[addr] <= 1 {
+		delete(p.byAddr, addr)
+		return
+	}
+	p.byAddr[addr]--
+}

@@ -19,10 +19,16 @@ import (
 //
 // Registrations are one-shot: a socket reports once, then stays silent until
 // its reader re-arms it, so a session is never read by two goroutines at once.
+//
+// Sessions are keyed by a token of their own, carried in the event next to
+// the descriptor, never by the descriptor alone: a descriptor is reused as
+// soon as it is closed, and an event already taken from epoll for the old
+// connection must not start a reader on the new one.
 type poller struct {
 	epfd    int
 	mu      sync.Mutex
-	byFD    map[int]*session
+	byToken map[int32]*session
+	next    int32
 	workers chan struct{} // bounds the goroutines reading at once
 }
 
@@ -31,41 +37,89 @@ func newPoller(maxReaders int) (*poller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	return &poller{epfd: fd, byFD: map[int]*session{}, workers: make(chan struct{}, maxReaders)}, nil
+	return &poller{epfd: fd, byToken: map[int32]*session{}, workers: make(chan struct{}, maxReaders)}, nil
+}
+
+func (s *session) event() *unix.EpollEvent {
+	return &unix.EpollEvent{Events: pollEvents, Fd: int32(s.fd), Pad: s.token}
+}
+
+// lookup returns the session an event is for, or nil if it is stale.
+func (p *poller) lookup(ev unix.EpollEvent) *session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.byToken[ev.Pad]
+	if s == nil || s.fd != int(ev.Fd) {
+		return nil
+	}
+	return s
+}
+
+// errNoData is readNow finding the socket empty.
+var errNoData = errors.New("no data ready")
+
+// readNow reads what the socket holds without waiting: (0, errNoData) if it
+// holds nothing, (0, nil) at end of stream.
+func readNow(s *session, buf []byte) (int, error) {
+	var (
+		n    int
+		rerr error
+	)
+	err := s.raw.Read(func(fd uintptr) bool {
+		n, rerr = unix.Read(int(fd), buf)
+		return true // never park: the poller tells us when there is more
+	})
+	if err != nil {
+		return 0, err
+	}
+	if rerr == unix.EAGAIN || rerr == unix.EINTR {
+		return 0, errNoData
+	}
+	if rerr != nil {
+		return 0, fmt.Errorf("read: %w", rerr)
+	}
+	return n, nil
 }
 
 const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
 // rawFD returns the descriptor of a TCP connection without dup'ing it (File()
 // would dup it and switch it to blocking mode).
-func rawFD(c net.Conn) (int, error) {
+func rawFD(c net.Conn) (syscall.RawConn, int, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return 0, errors.New("connection has no file descriptor")
+		return nil, 0, errors.New("connection has no file descriptor")
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
 	fd := -1
 	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return 0, err
+		return nil, 0, err
 	}
-	return fd, nil
+	return raw, fd, nil
 }
 
 func (p *poller) add(s *session) error {
-	fd, err := rawFD(s.conn)
+	raw, fd, err := rawFD(s.conn)
 	if err != nil {
 		return err
 	}
-	s.fd = fd
+	s.raw, s.fd = raw, fd
 	p.mu.Lock()
-	p.byFD[fd] = s
+	for {
+		p.next++
+		if p.byToken[p.next] == nil {
+			break
+		}
+	}
+	s.token = p.next
+	p.byToken[s.token] = s
 	p.mu.Unlock()
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}); err != nil {
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, s.event()); err != nil {
 		p.mu.Lock()
-		delete(p.byFD, fd)
+		delete(p.byToken, s.token)
 		p.mu.Unlock()
 		return fmt.Errorf("epoll add: %w", err)
 	}
@@ -74,15 +128,15 @@ func (p *poller) add(s *session) error {
 
 // rearm asks for the next readable event of a session's socket.
 func (p *poller) rearm(s *session) error {
-	return unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, s.fd, &unix.EpollEvent{Events: pollEvents, Fd: int32(s.fd)})
+	return unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, s.fd, s.event())
 }
 
 // remove forgets a session; it must run before its socket is closed, so the
 // descriptor cannot be reused by a new connection while still registered.
 func (p *poller) remove(s *session) {
 	p.mu.Lock()
-	if p.byFD[s.fd] == s {
-		delete(p.byFD, s.fd)
+	if p.byToken[s.token] == s {
+		delete(p.byToken, s.token)
 		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 	}
 	p.mu.Unlock()
@@ -104,9 +158,7 @@ func (p *poller) run(ctx context.Context, onReady func(*session)) error {
 			return fmt.Errorf("epoll_wait: %w", err)
 		}
 		for i := 0; i < n; i++ {
-			p.mu.Lock()
-			s := p.byFD[int(events[i].Fd)]
-			p.mu.Unlock()
+			s := p.lookup(events[i])
 			if s == nil {
 				continue
 			}

@@ -4,8 +4,28 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"net"
 	"sync"
+	"time"
 )
+
+// errNoData is readNow finding the socket empty.
+var errNoData = errors.New("no data ready")
+
+// readNow reads what the socket holds, waiting at most a moment.
+func readNow(s *session, buf []byte) (int, error) {
+	_ = s.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+	n, err := s.conn.Read(buf)
+	var ne net.Error
+	if n == 0 && errors.As(err, &ne) && ne.Timeout() {
+		return 0, errNoData
+	}
+	if n > 0 {
+		return n, nil
+	}
+	return 0, err
+}
 
 // poller, away from Linux, gives each session a reading goroutine: correct,
 // but without the epoll memory savings. Production gateways run on Linux.

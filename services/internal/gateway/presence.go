@@ -81,14 +81,29 @@ func (r *registrar) run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			r.flush(context.Background())
+			r.finalFlush()
 			return
 		case <-r.kick:
+			if ctx.Err() != nil {
+				// Shutdown may wake us and cancel ctx at once: a flush under
+				// the cancelled ctx would take the removals off the queue and
+				// then fail, leaving the sessions in presence for their TTL.
+				r.finalFlush()
+				return
+			}
 			r.flush(ctx)
 		case <-renew.C:
 			r.renewAll(ctx)
 		}
 	}
+}
+
+// finalFlush removes what is left under a context of its own, bounded, since
+// the gateway's context is already cancelled when it runs.
+func (r *registrar) finalFlush() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r.flush(ctx)
 }
 
 func (r *registrar) call(ctx context.Context, f func(context.Context) error) error {
@@ -133,6 +148,14 @@ func (r *registrar) flush(ctx context.Context) {
 				}
 				return err
 			})
+			if err != nil && ctx.Err() != nil {
+				// Stopping: put them back for the final flush, which has a
+				// context of its own.
+				r.mu.Lock()
+				r.removes = append(removes, r.removes...)
+				r.mu.Unlock()
+				return
+			}
 			if err != nil {
 				// They expire with their TTL anyway.
 				r.log.Warn("unregister sessions from presence", "count", m, "err", err)

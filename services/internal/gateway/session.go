@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"bufio"
+	"context"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -25,7 +27,9 @@ type session struct {
 	id     string
 	userID string
 	conn   net.Conn
-	fd     int
+	fd     int             // the socket, as the poller watches it
+	raw    syscall.RawConn // for reads that never wait
+	token  int32           // the poller's key for this session
 	g      *Gateway
 
 	lastSeen atomic.Int64 // Unix ms of the last frame from the client
@@ -38,12 +42,22 @@ type session struct {
 	closed      bool
 
 	// Read-side state: touched only by the one goroutine reading at a time.
-	frag       []byte
-	fragOp     ws.OpCode
-	fragTooBig bool
-	inFrag     bool
-	sendLimit  *rate.Limiter
+	frames     frameReader
 	frameLimit *rate.Limiter
+	// partialSince is when the frame now half read began (Unix ms, 0: none);
+	// the sweeper closes a session that leaves a frame unfinished too long.
+	partialSince atomic.Int64
+
+	// Calls to the backends run off the reader, in order, at most
+	// maxInFlight queued per session.
+	callMu  sync.Mutex
+	calls   []func(context.Context) error
+	calling bool
+	// cancelCall ends the call in flight when the session closes: nobody is
+	// left to answer, and a stopping gateway must not wait for it.
+	cancelCall context.CancelFunc
+
+	errMu      sync.Mutex // the reader and the call runner both report errors
 	errWindow  int64
 	errCount   int
 	rateErrors int
@@ -65,7 +79,8 @@ func (s *session) enqueueOp(op ws.OpCode, payload []byte) bool {
 		s.mu.Unlock()
 		return false
 	}
-	if s.queuedBytes+len(payload) > s.g.cfg.MaxQueueBytes {
+	// An empty queue takes any frame: one big answer is no sign of a slow reader.
+	if s.queuedBytes > 0 && s.queuedBytes+len(payload) > s.g.cfg.MaxQueueBytes {
 		s.mu.Unlock()
 		s.g.metrics.slowConsumers.Inc()
 		s.g.log.Warn("session too slow to read its frames, closing", "session_id", s.id, "user_id", s.userID)
@@ -164,9 +179,15 @@ func (s *session) shutdown(reason string) {
 	s.closed = true
 	s.queue = nil
 	s.mu.Unlock()
+	s.callMu.Lock()
+	if s.cancelCall != nil {
+		s.cancelCall()
+	}
+	s.callMu.Unlock()
 	s.g.poller.remove(s)
 	_ = s.conn.Close()
 	s.g.hub.remove(s)
+	s.g.userSess.release(s.userID)
 	s.g.presence.unregister(s)
 	s.g.log.Debug("session closed", "session_id", s.id, "user_id", s.userID, "reason", reason)
 }

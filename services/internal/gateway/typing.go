@@ -43,7 +43,9 @@ func (s *session) allowTyping(conv string, now time.Time) bool {
 
 // handleTyping relays "typing" to the conversation's other members, straight
 // to their sessions: it is ephemeral, never stored and never sent through Kafka.
-func (g *Gateway) handleTyping(ctx context.Context, s *session, raw json.RawMessage) error {
+// handleTyping validates on the reader and relays off it, through the
+// session's call window, like every frame that needs a backend.
+func (g *Gateway) handleTyping(s *session, raw json.RawMessage) error {
 	var d clientapi.TypingData
 	if e := decodeData(raw, &d); e != nil {
 		return g.clientError(s, e, "")
@@ -58,6 +60,11 @@ func (g *Gateway) handleTyping(ctx context.Context, s *session, raw json.RawMess
 	if !s.allowTyping(d.ConversationID, time.Now()) {
 		return nil
 	}
+	return g.call(s, "", func(ctx context.Context) error { return g.relayTyping(ctx, s, d) })
+}
+
+func (g *Gateway) relayTyping(ctx context.Context, s *session, d clientapi.TypingData) error {
+	notFound := apierror.New(apierror.NotFound, "conversation not found")
 	r, err := g.repo.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: []string{d.ConversationID}})
 	if err != nil {
 		return g.clientError(s, apierror.From(err), "")

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -75,6 +76,9 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 			if err != nil {
 				return nil, reject(apierror.Unauthenticated, "invalid or expired token")
 			}
+			if !g.userSess.reserve(c.UserID) {
+				return nil, reject(apierror.RateLimited, fmt.Sprintf("at most %d sessions per user on one gateway", g.cfg.MaxUserSessions))
+			}
 			claims = c
 			return ws.HandshakeHeaderString(""), nil
 		},
@@ -82,10 +86,21 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 	_ = conn.SetDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
 	if _, err := u.Upgrade(readWriter{br, conn}); err != nil {
 		g.metrics.handshakeErrors.Inc()
+		if claims.UserID != "" {
+			g.userSess.release(claims.UserID)
+		}
 		_ = conn.Close()
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	// Until the session exists, a failure gives the user's slot back; from
+	// then on the session's shutdown does.
+	sessionMade := false
+	defer func() {
+		if !sessionMade {
+			g.userSess.release(claims.UserID)
+		}
+	}()
 	if br.Buffered() > 0 {
 		// RFC 6455: a client must wait for the handshake answer before sending frames.
 		_ = ws.WriteFrame(conn, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusProtocolError, "frame sent before the handshake completed")))
@@ -101,8 +116,10 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 		return
 	}
 	s := &session{id: ids.New(), userID: claims.UserID, conn: conn, g: g}
+	sessionMade = true
 	s.touch(time.Now())
 	if err := g.presence.register(ctx, s); err != nil {
+		g.userSess.release(s.userID)
 		g.closeEarly(conn, apierror.New(apierror.Unavailable, "presence is unavailable, try again"))
 		return
 	}
@@ -144,22 +161,35 @@ type readWriter struct {
 	io.Writer
 }
 
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+// readChunk is how much one read takes; maxReadPerTurn bounds what one
+// readiness event reads before the socket goes back to the poller, so a
+// client streaming bytes cannot keep a reader from the others.
+const (
+	readChunk      = 4096
+	maxReadPerTurn = 64 << 10
+	// maxInFlight bounds the backend calls queued per session; past it a
+	// frame is answered rate_limited at once. Reading never pauses for it:
+	// a paused socket would also hide the client's pings, and its floods
+	// from the rate limiter.
+	maxInFlight = 32
+)
+
+var readBufs = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
 
 // errClientClosed ends a session the client closed.
 var errClientClosed = errors.New("client closed the connection")
 
-// readReady reads every frame the socket has, then hands the session back to
-// the poller. It runs on a poller goroutine.
+// readReady reads what the socket has now, without waiting for more, parses
+// it into the session's own frame state, and hands the session back to the
+// poller. A half-sent frame stays in that state: no reader ever waits on one
+// client. It runs on a poller goroutine.
 func (g *Gateway) readReady(s *session) {
 	if s.isClosed() {
 		return
 	}
-	br := readers.Get().(*bufio.Reader)
-	br.Reset(s.conn)
-	err := g.readFrames(s, br)
-	br.Reset(nil)
-	readers.Put(br)
+	bp := readBufs.Get().(*[]byte)
+	err := g.readAvailable(s, *bp)
+	readBufs.Put(bp)
 	if err != nil {
 		// A close frame, ours or the client's, is written before the socket
 		// closes: the writer shuts the session down once it is out.
@@ -179,6 +209,35 @@ func (g *Gateway) readReady(s *session) {
 	}
 }
 
+func (g *Gateway) readAvailable(s *session, buf []byte) error {
+	for total := 0; total < maxReadPerTurn; {
+		n, err := readNow(s, buf)
+		if n > 0 {
+			total += n
+			if err := s.frames.feed(buf[:n], g.cfg.MaxFrameBytes, func(ev frameEvent) error { return g.onFrame(s, ev) }); err != nil {
+				return err
+			}
+		}
+		if s.frames.pending() {
+			if s.partialSince.Load() == 0 {
+				s.partialSince.Store(time.Now().UnixMilli())
+			}
+		} else {
+			s.partialSince.Store(0)
+		}
+		if errors.Is(err, errNoData) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.EOF
+		}
+	}
+	return nil
+}
+
 // protocolError closes the connection for a WebSocket-level violation.
 type protocolError struct {
 	code   ws.StatusCode
@@ -187,90 +246,27 @@ type protocolError struct {
 
 func (e *protocolError) Error() string { return e.reason }
 
-func (g *Gateway) readFrames(s *session, br *bufio.Reader) error {
-	for {
-		_ = s.conn.SetReadDeadline(time.Now().Add(g.cfg.FrameReadTimeout))
-		h, err := ws.ReadHeader(br)
-		if err != nil {
-			return err
-		}
-		if err := g.readFrame(s, br, h); err != nil {
-			return err
-		}
-		s.touch(time.Now())
-		if br.Buffered() == 0 && !s.inFrag {
-			return nil
-		}
-	}
-}
-
-func (g *Gateway) readFrame(s *session, br *bufio.Reader, h ws.Header) error {
-	if !h.Masked {
-		return &protocolError{ws.StatusProtocolError, "client frames must be masked"}
-	}
-	if h.Rsv != 0 {
-		return &protocolError{ws.StatusProtocolError, "no extension was negotiated"}
-	}
-	if h.OpCode.IsControl() {
-		if h.Length > 125 || !h.Fin {
-			return &protocolError{ws.StatusProtocolError, "bad control frame"}
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(br, p); err != nil {
-			return err
-		}
-		ws.Cipher(p, h.Mask, 0)
-		switch h.OpCode {
-		case ws.OpClose:
-			s.closeWith(ws.StatusNormalClosure, "")
-			return errClientClosed
-		case ws.OpPing:
-			s.enqueueOp(ws.OpPong, p)
-		}
+// onFrame handles a control frame or a complete message.
+func (g *Gateway) onFrame(s *session, ev frameEvent) error {
+	s.touch(time.Now())
+	switch ev.op {
+	case ws.OpClose:
+		s.closeWith(ws.StatusNormalClosure, "")
+		return errClientClosed
+	case ws.OpPing:
+		s.enqueueOp(ws.OpPong, ev.payload)
+		return nil
+	case ws.OpPong:
 		return nil
 	}
-
-	switch {
-	case h.OpCode == ws.OpContinuation && !s.inFrag:
-		return &protocolError{ws.StatusProtocolError, "continuation frame without a message"}
-	case h.OpCode != ws.OpContinuation && s.inFrag:
-		return &protocolError{ws.StatusProtocolError, "new message before the last one ended"}
-	case h.OpCode != ws.OpContinuation:
-		s.inFrag, s.fragOp, s.fragTooBig, s.frag = true, h.OpCode, false, s.frag[:0]
-	}
-	total := int64(len(s.frag)) + h.Length
-	if total > int64(g.cfg.MaxFrameBytes)*16 {
-		// Far beyond the limit: reading it all would let one client waste the gateway's time.
-		return &protocolError{ws.StatusMessageTooBig, "message far over the frame limit"}
-	}
-	if s.fragTooBig || total > int64(g.cfg.MaxFrameBytes) {
-		s.fragTooBig = true
-		s.frag = nil
-		if _, err := io.CopyN(io.Discard, br, h.Length); err != nil {
-			return err
-		}
-	} else {
-		start := len(s.frag)
-		s.frag = append(s.frag, make([]byte, h.Length)...)
-		if _, err := io.ReadFull(br, s.frag[start:]); err != nil {
-			return err
-		}
-		ws.Cipher(s.frag[start:], h.Mask, 0)
-	}
-	if !h.Fin {
-		return nil
-	}
-	s.inFrag = false
 	g.metrics.framesIn.Inc()
-	payload, op, tooBig := s.frag, s.fragOp, s.fragTooBig
-	s.frag = nil
 	switch {
-	case tooBig:
+	case ev.tooBig:
 		return g.clientError(s, apierror.New(apierror.PayloadTooLarge, "frame is over the %d byte limit", g.cfg.MaxFrameBytes), "")
-	case op != ws.OpText:
+	case ev.op != ws.OpText:
 		return g.clientError(s, apierror.New(apierror.InvalidArgument, "only text frames holding JSON are accepted"), "")
 	}
-	return g.handleFrame(s, payload)
+	return g.handleFrame(s, ev.payload)
 }
 
 // clientError answers a bad frame with an error frame. The connection stays
@@ -279,6 +275,8 @@ func (g *Gateway) clientError(s *session, e *apierror.Error, clientMsgID string)
 	g.metrics.clientErrors.WithLabelValues(string(e.Code)).Inc()
 	s.enqueue(clientapi.ErrorFrame(string(e.Code), e.Message, clientMsgID))
 	now := time.Now().Unix()
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
 	if now-s.errWindow >= 10 {
 		s.errWindow, s.errCount, s.rateErrors = now, 0, 0
 	}
@@ -300,22 +298,22 @@ func (g *Gateway) handleFrame(s *session, payload []byte) error {
 	if !s.frameLimit.Allow() {
 		return g.clientError(s, apierror.New(apierror.RateLimited, "too many frames, slow down"), "")
 	}
-	var f clientapi.InFrame
-	if err := json.Unmarshal(payload, &f); err != nil {
-		return g.clientError(s, apierror.New(apierror.InvalidArgument, "malformed JSON frame: %v", err), "")
+	f, e := clientapi.DecodeInFrame(payload)
+	if e != nil {
+		return g.clientError(s, e, "")
 	}
 	switch f.Type {
 	case clientapi.TypePing:
 		s.enqueue(pongFrame)
 		return nil
 	case clientapi.TypeSend:
-		return g.withCall(s, f.Data, g.handleSend)
+		return g.handleSend(s, f.Data)
 	case clientapi.TypeSync:
-		return g.withCall(s, f.Data, g.handleSync)
+		return g.handleSync(s, f.Data)
 	case clientapi.TypeRead:
-		return g.withCall(s, f.Data, g.handleRead)
+		return g.handleRead(s, f.Data)
 	case clientapi.TypeTyping:
-		return g.withCall(s, f.Data, g.handleTyping)
+		return g.handleTyping(s, f.Data)
 	case "":
 		return g.clientError(s, apierror.New(apierror.InvalidArgument, "frame has no type"), "")
 	default:
@@ -325,11 +323,51 @@ func (g *Gateway) handleFrame(s *session, payload []byte) error {
 
 var pongFrame = clientapi.Frame(clientapi.TypePong, struct{}{})
 
-// withCall runs a handler that calls im-logic, under the call timeout.
-func (g *Gateway) withCall(s *session, data json.RawMessage, h func(context.Context, *session, json.RawMessage) error) error {
-	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.CallTimeout)
-	defer cancel()
-	return h(ctx, s, data)
+// call queues a backend call for the session. Calls run off the reader (a
+// slow im-logic must not stop the gateway from reading other clients), one
+// at a time per session so that a client's sends keep their order, and at
+// most maxInFlight wait: past that the client is told to slow down.
+func (g *Gateway) call(s *session, clientMsgID string, fn func(context.Context) error) error {
+	s.callMu.Lock()
+	if len(s.calls) >= maxInFlight {
+		s.callMu.Unlock()
+		return g.clientError(s, apierror.New(apierror.RateLimited, "%d requests in flight, wait for their answers", maxInFlight), clientMsgID)
+	}
+	s.calls = append(s.calls, fn)
+	start := !s.calling
+	s.calling = true
+	s.callMu.Unlock()
+	if start {
+		g.spawn(func() { g.runCalls(s) })
+	}
+	return nil
+}
+
+// runCalls runs the session's queued calls in order; the goroutine ends
+// when the queue is empty.
+func (g *Gateway) runCalls(s *session) {
+	for {
+		s.callMu.Lock()
+		if len(s.calls) == 0 || s.isClosed() {
+			s.calls, s.calling = nil, false
+			s.callMu.Unlock()
+			return
+		}
+		fn := s.calls[0]
+		s.calls[0] = nil
+		s.calls = s.calls[1:]
+		ctx, cancel := context.WithTimeout(g.ctx, g.cfg.CallTimeout)
+		s.cancelCall = cancel
+		s.callMu.Unlock()
+		err := fn(ctx)
+		cancel()
+		s.touch(time.Now()) // a session whose calls run is alive, read or not
+		var pe *protocolError
+		if errors.As(err, &pe) {
+			g.log.Info("closing session", "session_id", s.id, "user_id", s.userID, "status", pe.code, "reason", pe.reason)
+			s.closeWith(pe.code, pe.reason)
+		}
+	}
 }
 
 func decodeData(raw json.RawMessage, v any) *apierror.Error {
@@ -342,7 +380,7 @@ func decodeData(raw json.RawMessage, v any) *apierror.Error {
 	return nil
 }
 
-func (g *Gateway) handleSend(ctx context.Context, s *session, raw json.RawMessage) error {
+func (g *Gateway) handleSend(s *session, raw json.RawMessage) error {
 	var d clientapi.SendData
 	if e := decodeData(raw, &d); e != nil {
 		return g.clientError(s, e, "")
@@ -350,28 +388,29 @@ func (g *Gateway) handleSend(ctx context.Context, s *session, raw json.RawMessag
 	if d.ClientMsgID == "" {
 		return g.clientError(s, apierror.New(apierror.InvalidArgument, "client_msg_id is required"), "")
 	}
-	if s.sendLimit == nil {
-		s.sendLimit = rate.NewLimiter(rate.Limit(g.cfg.SendRate), g.cfg.SendBurst)
-	}
-	if !s.sendLimit.Allow() {
+	// One budget per user across connections and HTTP: more connections
+	// must not mean more sends.
+	if !g.httpSend.allow(s.userID, time.Now()) {
 		return g.clientError(s, apierror.New(apierror.RateLimited, "too many sends, at most %g per second", g.cfg.SendRate), d.ClientMsgID)
 	}
 	if len(d.Content) > g.cfg.MaxContentBytes {
 		return g.clientError(s, apierror.New(apierror.PayloadTooLarge, "content is %d bytes, at most %d are allowed", len(d.Content), g.cfg.MaxContentBytes), d.ClientMsgID)
 	}
-	r, err := g.logic.Send(ctx, &gochatv1.SendRequest{
-		CallerId: s.userID, SessionId: s.id, ConversationId: d.ConversationID, ToUserId: d.ToUserID,
-		ClientMsgId: d.ClientMsgID, ContentType: d.ContentType, Content: d.Content,
+	return g.call(s, d.ClientMsgID, func(ctx context.Context) error {
+		r, err := g.logic.Send(ctx, &gochatv1.SendRequest{
+			CallerId: s.userID, SessionId: s.id, ConversationId: d.ConversationID, ToUserId: d.ToUserID,
+			ClientMsgId: d.ClientMsgID, ContentType: d.ContentType, Content: d.Content,
+		})
+		if err != nil {
+			return g.clientError(s, apierror.From(err), d.ClientMsgID)
+		}
+		g.metrics.sends.Inc()
+		s.enqueue(clientapi.Frame(clientapi.TypeAck, clientapi.Ack{ClientMsgID: d.ClientMsgID, Message: clientapi.MessageFrom(r.Message)}))
+		return nil
 	})
-	if err != nil {
-		return g.clientError(s, apierror.From(err), d.ClientMsgID)
-	}
-	g.metrics.sends.Inc()
-	s.enqueue(clientapi.Frame(clientapi.TypeAck, clientapi.Ack{ClientMsgID: d.ClientMsgID, Message: clientapi.MessageFrom(r.Message)}))
-	return nil
 }
 
-func (g *Gateway) handleSync(ctx context.Context, s *session, raw json.RawMessage) error {
+func (g *Gateway) handleSync(s *session, raw json.RawMessage) error {
 	var d clientapi.SyncData
 	if e := decodeData(raw, &d); e != nil {
 		return g.clientError(s, e, "")
@@ -382,19 +421,22 @@ func (g *Gateway) handleSync(ctx context.Context, s *session, raw json.RawMessag
 	if d.Limit < 0 || d.Limit > int32(g.cfg.MaxPage) {
 		return g.clientError(s, apierror.New(apierror.InvalidArgument, "limit must be between 1 and %d", g.cfg.MaxPage), "")
 	}
-	r, err := g.logic.ListMessages(ctx, &gochatv1.ListMessagesRequest{
-		ConversationId: d.ConversationID, ViewerId: s.userID, AfterSeq: *d.AfterSeq, Limit: d.Limit,
+	return g.call(s, "", func(ctx context.Context) error {
+		r, err := g.logic.ListMessages(ctx, &gochatv1.ListMessagesRequest{
+			ConversationId: d.ConversationID, ViewerId: s.userID, AfterSeq: *d.AfterSeq, Limit: d.Limit,
+		})
+		if err != nil {
+			return g.clientError(s, apierror.From(err), "")
+		}
+		msgs, cut := clientapi.CapMessages(clientapi.MessagesFrom(r.Messages), g.cfg.MaxAnswerBytes, false)
+		s.enqueue(clientapi.Frame(clientapi.TypeSync, clientapi.SyncResult{
+			ConversationID: d.ConversationID, Messages: msgs, HasMore: r.HasMore || cut,
+		}))
+		return nil
 	})
-	if err != nil {
-		return g.clientError(s, apierror.From(err), "")
-	}
-	s.enqueue(clientapi.Frame(clientapi.TypeSync, clientapi.SyncResult{
-		ConversationID: d.ConversationID, Messages: clientapi.MessagesFrom(r.Messages), HasMore: r.HasMore,
-	}))
-	return nil
 }
 
-func (g *Gateway) handleRead(ctx context.Context, s *session, raw json.RawMessage) error {
+func (g *Gateway) handleRead(s *session, raw json.RawMessage) error {
 	var d clientapi.ReadData
 	if e := decodeData(raw, &d); e != nil {
 		return g.clientError(s, e, "")
@@ -402,9 +444,11 @@ func (g *Gateway) handleRead(ctx context.Context, s *session, raw json.RawMessag
 	if d.ConversationID == "" || d.Seq == nil {
 		return g.clientError(s, apierror.New(apierror.InvalidArgument, "read needs conversation_id and seq"), "")
 	}
-	_, err := g.logic.MarkRead(ctx, &gochatv1.MarkReadRequest{CallerId: s.userID, SessionId: s.id, ConversationId: d.ConversationID, Seq: *d.Seq})
-	if err != nil {
-		return g.clientError(s, apierror.From(err), "")
-	}
-	return nil
+	return g.call(s, "", func(ctx context.Context) error {
+		_, err := g.logic.MarkRead(ctx, &gochatv1.MarkReadRequest{CallerId: s.userID, SessionId: s.id, ConversationId: d.ConversationID, Seq: *d.Seq})
+		if err != nil {
+			return g.clientError(s, apierror.From(err), "")
+		}
+		return nil
+	})
 }

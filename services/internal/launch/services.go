@@ -130,6 +130,7 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 	o.Redis.Register(fs)
 	o.TLS.Register(fs)
 	fs.DurationVar(&o.MemberCacheTTL, "member-cache-ttl", 5*time.Minute, "how long member lists stay in the Redis cache")
+	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time limit of one transaction storing a batch of messages; past it the batch's senders get unavailable")
 	fs.IntVar(&o.StoreWorkers, "store-workers", 1, "transactions storing messages at once per replica (MySQL; SQLite uses 1); one makes the largest batches (docs/benchmarks.md)")
 	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
 }
@@ -287,10 +288,11 @@ func (o *Gateway) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.CallTimeout, "call-timeout", 10*time.Second, "time limit of a backend call made for a client")
 	fs.IntVar(&o.MaxFrameBytes, "max-frame-bytes", 64<<10, "largest WebSocket message from a client")
 	fs.IntVar(&o.MaxContentBytes, "max-content-bytes", 4096, "largest message content in bytes")
-	fs.IntVar(&o.MaxQueueBytes, "max-queue-bytes", 1<<20, "bytes queued to one client before it is dropped as too slow")
+	fs.IntVar(&o.MaxQueueBytes, "max-queue-bytes", 4<<20, "bytes queued to one client before it is dropped as too slow (at least twice --max-answer-bytes)")
+	fs.IntVar(&o.MaxAnswerBytes, "max-answer-bytes", 1<<20, "largest sync frame or history page; has_more tells the client to continue")
 	fs.IntVar(&o.MaxPage, "max-page", 200, "largest list page")
-	fs.Float64Var(&o.SendRate, "send-rate", 50, "sends per second per connection")
-	fs.IntVar(&o.SendBurst, "send-burst", 100, "send burst per connection")
+	fs.Float64Var(&o.SendRate, "send-rate", 50, "sends per second per user, over WebSocket and HTTP together")
+	fs.IntVar(&o.SendBurst, "send-burst", 100, "send burst per user")
 	fs.Float64Var(&o.FrameRate, "frame-rate", 200, "frames per second per connection, all types")
 	fs.IntVar(&o.FrameBurst, "frame-burst", 400, "frame burst per connection")
 	fs.IntVar(&o.MaxBadFrames, "max-bad-frames", 20, "bad frames in 10s before a connection is closed with 1008")
@@ -298,6 +300,12 @@ func (o *Gateway) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.DrainWindow, "drain-window", 20*time.Second, "a drain spreads its clients' reconnects and its closes over this long (Drain's default; SIGTERM)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 25*time.Second, "a drain ends by then whatever happens (Drain's default; on SIGTERM keep it below the pod's termination grace period)")
 	o.DrainOnStop = true
+	fs.Float64Var(&o.AuthRate, "auth-rate", 1, "login, register and guest attempts per second per source address (a username's logins: a fifth of it)")
+	fs.IntVar(&o.AuthBurst, "auth-burst", 20, "burst of --auth-rate (a username's logins: half of it)")
+	fs.Float64Var(&o.GuestsPerHour, "guests-per-hour", 20, "guest accounts created per hour per source address")
+	fs.IntVar(&o.MaxUserSessions, "max-user-sessions", 10, "WebSocket sessions one user may hold on a gateway")
+	fs.IntVar(&o.MaxPendingPerIP, "max-pending-per-ip", 64, "connections from one address not yet past their handshake")
+	fs.IntVar(&o.MaxPending, "max-pending", 10000, "connections not yet past their handshake, in total")
 }
 
 func (o *Gateway) advertise() (string, error) {

@@ -21,8 +21,9 @@ var relayed = promauto.NewCounter(prometheus.CounterOpts{
 // it when Kafka confirms the publish. Messages that stay longer than
 // relayAfter (im-logic died after the ack, or Kafka was down beyond the
 // producer's retries) are published again, unless this process still has a
-// publish of them in flight. Another im-logic replica may relay a message too,
-// so a message can be published twice; im-task skips seqs it has pushed, and
+// publish of them in flight. Listing rows claims them for a lease, so
+// replicas relay different rows; a message can still be published twice (a
+// slow first publish and a relay), and im-task skips seqs it has pushed, and
 // clients drop duplicates.
 type outbox struct {
 	repo       gochatv1.RepoServiceClient
@@ -110,19 +111,38 @@ func (o *outbox) clear(ctx context.Context) {
 	}
 }
 
+// relayPage and maxRelayInFlight bound one relay round: it claims pages
+// (each claimed for a lease, so replicas relay different rows) for as long
+// as they come full and Kafka keeps up, not one page per tick.
+const (
+	relayPage        = 200 // im-repo's largest page
+	maxRelayInFlight = 20000
+)
+
 func (o *outbox) relay(ctx context.Context) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	r, err := o.repo.ListUndispatched(cctx, &gochatv1.ListUndispatchedRequest{StoredBeforeMs: time.Now().Add(-o.relayAfter).UnixMilli(), Limit: 200})
-	if err != nil {
-		o.log.Warn("read the outbox", "err", err)
-		return
-	}
 	n := 0
-	for _, m := range r.Messages {
-		if o.publish(m, "") {
-			relayed.Inc()
-			n++
+	for ctx.Err() == nil {
+		o.mu.Lock()
+		busy := len(o.inFlight)
+		o.mu.Unlock()
+		if busy >= maxRelayInFlight {
+			break // Kafka is behind: the next round goes on
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		r, err := o.repo.ListUndispatched(cctx, &gochatv1.ListUndispatchedRequest{StoredBeforeMs: time.Now().Add(-o.relayAfter).UnixMilli(), Limit: relayPage})
+		cancel()
+		if err != nil {
+			o.log.Warn("read the outbox", "err", err)
+			break
+		}
+		for _, m := range r.Messages {
+			if o.publish(m, "") {
+				relayed.Inc()
+				n++
+			}
+		}
+		if len(r.Messages) < relayPage {
+			break
 		}
 	}
 	if n > 0 {

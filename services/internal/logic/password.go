@@ -1,14 +1,18 @@
 package logic
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 
 	"golang.org/x/crypto/argon2"
+
+	"github.com/gochat/gochat/services/internal/apierror"
 )
 
 // argon2id with OWASP's minimum parameters (19 MiB, 2 passes): costly for an
@@ -21,6 +25,27 @@ const (
 )
 
 var b64 = base64.RawStdEncoding
+
+// hashSlots bounds the argon2id computations running at once: each takes
+// 19 MiB, so a burst of logins must queue, not exhaust the pod's memory.
+var hashSlots = make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))
+
+// maxArgonMemoryKiB refuses stored hashes that would make one check take
+// more than 64 MiB.
+const maxArgonMemoryKiB = 64 * 1024
+
+// withHashSlot runs fn once a hashing slot is free; a caller that gives up
+// waiting gets unavailable.
+func withHashSlot(ctx context.Context, fn func()) error {
+	select {
+	case hashSlots <- struct{}{}:
+	case <-ctx.Done():
+		return apierror.New(apierror.Unavailable, "too many logins in progress, try again")
+	}
+	defer func() { <-hashSlots }()
+	fn()
+	return nil
+}
 
 func hashPassword(password string) (string, error) {
 	salt := make([]byte, 16)
@@ -47,7 +72,7 @@ func checkPassword(encoded, password string) (bool, error) {
 	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
 		return false, errBadHash
 	}
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &mem, &t, &p); err != nil {
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &mem, &t, &p); err != nil || mem <= 0 || mem > maxArgonMemoryKiB || t == 0 || t > 10 || p == 0 {
 		return false, errBadHash
 	}
 	salt, err1 := b64.DecodeString(parts[4])

@@ -79,7 +79,13 @@ func (s *Server) Register(ctx context.Context, in *gochatv1.RegisterRequest) (*g
 	if nick == "" {
 		nick = in.Username
 	}
-	hash, err := hashPassword(in.Password)
+	var (
+		hash string
+		err  error
+	)
+	if serr := withHashSlot(ctx, func() { hash, err = hashPassword(in.Password) }); serr != nil {
+		return nil, serr
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -99,17 +105,20 @@ func (s *Server) Login(ctx context.Context, in *gochatv1.LoginRequest) (*gochatv
 	}
 	r, err := s.repo.GetCredentials(ctx, &gochatv1.GetCredentialsRequest{Username: in.Username})
 	if apierror.IsCode(err, apierror.NotFound) {
-		_, _ = checkPassword(dummyHash, in.Password)
+		_ = withHashSlot(ctx, func() { _, _ = checkPassword(dummyHash, in.Password) })
 		return nil, errWrongLogin
 	}
 	if err != nil {
 		return nil, err
 	}
 	if r.User.Guest || r.PasswordHash == "" {
-		_, _ = checkPassword(dummyHash, in.Password)
+		_ = withHashSlot(ctx, func() { _, _ = checkPassword(dummyHash, in.Password) })
 		return nil, errWrongLogin
 	}
-	ok, err := checkPassword(r.PasswordHash, in.Password)
+	var ok bool
+	if serr := withHashSlot(ctx, func() { ok, err = checkPassword(r.PasswordHash, in.Password) }); serr != nil {
+		return nil, serr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("check password of user %s: %w", r.User.Id, err)
 	}

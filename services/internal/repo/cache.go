@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -13,8 +15,10 @@ import (
 )
 
 // memberCache keeps conversation member lists in Redis for fan-out. MySQL is
-// the truth: a lost or stale entry costs one query, and every membership
-// change deletes the entry after its transaction commits.
+// the truth: each entry carries the conversation's member list version, and
+// an entry whose version is not the database's is a miss. So a fill racing a
+// membership change, or an invalidation that failed, can never serve a
+// removed member; deleting entries on change only saves memory.
 type memberCache struct {
 	rdb    redis.UniversalClient
 	prefix string
@@ -24,8 +28,9 @@ type memberCache struct {
 
 func (c *memberCache) key(convID string) string { return c.prefix + "members:" + convID }
 
-// get returns the cached lists and the ids it did not find.
-func (c *memberCache) get(ctx context.Context, convIDs []string) (map[string][]*gochatv1.Member, []string) {
+// get returns the cached lists whose version matches want, and the ids it
+// did not find (or found stale).
+func (c *memberCache) get(ctx context.Context, convIDs []string, want map[string]int64) (map[string][]*gochatv1.Member, []string) {
 	keys := make([]string, len(convIDs))
 	for i, id := range convIDs {
 		keys[i] = c.key(id)
@@ -43,8 +48,14 @@ func (c *memberCache) get(ctx context.Context, convIDs []string) (map[string][]*
 			misses = append(misses, convIDs[i])
 			continue
 		}
+		verStr, body, ok := strings.Cut(s, ":")
+		ver, err := strconv.ParseInt(verStr, 10, 64)
+		if !ok || err != nil || ver != want[convIDs[i]] {
+			misses = append(misses, convIDs[i])
+			continue
+		}
 		var list gochatv1.MemberList
-		if err := proto.Unmarshal([]byte(s), &list); err != nil {
+		if err := proto.Unmarshal([]byte(body), &list); err != nil {
 			misses = append(misses, convIDs[i])
 			continue
 		}
@@ -53,14 +64,15 @@ func (c *memberCache) get(ctx context.Context, convIDs []string) (map[string][]*
 	return hits, misses
 }
 
-func (c *memberCache) put(ctx context.Context, lists map[string][]*gochatv1.Member) {
+// put caches lists read at the given versions (read before the lists).
+func (c *memberCache) put(ctx context.Context, lists map[string][]*gochatv1.Member, versions map[string]int64) {
 	pipe := c.rdb.Pipeline()
 	for id, members := range lists {
 		b, err := proto.Marshal(&gochatv1.MemberList{ConversationId: id, Members: members})
 		if err != nil {
 			continue
 		}
-		pipe.Set(ctx, c.key(id), b, c.ttl)
+		pipe.Set(ctx, c.key(id), strconv.FormatInt(versions[id], 10)+":"+string(b), c.ttl)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		c.log.Warn("member cache write failed", "err", err)

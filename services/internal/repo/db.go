@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/glebarez/sqlite"
+	gomysql "github.com/go-sql-driver/mysql"
 	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -33,7 +34,11 @@ func OpenDB(cfg DBConfig) (*gorm.DB, error) {
 	)
 	switch {
 	case cfg.MySQLDSN != "":
-		db, err = gorm.Open(mysql.Open(cfg.MySQLDSN), gcfg)
+		dsn, derr := withTimeouts(cfg.MySQLDSN)
+		if derr != nil {
+			return nil, fmt.Errorf("mysql dsn (%s): %w", redactDSN(cfg.MySQLDSN), derr)
+		}
+		db, err = gorm.Open(mysql.Open(dsn), gcfg)
 		if err != nil {
 			return nil, fmt.Errorf("open mysql (%s): %w", redactDSN(cfg.MySQLDSN), err)
 		}
@@ -80,4 +85,24 @@ func redactDSN(dsn string) string {
 
 func logDB(log *slog.Logger, db *gorm.DB) {
 	log.Info("database ready", "dialect", db.Dialector.Name(), "schema_version", SchemaVersion())
+}
+
+// withTimeouts gives a MySQL DSN dial, read and write timeouts unless it has
+// its own: without them a connection to a hung server blocks its caller
+// forever, whatever the caller's context says.
+func withTimeouts(dsn string) (string, error) {
+	c, err := gomysql.ParseDSN(dsn)
+	if err != nil {
+		return "", err
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 5 * time.Second
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = 30 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
+	return c.FormatDSN(), nil
 }

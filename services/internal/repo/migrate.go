@@ -38,6 +38,18 @@ var migrations = []migration{
 		}
 		return tx.Table("outbox").Migrator().CreateTable(&outbox{})
 	}},
+	{version: 3, name: "member list versions", up: func(tx *gorm.DB) error {
+		if tx.Migrator().HasColumn(&conversationRow{}, "MembersVersion") {
+			return nil
+		}
+		return tx.Migrator().AddColumn(&conversationRow{}, "MembersVersion")
+	}},
+	{version: 4, name: "outbox leases", up: func(tx *gorm.DB) error {
+		if tx.Migrator().HasColumn(&outboxRow{}, "LeaseUntilMs") {
+			return nil
+		}
+		return tx.Migrator().AddColumn(&outboxRow{}, "LeaseUntilMs")
+	}},
 }
 
 // SchemaVersion is the version this build expects.

@@ -26,10 +26,14 @@ type conversationRow struct {
 	OwnerID string `gorm:"size:26;not null"`
 	// DirectKey is "<smaller user id>:<larger user id>" for direct conversations
 	// and NULL for groups; its unique index makes "created on first use" race-free.
-	DirectKey      *string `gorm:"size:53;uniqueIndex:uniq_conversations_direct_key"`
-	MaxSeq         int64   `gorm:"not null"`
-	CreatedAtMs    int64   `gorm:"not null"`
-	LastActivityMs int64   `gorm:"not null"`
+	DirectKey *string `gorm:"size:53;uniqueIndex:uniq_conversations_direct_key"`
+	MaxSeq    int64   `gorm:"not null"`
+	// MembersVersion grows with every membership change, in the change's
+	// own transaction: a cached member list is used only while its version
+	// is the row's, so no race or lost invalidation can keep a removed member.
+	MembersVersion int64 `gorm:"not null;default:0"`
+	CreatedAtMs    int64 `gorm:"not null"`
+	LastActivityMs int64 `gorm:"not null"`
 }
 
 func (conversationRow) TableName() string { return "conversations" }
@@ -68,6 +72,9 @@ func (messageRow) TableName() string { return "messages" }
 type outboxRow struct {
 	MessageID  string `gorm:"primaryKey;size:26"`
 	StoredAtMs int64  `gorm:"not null;index:idx_outbox_stored"`
+	// LeaseUntilMs: a relay that listed the row owns it until then, so
+	// replicas relay different rows.
+	LeaseUntilMs int64 `gorm:"not null;default:0"`
 }
 
 func (outboxRow) TableName() string { return "outbox" }

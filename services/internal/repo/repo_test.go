@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/apierror"
@@ -23,13 +25,14 @@ import (
 type env struct {
 	client gochatv1.RepoServiceClient
 	flush  func() // Redis loses every key of this test
+	rdb    *redis.Client
+	prefix string
 }
 
 // start serves im-repo over gRPC on loopback, on a fresh database of the
 // given dialect and a Redis key prefix of the test's own.
 func start(t *testing.T, dialect string) *env {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var cfg repo.DBConfig
 	switch dialect {
 	case "mysql":
@@ -37,6 +40,12 @@ func start(t *testing.T, dialect string) *env {
 	case "sqlite":
 		cfg.SQLitePath = filepath.Join(t.TempDir(), "gochat.db")
 	}
+	return startWith(t, cfg, repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64, OutboxLease: time.Second})
+}
+
+func startWith(t *testing.T, cfg repo.DBConfig, rcfg repo.Config) *env {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	db, err := repo.OpenDB(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +63,8 @@ func start(t *testing.T, dialect string) *env {
 		t.Fatal(err)
 	}
 	rdb, prefix := tc.Redis(t)
-	srv := repo.NewServer(db, rdb, repo.Config{RedisPrefix: prefix, MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64}, log)
+	rcfg.RedisPrefix = prefix
+	srv := repo.NewServer(db, rdb, rcfg, log)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { srv.Run(runCtx); close(done) }()
@@ -79,6 +89,7 @@ func start(t *testing.T, dialect string) *env {
 		}
 	})
 	return &env{
+		rdb: rdb, prefix: prefix,
 		client: gochatv1.NewRepoServiceClient(conn),
 		flush: func() {
 			if err := tc.FlushPrefix(ctx, rdb, prefix); err != nil {
@@ -95,8 +106,9 @@ func TestRepo(t *testing.T) {
 			t.Run("users", func(t *testing.T) { testUsers(t, e) })
 			t.Run("seqs under concurrency", func(t *testing.T) { testSeqs(t, e) })
 			t.Run("idempotent store", func(t *testing.T) { testIdempotent(t, e) })
-			t.Run("seqs survive a Redis loss", func(t *testing.T) { testRedisLoss(t, e) })
+			t.Run("a Redis loss loses only presence", func(t *testing.T) { testRedisLoss(t, e) })
 			t.Run("membership", func(t *testing.T) { testMembership(t, e) })
+			t.Run("a stale member list is never served", func(t *testing.T) { testMemberCacheRace(t, e) })
 			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
 			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
 			t.Run("presence transitions", func(t *testing.T) { testPresenceTransitions(t, e) })
@@ -262,24 +274,43 @@ func testIdempotent(t *testing.T, e *env) {
 	wantCode(t, err, apierror.AlreadyExists)
 }
 
+// testRedisLoss: Redis holds only caches and presence (seqs live in MySQL).
+// After it loses everything, member lists come from the database in full,
+// presence is empty until the gateways renew, and a renewal restores it.
 func testRedisLoss(t *testing.T, e *env) {
-	a := user(t, e, "a")
-	g := group(t, e, a)
-	for i := 0; i < 3; i++ {
-		if _, err := store(e, g.Id, a.Id, fmt.Sprint("before-", i)); err != nil {
+	a, b := user(t, e, "a"), user(t, e, "b")
+	g := group(t, e, a, b)
+	before := memberIDs(t, e, g.Id) // cached now
+	sess := &gochatv1.Session{UserId: b.Id, SessionId: "s1", Gateway: "gw:1"}
+	if _, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{sess}, TtlMs: 60000}); err != nil {
+		t.Fatal(err)
+	}
+	live := func() int {
+		r, err := e.client.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: []string{b.Id}})
+		if err != nil {
 			t.Fatal(err)
 		}
+		return len(r.Sessions)
+	}
+	if live() != 1 {
+		t.Fatal("a registered session is not in presence")
 	}
 	e.flush()
+	if after := memberIDs(t, e, g.Id); fmt.Sprint(after) != fmt.Sprint(before) || len(after) != 2 {
+		t.Fatalf("members after Redis lost its data: %v, want %v", after, before)
+	}
+	if n := live(); n != 0 {
+		t.Fatalf("%d sessions in presence after Redis lost its data", n)
+	}
+	if _, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{sess}, TtlMs: 60000}); err != nil {
+		t.Fatal(err)
+	}
+	if live() != 1 {
+		t.Fatal("a renewal did not restore presence")
+	}
 	r, err := store(e, g.Id, a.Id, "after")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Message.Seq != 4 {
-		t.Fatalf("seq after Redis lost its data: %d, want 4", r.Message.Seq)
-	}
-	if _, err := e.client.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: []string{g.Id}}); err != nil {
-		t.Fatal(err)
+	if err != nil || r.Message.Seq != 1 {
+		t.Fatalf("store after the loss: %v %v", r, err)
 	}
 }
 
@@ -466,19 +497,52 @@ func testOutbox(t *testing.T, e *env) {
 		}
 		return out
 	}
-	if got := pending(); len(got) != 3 || got[0] != ids[0] || got[2] != ids[2] {
-		t.Fatalf("outbox %v, want %v in seq order", got, ids)
-	}
 	r, err := e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{StoredBeforeMs: time.Now().Add(-time.Hour).UnixMilli()})
 	if err != nil || len(r.Messages) != 0 {
 		t.Fatalf("messages younger than the cutoff were listed: %v %v", r, err)
 	}
+	if got := pending(); len(got) != 3 || got[0] != ids[0] || got[2] != ids[2] {
+		t.Fatalf("outbox %v, want %v in seq order", got, ids)
+	}
+	// Claimed: a second relay (another replica) does not get them while the lease lasts.
+	if got := pending(); len(got) != 0 {
+		t.Fatalf("rows claimed a moment ago were listed again: %v", got)
+	}
 	if _, err := e.client.AckDispatched(ctx, &gochatv1.AckDispatchedRequest{MessageIds: ids[:2]}); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(1100 * time.Millisecond) // the 1s lease of the test server ends
 	if got := pending(); len(got) != 1 || got[0] != ids[2] {
-		t.Fatalf("outbox after ack %v", got)
+		t.Fatalf("outbox after ack and the lease's end %v", got)
 	}
 	_, err = e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{})
 	wantCode(t, err, apierror.InvalidArgument)
+}
+
+// A fill that read the member list before a removal and writes it to the
+// cache after the removal's invalidation puts the old list back; so does an
+// invalidation that failed. Neither may make a removed member a recipient.
+func testMemberCacheRace(t *testing.T, e *env) {
+	owner, gone := user(t, e, "o"), user(t, e, "g")
+	g := group(t, e, owner, gone)
+	if got := memberIDs(t, e, g.Id); len(got) != 2 { // fills the cache
+		t.Fatalf("members %v", got)
+	}
+	key := e.prefix + "members:" + g.Id
+	before, err := e.rdb.Get(ctx, key).Result()
+	if err != nil {
+		t.Fatalf("the member list was not cached: %v", err)
+	}
+	if _, err := e.client.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: g.Id, ActorId: owner.Id, UserId: gone.Id}); err != nil {
+		t.Fatal(err)
+	}
+	// The racing fill lands after the invalidation.
+	if err := e.rdb.Set(ctx, key, before, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range memberIDs(t, e, g.Id) {
+		if id == gone.Id {
+			t.Fatal("a removed member is served from a stale cache entry")
+		}
+	}
 }

@@ -2,6 +2,8 @@ package repo
 
 import (
 	"context"
+	"database/sql/driver"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -54,17 +56,21 @@ type Sender struct {
 	queue    chan *storeReq
 	maxBatch int
 	workers  int
+	timeout  time.Duration
 	wg       sync.WaitGroup
 	stop     chan struct{}
 }
 
 // NewSender makes a Sender; Run starts its workers.
-func NewSender(store *Store, log *slog.Logger, workers, maxBatch int) *Sender {
+func NewSender(store *Store, log *slog.Logger, workers, maxBatch int, timeout time.Duration) *Sender {
 	if store.db.Dialector.Name() != "mysql" {
 		workers = 1 // SQLite has one writer; more would only wait on each other.
 	}
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
 	return &Sender{
-		store: store, log: log, workers: workers, maxBatch: maxBatch,
+		store: store, log: log, workers: workers, maxBatch: maxBatch, timeout: timeout,
 		queue: make(chan *storeReq, workers*maxBatch*2), stop: make(chan struct{}),
 	}
 }
@@ -111,7 +117,7 @@ func (b *Sender) work(ctx context.Context) {
 			for {
 				select {
 				case r := <-b.queue:
-					b.commit(context.WithoutCancel(ctx), []*storeReq{r})
+					b.commit(ctx, []*storeReq{r})
 				default:
 					return
 				}
@@ -126,16 +132,32 @@ func (b *Sender) work(ctx context.Context) {
 				break fill
 			}
 		}
-		b.commit(context.WithoutCancel(ctx), batch)
+		b.commit(ctx, batch)
 	}
 }
 
 // commit stores a batch in one transaction. If the batch fails as a whole (a
 // deadlock, a race with another replica on the same client_msg_id), each
 // message is tried alone so one bad message cannot fail its neighbours.
+//
+// Each transaction runs under its own deadline (not the server's context: a
+// stop must not abort a batch half-way, and not no deadline: a hung
+// connection would block every send). A batch that runs out of time fails
+// all its callers with unavailable at once; they retry with the same
+// client_msg_id, which finds the message if it did commit.
 func (b *Sender) commit(ctx context.Context, batch []*storeReq) {
 	start := time.Now()
-	results, err := b.storeWithRetry(ctx, batch)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
+	results, err := b.storeWithRetry(cctx, batch)
+	cancel()
+	if err != nil && (errors.Is(err, context.DeadlineExceeded) || cctx.Err() != nil || errors.Is(err, driver.ErrBadConn)) {
+		b.log.Error("storing a batch timed out: the database is not answering", "messages", len(batch), "timeout", b.timeout, "err", err)
+		e := apierror.New(apierror.Unavailable, "the message store did not answer in time, try again")
+		for _, r := range batch {
+			r.done <- storeResult{err: e}
+		}
+		return
+	}
 	if err == nil {
 		storeBatchSize.Observe(float64(len(batch)))
 		storeBatchSeconds.Observe(time.Since(start).Seconds())

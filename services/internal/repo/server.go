@@ -27,6 +27,12 @@ type Config struct {
 	MemberCacheTTL time.Duration
 	StoreWorkers   int
 	StoreMaxBatch  int
+	// StoreTimeout bounds one batch's transaction: a hung database fails
+	// its callers with unavailable instead of blocking every send.
+	StoreTimeout time.Duration
+	// OutboxLease is how long ListUndispatched's rows stay claimed by the
+	// relay that listed them (default 30s).
+	OutboxLease time.Duration
 }
 
 // Server implements gochatv1.RepoServiceServer.
@@ -37,6 +43,8 @@ type Server struct {
 	members  *memberCache
 	presence *Presence
 	log      *slog.Logger
+
+	outboxLease time.Duration
 }
 
 // NewServer wires the store, the caches and presence. Run the returned
@@ -44,12 +52,16 @@ type Server struct {
 func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Logger) *Server {
 	store := NewStore(db)
 	logDB(log, db)
+	if cfg.OutboxLease <= 0 {
+		cfg.OutboxLease = 30 * time.Second
+	}
 	return &Server{
-		store:    store,
-		sender:   NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch),
-		members:  &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
-		presence: NewPresence(rdb, cfg.RedisPrefix),
-		log:      log,
+		outboxLease: cfg.OutboxLease,
+		store:       store,
+		sender:      NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
+		members:     &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
+		presence:    NewPresence(rdb, cfg.RedisPrefix),
+		log:         log,
 	}
 }
 
@@ -210,13 +222,19 @@ func (s *Server) GetMembers(ctx context.Context, in *gochatv1.GetMembersRequest)
 	if err := checkIDs("conversation_ids", in.ConversationIds); err != nil {
 		return nil, err
 	}
-	lists, misses := s.members.get(ctx, in.ConversationIds)
+	// Versions first, then lists: a change committed in between leaves a
+	// newer list under an older version, which the next read refetches.
+	versions, err := s.store.MembersVersions(ctx, in.ConversationIds)
+	if err != nil {
+		return nil, err
+	}
+	lists, misses := s.members.get(ctx, in.ConversationIds, versions)
 	if len(misses) > 0 {
 		loaded, err := s.store.MembersOf(ctx, misses)
 		if err != nil {
 			return nil, err
 		}
-		s.members.put(ctx, loaded)
+		s.members.put(ctx, loaded, versions)
 		for id, m := range loaded {
 			lists[id] = m
 		}
@@ -359,7 +377,7 @@ func (s *Server) ListUndispatched(ctx context.Context, in *gochatv1.ListUndispat
 	if in.StoredBeforeMs <= 0 {
 		return nil, invalid("stored_before_ms is required")
 	}
-	msgs, err := s.store.ListUndispatched(ctx, in.StoredBeforeMs, pageLimit(in.Limit))
+	msgs, err := s.store.ListUndispatched(ctx, in.StoredBeforeMs, pageLimit(in.Limit), s.outboxLease)
 	if err != nil {
 		return nil, err
 	}

@@ -299,7 +299,10 @@ func (s *Store) AddMembers(ctx context.Context, convID, actorID string, userIDs 
 		if len(rows) == 0 {
 			return nil
 		}
-		return tx.CreateInBatches(&rows, 500).Error
+		if err := tx.CreateInBatches(&rows, 500).Error; err != nil {
+			return fmt.Errorf("add members: %w", err)
+		}
+		return bumpMembersVersion(tx, convID)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -337,6 +340,9 @@ func (s *Store) RemoveMember(ctx context.Context, convID, actorID, userID string
 		}
 		if err := tx.Where("conversation_id = ? AND user_id = ?", convID, target.UserID).Delete(&memberRow{}).Error; err != nil {
 			return fmt.Errorf("remove member: %w", err)
+		}
+		if err := bumpMembersVersion(tx, convID); err != nil {
+			return err
 		}
 		if target.Role != roleOwner {
 			return nil
@@ -443,6 +449,26 @@ func (s *Store) conversationsFor(ctx context.Context, userID string, onlyIDs []s
 			MaxSeq: r.MaxSeq, ReadSeq: r.ReadSeq, LastMessage: last[r.ID],
 			CreatedAtMs: r.CreatedAtMs, LastActivityMs: r.LastActivityMs,
 		}
+	}
+	return out, nil
+}
+
+func bumpMembersVersion(tx *gorm.DB, convID string) error {
+	if err := tx.Model(&conversationRow{}).Where("id = ?", convID).Update("members_version", gorm.Expr("members_version + 1")).Error; err != nil {
+		return fmt.Errorf("bump member list version: %w", err)
+	}
+	return nil
+}
+
+// MembersVersions returns the member list version of each conversation that exists.
+func (s *Store) MembersVersions(ctx context.Context, convIDs []string) (map[string]int64, error) {
+	var rows []conversationRow
+	if err := s.db.WithContext(ctx).Select("id, members_version").Where("id IN ?", convIDs).Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("load member list versions: %w", err)
+	}
+	out := make(map[string]int64, len(rows))
+	for _, r := range rows {
+		out[r.ID] = r.MembersVersion
 	}
 	return out, nil
 }
@@ -568,13 +594,34 @@ func (s *Store) AckDispatched(ctx context.Context, messageIDs []string) error {
 	return nil
 }
 
-// ListUndispatched returns outbox messages stored before a time, oldest first.
-func (s *Store) ListUndispatched(ctx context.Context, storedBeforeMs int64, limit int) ([]*gochatv1.Message, error) {
+// ListUndispatched claims up to limit outbox messages stored before a time
+// and not claimed by another relay, for lease, and returns them oldest first
+// (each conversation's in seq order). On MySQL, rows another transaction is
+// claiming are skipped (SKIP LOCKED), so replicas never wait on each other.
+func (s *Store) ListUndispatched(ctx context.Context, storedBeforeMs int64, limit int, lease time.Duration) ([]*gochatv1.Message, error) {
+	now := s.nowMs()
 	var rows []messageRow
-	err := s.db.WithContext(ctx).Table("outbox AS o").Select("m.*").
-		Joins("JOIN messages AS m ON m.id = o.message_id").
-		Where("o.stored_at_ms < ?", storedBeforeMs).
-		Order("o.stored_at_ms, m.conversation_id, m.seq").Limit(limit).Scan(&rows).Error
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		q := tx.Model(&outboxRow{}).Where("stored_at_ms < ? AND lease_until_ms < ?", storedBeforeMs, now).
+			Order("stored_at_ms, message_id").Limit(limit)
+		if s.mysql() {
+			q = q.Clauses(clause.Locking{Strength: "UPDATE", Options: "SKIP LOCKED"})
+		}
+		var ids []string
+		if err := q.Pluck("message_id", &ids).Error; err != nil {
+			return fmt.Errorf("claim outbox rows: %w", err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		if err := tx.Model(&outboxRow{}).Where("message_id IN ?", ids).Update("lease_until_ms", now+lease.Milliseconds()).Error; err != nil {
+			return fmt.Errorf("lease outbox rows: %w", err)
+		}
+		return tx.Table("outbox AS o").Select("m.*").
+			Joins("JOIN messages AS m ON m.id = o.message_id").
+			Where("o.message_id IN ?", ids).
+			Order("o.stored_at_ms, m.conversation_id, m.seq").Scan(&rows).Error
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list outbox: %w", err)
 	}

@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/api/pki"
@@ -39,6 +41,26 @@ var (
 	recordsDone = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "gochat_task_records_total", Help: "Dispatch records processed, by kind.",
 	}, []string{"kind"})
+	deadLetters = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "gochat_task_dead_letters_total", Help: "Dispatch records given up on after retries (logged with topic, partition and offset), by topic.",
+	}, []string{"topic"})
+	resyncs = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "gochat_task_resyncs_total", Help: "Sessions sent a resync frame because a push to them failed.",
+	})
+)
+
+// Bounds on every backend request im-task makes, by count and by bytes: one
+// busy poll must never build a request a server refuses, or the same batch
+// would fail again after every restart.
+const (
+	maxConvsPerGetMembers = 50   // x 1000 members at most: well under the 16 MiB message limit
+	maxUsersPerLookup     = 1000 // GetPresence and UnreadCounts take at most 5000
+	maxDeliveriesPerPush  = 5000 // a gateway takes at most 10000
+	maxPushBytes          = 4 << 20
+	// poisonAttempts is how often a batch that fails with something other
+	// than unavailable is tried before its records are tried one by one and
+	// the ones that still fail are dead-lettered.
+	poisonAttempts = 3
 )
 
 // Config is im-task's own settings.
@@ -65,7 +87,8 @@ type Task struct {
 
 // New returns a task over an im-repo client.
 func New(cfg Config, repo gochatv1.RepoServiceClient, log *slog.Logger) *Task {
-	t := &Task{cfg: cfg, log: log, repo: repo, gateways: &gatewayConns{conns: map[string]*grpc.ClientConn{}, id: cfg.TLS}, order: newPushOrder(100_000)}
+	t := &Task{cfg: cfg, log: log, repo: repo, order: newPushOrder(100_000),
+		gateways: &gatewayConns{conns: map[string]*grpc.ClientConn{}, id: cfg.TLS, downTill: map[string]time.Time{}, cooldown: map[string]time.Duration{}}}
 	if cfg.WebhookURL != "" {
 		t.notifier = newNotifier(cfg.WebhookURL, cfg.WebhookSecret, log)
 	}
@@ -146,22 +169,77 @@ func (t *Task) Run(ctx context.Context) error {
 	}
 }
 
-// processWithRetry retries a batch while the backends are unavailable; only
-// a stop ends it early, and then the batch is not committed.
+// processWithRetry retries a batch while the backends are unavailable (that
+// is an outage, not a bad record: dropping would lose pushes). Any other
+// error is retried a few times with backoff; then each record is tried on
+// its own, and one that still fails is dead-lettered (an error log naming
+// its offset, and a metric) so that it cannot stop its partition. Only a
+// stop ends it early, and then the batch is not committed.
 func (t *Task) processWithRetry(ctx context.Context, records []*kgo.Record) error {
 	backoff := 100 * time.Millisecond
-	for {
+	for attempt := 1; ; attempt++ {
 		err := t.process(ctx, records)
 		if err == nil {
 			return nil
 		}
-		t.log.Error("dispatch batch failed, retrying", "records", len(records), "err", err)
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case <-time.After(backoff):
+		}
+		if !retryForever(err) && attempt >= poisonAttempts {
+			t.log.Error("dispatch batch keeps failing, trying its records one by one", "records", len(records), "err", err)
+			return t.processEach(ctx, records)
+		}
+		t.log.Error("dispatch batch failed, retrying", "records", len(records), "attempt", attempt, "err", err)
+		if err := sleep(ctx, backoff); err != nil {
+			return err
 		}
 		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// processEach processes records one at a time, dead-lettering the ones that
+// fail on their own.
+func (t *Task) processEach(ctx context.Context, records []*kgo.Record) error {
+	for _, r := range records {
+		backoff := 100 * time.Millisecond
+		for attempt := 1; ; attempt++ {
+			err := t.process(ctx, []*kgo.Record{r})
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !retryForever(err) && attempt >= poisonAttempts {
+				deadLetters.WithLabelValues(r.Topic).Inc()
+				t.log.Error("dead-lettering a dispatch record: it fails on its own (its recipients sync it from the store)",
+					"topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
+				break
+			}
+			if err := sleep(ctx, backoff); err != nil {
+				return err
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+	return nil
+}
+
+// retryForever reports an error that means a backend is down, not that the
+// request is bad.
+func retryForever(err error) bool {
+	c := apierror.From(err).Code
+	return c == apierror.Unavailable
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
 	}
 }
 
@@ -192,11 +270,15 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 			convIDs = append(convIDs, it.convID)
 		}
 	}
-	mr, err := t.repo.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: convIDs})
-	if err != nil {
-		return fmt.Errorf("get members: %w", err)
+	var lists []*gochatv1.MemberList
+	for start := 0; start < len(convIDs); start += maxConvsPerGetMembers {
+		mr, err := t.repo.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: convIDs[start:min(start+maxConvsPerGetMembers, len(convIDs))]})
+		if err != nil {
+			return fmt.Errorf("get members: %w", err)
+		}
+		lists = append(lists, mr.Lists...)
 	}
-	members := make(map[string][]string, len(mr.Lists))
+	members := make(map[string][]string, len(lists))
 	userSet := map[string]bool{}
 	var users []string
 	addUser := func(u string) {
@@ -205,7 +287,7 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 			users = append(users, u)
 		}
 	}
-	for _, l := range mr.Lists {
+	for _, l := range lists {
 		for _, m := range l.Members {
 			members[l.ConversationId] = append(members[l.ConversationId], m.UserId)
 			addUser(m.UserId)
@@ -216,17 +298,38 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 			addUser(u)
 		}
 	}
-	pr, err := t.repo.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: users})
-	if err != nil {
-		return fmt.Errorf("get presence: %w", err)
+	var live []*gochatv1.Session
+	for start := 0; start < len(users); start += maxUsersPerLookup {
+		pr, err := t.repo.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: users[start:min(start+maxUsersPerLookup, len(users))]})
+		if err != nil {
+			return fmt.Errorf("get presence: %w", err)
+		}
+		live = append(live, pr.Sessions...)
 	}
 	sessions := map[string][]*gochatv1.Session{}
-	for _, s := range pr.Sessions {
+	for _, s := range live {
 		sessions[s.UserId] = append(sessions[s.UserId], s)
 	}
 
+	// A gateway that failed its last push is skipped until its cooldown
+	// ends: its users count as offline (their webhook fires), and the
+	// healthy gateways are not held up waiting for it.
+	for u, ss := range sessions {
+		kept := ss[:0]
+		for _, s := range ss {
+			if !t.gateways.isDown(s.Gateway) {
+				kept = append(kept, s)
+			}
+		}
+		if len(kept) == 0 {
+			delete(sessions, u)
+		} else {
+			sessions[u] = kept
+		}
+	}
+
 	// One push per gateway, holding every delivery for it in record order.
-	perGateway := map[string][]*gochatv1.Delivery{}
+	perGateway := map[string][]delivery{}
 	var offline []Notification
 	for _, it := range items {
 		targets := map[string][]string{}
@@ -248,7 +351,7 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 			}
 		}
 		for gw, sids := range targets {
-			perGateway[gw] = append(perGateway[gw], &gochatv1.Delivery{SessionIds: sids, Frame: it.frame})
+			perGateway[gw] = append(perGateway[gw], delivery{convID: it.convID, d: &gochatv1.Delivery{SessionIds: sids, Frame: it.frame}})
 		}
 	}
 	unknown, err := t.pushAll(ctx, perGateway)
@@ -256,7 +359,7 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 		return err
 	}
 	if len(unknown) > 0 {
-		t.dropStale(ctx, unknown, pr.Sessions)
+		t.dropStale(ctx, unknown, live)
 	}
 	now := time.Now()
 	for _, it := range items {
@@ -281,8 +384,11 @@ func (t *Task) dropStale(ctx context.Context, unknown, known []*gochatv1.Session
 	for _, s := range unknown {
 		s.UserId = owner[s.Gateway+"/"+s.SessionId]
 	}
-	if _, err := t.repo.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: unknown}); err != nil {
-		t.log.Warn("remove stale sessions from presence", "count", len(unknown), "err", err)
+	for start := 0; start < len(unknown); start += maxUsersPerLookup {
+		batch := unknown[start:min(start+maxUsersPerLookup, len(unknown))]
+		if _, err := t.repo.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: batch}); err != nil {
+			t.log.Warn("remove stale sessions from presence", "count", len(batch), "err", err)
+		}
 	}
 }
 
@@ -296,9 +402,12 @@ func (t *Task) queueNotifications(ctx context.Context, offline []Notification) {
 		}
 	}
 	counts := map[string]int64{}
-	if r, err := t.repo.UnreadCounts(ctx, &gochatv1.UnreadCountsRequest{UserIds: ids}); err != nil {
-		t.log.Warn("unread counts for notifications", "err", err)
-	} else {
+	for start := 0; start < len(ids); start += maxUsersPerLookup {
+		r, err := t.repo.UnreadCounts(ctx, &gochatv1.UnreadCountsRequest{UserIds: ids[start:min(start+maxUsersPerLookup, len(ids))]})
+		if err != nil {
+			t.log.Warn("unread counts for notifications", "err", err)
+			continue
+		}
 		for _, c := range r.Counts {
 			counts[c.UserId] = c.Unread
 		}
@@ -429,10 +538,19 @@ func (t *Task) fetchRange(ctx context.Context, conv string, after, before int64)
 	return out, nil
 }
 
-// pushAll pushes to every gateway at once and waits for all of them. A
-// gateway that cannot be reached after retries is given up on for this
-// batch: its clients see the seq gap and sync, and presence drops it with its TTL.
-func (t *Task) pushAll(ctx context.Context, perGateway map[string][]*gochatv1.Delivery) ([]*gochatv1.Session, error) {
+// delivery is one frame for some sessions of one gateway, and the
+// conversation it belongs to (for a resync if it cannot be pushed).
+type delivery struct {
+	convID string
+	d      *gochatv1.Delivery
+}
+
+// pushAll pushes to every gateway at once and waits for all of them. A push
+// that fails is not silently dropped: its sessions are sent a resync frame
+// for each conversation it held, so that they sync from their last seq. A
+// gateway that cannot be reached is marked down for a cooldown: its clients
+// reconnect elsewhere and sync, and presence drops it.
+func (t *Task) pushAll(ctx context.Context, perGateway map[string][]delivery) ([]*gochatv1.Session, error) {
 	var (
 		wg      sync.WaitGroup
 		mu      sync.Mutex
@@ -442,10 +560,12 @@ func (t *Task) pushAll(ctx context.Context, perGateway map[string][]*gochatv1.De
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ids, err := t.pushOne(ctx, gw, deliveries)
-			if err != nil {
-				t.log.Error("push to gateway failed, its clients will sync", "gateway", gw, "deliveries", len(deliveries), "err", err)
-				return
+			ids, failed, err := t.pushOne(ctx, gw, deliveries)
+			if err != nil && ctx.Err() == nil {
+				t.log.Error("push to gateway failed", "gateway", gw, "deliveries", len(failed), "err", err)
+				if len(failed) > 0 && !t.gateways.isDown(gw) {
+					t.resync(ctx, gw, failed)
+				}
 			}
 			mu.Lock()
 			for _, id := range ids {
@@ -461,47 +581,156 @@ func (t *Task) pushAll(ctx context.Context, perGateway map[string][]*gochatv1.De
 	return unknown, nil
 }
 
-const maxDeliveriesPerPush = 5000
+// resync tells the sessions of failed deliveries to sync the conversations
+// they missed, in one small push.
+func (t *Task) resync(ctx context.Context, gw string, failed []delivery) {
+	perConv := map[string]map[string]bool{}
+	for _, f := range failed {
+		if perConv[f.convID] == nil {
+			perConv[f.convID] = map[string]bool{}
+		}
+		for _, id := range f.d.SessionIds {
+			perConv[f.convID][id] = true
+		}
+	}
+	var ds []delivery
+	n := 0
+	for conv, set := range perConv {
+		ids := make([]string, 0, len(set))
+		for id := range set {
+			ids = append(ids, id)
+		}
+		n += len(ids)
+		ds = append(ds, delivery{convID: conv, d: &gochatv1.Delivery{SessionIds: ids,
+			Frame: clientapi.Frame(clientapi.TypeResync, clientapi.ResyncData{ConversationID: conv})}})
+	}
+	if _, _, err := t.pushOne(ctx, gw, ds); err != nil {
+		t.log.Error("resync after a failed push also failed: those clients sync when they reconnect", "gateway", gw, "sessions", n, "err", err)
+		return
+	}
+	resyncs.Add(float64(n))
+}
 
-func (t *Task) pushOne(ctx context.Context, gw string, deliveries []*gochatv1.Delivery) ([]string, error) {
+// pushChunks splits deliveries into pushes bounded by count and by bytes. A
+// delivery over the byte bound goes alone.
+func pushChunks(ds []delivery) [][]delivery {
+	var (
+		out   [][]delivery
+		start int
+		bytes int
+	)
+	for i, d := range ds {
+		size := len(d.d.Frame) + 16
+		for _, id := range d.d.SessionIds {
+			size += len(id) + 2
+		}
+		if i > start && (i-start >= maxDeliveriesPerPush || bytes+size > maxPushBytes) {
+			out = append(out, ds[start:i])
+			start, bytes = i, 0
+		}
+		bytes += size
+	}
+	if start < len(ds) {
+		out = append(out, ds[start:])
+	}
+	return out
+}
+
+// pushOne pushes deliveries to one gateway in order, in bounded chunks. It
+// returns the session ids the gateway does not hold and, on error, the
+// deliveries not pushed.
+func (t *Task) pushOne(ctx context.Context, gw string, deliveries []delivery) (unknown []string, failed []delivery, err error) {
 	client, err := t.gateways.get(gw)
 	if err != nil {
-		return nil, err
+		return nil, deliveries, err
 	}
-	var unknown []string
-	for start := 0; start < len(deliveries); start += maxDeliveriesPerPush {
-		chunk := deliveries[start:min(start+maxDeliveriesPerPush, len(deliveries))]
+	chunks := pushChunks(deliveries)
+	for ci, chunk := range chunks {
+		req := &gochatv1.PushRequest{Deliveries: make([]*gochatv1.Delivery, len(chunk))}
+		for i, d := range chunk {
+			req.Deliveries[i] = d.d
+		}
 		var resp *gochatv1.PushResponse
 		for attempt := 0; ; attempt++ {
 			callCtx, cancel := context.WithTimeout(ctx, t.cfg.PushTimeout)
 			begin := time.Now()
 			// Fail fast on a gateway that is gone (a pod replaced, its
 			// presence not yet expired): waiting for it would stall the batch.
-			resp, err = client.Push(callCtx, &gochatv1.PushRequest{Deliveries: chunk}, grpc.WaitForReady(false))
+			resp, err = client.Push(callCtx, req, grpc.WaitForReady(false))
 			cancel()
 			if err == nil {
 				pushSeconds.WithLabelValues("ok").Observe(time.Since(begin).Seconds())
+				t.gateways.up(gw)
 				break
 			}
 			pushSeconds.WithLabelValues("error").Observe(time.Since(begin).Seconds())
-			if attempt == 2 || ctx.Err() != nil || apierror.From(err).Code != apierror.Unavailable {
-				if apierror.From(err).Code == apierror.Unavailable {
-					t.gateways.drop(gw) // redialed if it comes back
+			code := apierror.From(err).Code
+			// Unavailable is a refused connection: quick to learn, worth a
+			// retry. A timeout is a gateway that does not answer: another
+			// try would stall every batch again, so it is marked down now.
+			timedOut := status.Code(err) == codes.DeadlineExceeded
+			if attempt == 2 || ctx.Err() != nil || code != apierror.Unavailable || timedOut {
+				if code == apierror.Unavailable {
+					t.gateways.down(gw) // redialed after its cooldown
 				}
-				return unknown, err
+				var rest []delivery
+				for _, c := range chunks[ci:] {
+					rest = append(rest, c...)
+				}
+				return unknown, rest, err
 			}
-			time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+			if err := sleep(ctx, time.Duration(attempt+1)*100*time.Millisecond); err != nil {
+				return unknown, nil, err
+			}
 		}
 		unknown = append(unknown, resp.UnknownSessionIds...)
 	}
-	return unknown, nil
+	return unknown, nil, nil
 }
 
-// gatewayConns keeps one long-lived connection per gateway address.
+// gatewayConns keeps one long-lived connection per gateway address, and a
+// breaker per gateway: one that failed is skipped until its cooldown ends,
+// the cooldown doubling (up to 15s) while it keeps failing.
 type gatewayConns struct {
-	id    *rpc.Identity
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	id       *rpc.Identity
+	mu       sync.Mutex
+	conns    map[string]*grpc.ClientConn
+	downTill map[string]time.Time
+	cooldown map[string]time.Duration
+}
+
+const (
+	firstCooldown = 2 * time.Second
+	maxCooldown   = 15 * time.Second // a gateway back from a stall waits at most this for pushes
+)
+
+func (g *gatewayConns) isDown(addr string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return time.Now().Before(g.downTill[addr])
+}
+
+// down marks a gateway failed and drops its connection.
+func (g *gatewayConns) down(addr string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	d := min(max(g.cooldown[addr]*2, firstCooldown), maxCooldown)
+	g.cooldown[addr] = d
+	g.downTill[addr] = time.Now().Add(d)
+	if c, ok := g.conns[addr]; ok {
+		_ = c.Close()
+		delete(g.conns, addr)
+	}
+}
+
+// up forgets a gateway's failures after a push succeeded.
+func (g *gatewayConns) up(addr string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.cooldown[addr]; ok {
+		delete(g.cooldown, addr)
+		delete(g.downTill, addr)
+	}
 }
 
 func (g *gatewayConns) get(addr string) (gochatv1.PushServiceClient, error) {
@@ -516,15 +745,6 @@ func (g *gatewayConns) get(addr string) (gochatv1.PushServiceClient, error) {
 	}
 	g.conns[addr] = c
 	return gochatv1.NewPushServiceClient(c), nil
-}
-
-func (g *gatewayConns) drop(addr string) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if c, ok := g.conns[addr]; ok {
-		_ = c.Close()
-		delete(g.conns, addr)
-	}
 }
 
 func (g *gatewayConns) closeAll() {
