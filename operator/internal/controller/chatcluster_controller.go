@@ -26,7 +26,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -56,6 +55,8 @@ type Reconciler struct {
 	opCerts operatorCerts
 	// Resync is how often a healthy cluster is checked again (topics, Redis, sessions).
 	Resync time.Duration
+	// TopicDeletionTimeout bounds a deletion's wait for Kafka (0: DefaultTopicDeletionTimeout).
+	TopicDeletionTimeout time.Duration
 }
 
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;update;patch
@@ -76,14 +77,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !cc.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.finalize(ctx, &cc)
+		return r.finalize(ctx, &cc)
 	}
-	if !controllerutil.ContainsFinalizer(&cc, Finalizer) {
-		patch := client.MergeFrom(cc.DeepCopy())
-		controllerutil.AddFinalizer(&cc, Finalizer)
-		if err := r.Patch(ctx, &cc, patch); err != nil {
-			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
-		}
+	if err := r.syncFinalizer(ctx, &cc); err != nil {
+		return ctrl.Result{}, err
 	}
 	obs, err := r.converge(ctx, &cc)
 	if err != nil {
@@ -442,39 +439,6 @@ func (r *Reconciler) observe(ctx context.Context, cc *chatv1.ChatCluster, obs *s
 		}
 	}
 	return nil
-}
-
-// finalize deletes the topics when asked, then lets the cluster go; owner
-// references take everything else with it.
-func (r *Reconciler) finalize(ctx context.Context, cc *chatv1.ChatCluster) error {
-	if !controllerutil.ContainsFinalizer(cc, Finalizer) {
-		return nil
-	}
-	if cc.Spec.Kafka.DeleteTopicsOnDelete {
-		if err := r.deleteTopics(ctx, cc); err != nil {
-			r.event(cc, corev1.EventTypeWarning, "TopicDeletionFailed", "DeleteTopics", "%v", err)
-			return fmt.Errorf("delete topics: %w", err)
-		}
-		r.event(cc, corev1.EventTypeNormal, "TopicsDeleted", "DeleteTopics", "deleted topics %v", resources.Topics(cc))
-	}
-	patch := client.MergeFrom(cc.DeepCopy())
-	controllerutil.RemoveFinalizer(cc, Finalizer)
-	return client.IgnoreNotFound(r.Patch(ctx, cc, patch))
-}
-
-func (r *Reconciler) deleteTopics(ctx context.Context, cc *chatv1.ChatCluster) error {
-	conn, err := r.kafkaConnection(ctx, cc)
-	if err != nil {
-		return err
-	}
-	adm, closeAdm, err := kafka.Admin(conn)
-	if err != nil {
-		return err
-	}
-	defer closeAdm()
-	kctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	return kafka.Delete(kctx, adm, resources.Topics(cc))
 }
 
 // SetupWithManager watches ChatClusters, what they own, and the Secrets they read.
