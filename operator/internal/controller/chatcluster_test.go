@@ -661,17 +661,7 @@ func TestKafka(t *testing.T) {
 		}
 		return nil
 	})
-	// Lowering is not done: Kafka cannot, and the status says what is there.
-	cc = getCluster(t, ns, "demo")
-	patch = client.MergeFrom(cc.DeepCopy())
-	cc.Spec.Kafka.Partitions = 2
-	if err := k8s.Patch(bg, cc, patch); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Second)
-	if topics, _ := kafkaTopics(t); len(topics[msgs].Partitions) != 6 {
-		t.Fatal("partitions were lowered")
-	}
+	// Lowering is refused by the API server (TestTransitionRules): Kafka cannot.
 
 	// A replication factor above the broker count and unreachable brokers are conditions, not crashes.
 	cases := []struct {
