@@ -11,9 +11,12 @@ import (
 // +kubebuilder:validation:XValidation:rule="!has(self.gateway) || !has(self.gateway.drain) || self.gateway.drain.maxUnavailable >= 1",message="spec.gateway.drain.maxUnavailable must be at least 1: with 0 no gateway could ever be replaced"
 type ChatClusterSpec struct {
 	// Image is the GoChat image; its four entrypoints run the four services.
-	// +kubebuilder:validation:MinLength=1
+	// When empty, the image of the operator's own release runs (recorded in
+	// the annotation chat.gochat.io/default-image), and an operator upgrade
+	// upgrades the cluster.
 	// +kubebuilder:validation:MaxLength=512
-	Image string `json:"image"`
+	// +optional
+	Image string `json:"image,omitempty"`
 
 	// ImagePullPolicy of every GoChat container.
 	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
@@ -110,7 +113,7 @@ type DrainSpec struct {
 
 // KafkaSpec is the Kafka the cluster uses and the topics it wants there.
 // The transition rules refuse what Kafka cannot do to existing topics, as Strimzi does.
-// +kubebuilder:validation:XValidation:rule="(has(self.topicPrefix) ? self.topicPrefix : '') == (has(oldSelf.topicPrefix) ? oldSelf.topicPrefix : '')",message="spec.kafka.topicPrefix cannot be changed: it names the cluster's existing topics (create a new ChatCluster for new topics)"
+// +kubebuilder:validation:XValidation:rule="has(self.topicPrefix) == has(oldSelf.topicPrefix) && (!has(self.topicPrefix) || self.topicPrefix == oldSelf.topicPrefix)",message="spec.kafka.topicPrefix cannot be changed: it names the cluster's existing topics (create a new ChatCluster for new topics)"
 // +kubebuilder:validation:XValidation:rule="!has(self.partitions) || !has(oldSelf.partitions) || self.partitions >= oldSelf.partitions",message="spec.kafka.partitions cannot be lowered: Kafka cannot remove partitions from a topic"
 // +kubebuilder:validation:XValidation:rule="!has(self.replicationFactor) || !has(oldSelf.replicationFactor) || self.replicationFactor == oldSelf.replicationFactor",message="spec.kafka.replicationFactor cannot be changed: the operator does not reassign partitions of existing topics"
 // +kubebuilder:validation:XValidation:rule="!has(self.retention) || (self.retention.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$') && duration(self.retention) >= duration('1m'))",message="spec.kafka.retention must be a duration of at least 1m, such as 168h"
@@ -146,7 +149,7 @@ type KafkaSpec struct {
 	// CredentialsSecretRef names a Secret with optional keys username and
 	// password (SASL/PLAIN) and ca.crt (TLS to the brokers).
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="has(self.name) && self.name != ''",message="spec.kafka.credentialsSecretRef needs a non-empty name"
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0",message="spec.kafka.credentialsSecretRef needs a non-empty name"
 	CredentialsSecretRef *corev1.LocalObjectReference `json:"credentialsSecretRef,omitempty"`
 	// DeleteTopicsOnDelete deletes the topics when the ChatCluster is deleted.
 	// +optional
@@ -160,7 +163,7 @@ type RedisSpec struct {
 	// +kubebuilder:validation:Pattern=`^[^\s:]+:[0-9]{1,5}$`
 	Address string `json:"address"`
 	// +optional
-// +kubebuilder:validation:XValidation:rule="has(self.name) && self.name != '' && self.key != ''",message="a Secret key reference needs a non-empty name and key"
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
 	PasswordSecretRef *corev1.SecretKeySelector `json:"passwordSecretRef,omitempty"`
 }
 
@@ -168,7 +171,7 @@ type RedisSpec struct {
 type MySQLSpec struct {
 	// DSNSecretRef is a key of a Secret holding the DSN, such as
 	// gochat:pw@tcp(mysql.data:3306)/gochat.
-// +kubebuilder:validation:XValidation:rule="has(self.name) && self.name != '' && self.key != ''",message="a Secret key reference needs a non-empty name and key"
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
 	DSNSecretRef corev1.SecretKeySelector `json:"dsnSecretRef"`
 }
 
@@ -177,7 +180,7 @@ type AuthSpec struct {
 	// JWTSecretRef is the HS256 secret (at least 32 bytes). When absent the
 	// operator generates one in the Secret <name>-jwt and keeps it.
 	// +optional
-// +kubebuilder:validation:XValidation:rule="has(self.name) && self.name != '' && self.key != ''",message="a Secret key reference needs a non-empty name and key"
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
 	JWTSecretRef *corev1.SecretKeySelector `json:"jwtSecretRef,omitempty"`
 }
 
@@ -190,7 +193,7 @@ type NotificationsSpec struct {
 	WebhookURL string `json:"webhookURL,omitempty"`
 	// WebhookSecretRef signs the webhook's bodies; required with webhookURL.
 	// +optional
-// +kubebuilder:validation:XValidation:rule="has(self.name) && self.name != '' && self.key != ''",message="a Secret key reference needs a non-empty name and key"
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
 	WebhookSecretRef *corev1.SecretKeySelector `json:"webhookSecretRef,omitempty"`
 }
 

@@ -20,9 +20,25 @@ import (
 	"github.com/gochat/gochat/operator/internal/controller"
 )
 
+// version and imageRepository are set at build time with -ldflags
+// "-X main.version=... -X main.imageRepository=...": together they name the
+// GoChat image of this release, which runs clusters without spec.image.
+var (
+	version         = "dev"
+	imageRepository = "ghcr.io/gochat/gochat"
+)
+
+func releaseImage() string {
+	if version == "dev" || version == "" {
+		return ""
+	}
+	return imageRepository + ":" + version
+}
+
 func main() {
 	var (
 		metricsAddr, probeAddr string
+		defaultImage           string
 		leaderElect            bool
 		resync                 time.Duration
 	)
@@ -30,6 +46,7 @@ func main() {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "elect a leader, so that only one replica acts at a time")
 	flag.DurationVar(&resync, "resync", 30*time.Second, "how often a running cluster is checked again (topics, Redis, sessions)")
+	flag.StringVar(&defaultImage, "default-image", releaseImage(), "GoChat image of clusters without spec.image (default: this release's image; empty in a dev build)")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -62,6 +79,7 @@ func main() {
 		Client:      mgr.GetClient(),
 		Recorder:    mgr.GetEventRecorder("gochat-operator"),
 		GatewayAddr: controller.PodGRPCAddr, Resync: resync,
+		DefaultImage: defaultImage,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up controller")

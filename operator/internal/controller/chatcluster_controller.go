@@ -55,6 +55,8 @@ type Reconciler struct {
 	opCerts operatorCerts
 	// Resync is how often a healthy cluster is checked again (topics, Redis, sessions).
 	Resync time.Duration
+	// DefaultImage runs clusters without spec.image: the operator's release image.
+	DefaultImage string
 	// TopicDeletionTimeout bounds a deletion's wait for Kafka (0: DefaultTopicDeletionTimeout).
 	TopicDeletionTimeout time.Duration
 }
@@ -79,7 +81,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if !cc.DeletionTimestamp.IsZero() {
 		return r.finalize(ctx, &cc)
 	}
-	if err := r.syncFinalizer(ctx, &cc); err != nil {
+	if err := r.syncMetadata(ctx, &cc); err != nil {
 		return ctrl.Result{}, err
 	}
 	obs, err := r.converge(ctx, &cc)

@@ -489,7 +489,7 @@ func TestValidation(t *testing.T) {
 		{"retention too short", func(c *chatv1.ChatCluster) { c.Spec.Kafka.Retention = "10s" }, "at least 1m"},
 		{"zero drain timeout", func(c *chatv1.ChatCluster) { c.Spec.Gateway.Drain.Timeout = &metav1.Duration{Duration: 0} }, "spec.gateway.drain.timeout must be a duration of at least 1s"},
 		{"unset drain settings are defaulted", func(c *chatv1.ChatCluster) { c.Spec.Gateway.Drain = chatv1.DrainSpec{} }, ""},
-		{"no image", func(c *chatv1.ChatCluster) { c.Spec.Image = "" }, "spec.image"},
+		{"image too long", func(c *chatv1.ChatCluster) { c.Spec.Image = strings.Repeat("x", 513) }, "spec.image"},
 		{"no redis address", func(c *chatv1.ChatCluster) { c.Spec.Redis.Address = "" }, "spec.redis.address"},
 		{"zero partitions", func(c *chatv1.ChatCluster) { c.Spec.Kafka.Partitions = -2 }, "spec.kafka.partitions"},
 		{"bad service type", func(c *chatv1.ChatCluster) { c.Spec.Gateway.Service.Type = "Magic" }, "spec.gateway.service.type"},

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,23 +31,42 @@ const DefaultTopicDeletionTimeout = 5 * time.Minute
 // deletionRetry is the longest wait between two attempts at deleting topics.
 const deletionRetry = 10 * time.Second
 
-// syncFinalizer holds the topics finalizer exactly while the spec asks for
-// the topics to be deleted. The patch carries the resourceVersion, so a
-// concurrent change to the list (another controller's finalizer) is a
-// conflict and a retry rather than an overwrite.
-func (r *Reconciler) syncFinalizer(ctx context.Context, cc *chatv1.ChatCluster) error {
-	want := cc.Spec.Kafka.DeleteTopicsOnDelete
-	if controllerutil.ContainsFinalizer(cc, Finalizer) == want {
+// syncMetadata holds the topics finalizer exactly while the spec asks for
+// the topics to be deleted, and records the operator's default image on a
+// cluster without spec.image. The patch carries the resourceVersion, so a
+// concurrent change (another controller's finalizer) is a conflict and a
+// retry rather than an overwrite.
+func (r *Reconciler) syncMetadata(ctx context.Context, cc *chatv1.ChatCluster) error {
+	wantFinalizer := cc.Spec.Kafka.DeleteTopicsOnDelete
+	wantImage := ""
+	if cc.Spec.Image == "" {
+		if r.DefaultImage == "" {
+			err := errors.New("spec.image is empty and this operator has no default image (--default-image): set spec.image")
+			r.event(cc, corev1.EventTypeWarning, "NoImage", "ResolveImage", "%v", err)
+			return err
+		}
+		wantImage = r.DefaultImage
+	}
+	haveImage := cc.Annotations[resources.AnnotationDefaultImage]
+	if controllerutil.ContainsFinalizer(cc, Finalizer) == wantFinalizer && haveImage == wantImage {
 		return nil
 	}
 	patch := client.MergeFromWithOptions(cc.DeepCopy(), client.MergeFromWithOptimisticLock{})
-	if want {
+	if wantFinalizer {
 		controllerutil.AddFinalizer(cc, Finalizer)
 	} else {
 		controllerutil.RemoveFinalizer(cc, Finalizer)
 	}
+	if wantImage == "" {
+		delete(cc.Annotations, resources.AnnotationDefaultImage)
+	} else {
+		metav1.SetMetaDataAnnotation(&cc.ObjectMeta, resources.AnnotationDefaultImage, wantImage)
+	}
 	if err := r.Patch(ctx, cc, patch); err != nil {
-		return fmt.Errorf("set finalizer %s to %v: %w", Finalizer, want, err)
+		return fmt.Errorf("patch finalizer and default image: %w", err)
+	}
+	if wantImage != haveImage && wantImage != "" {
+		r.event(cc, corev1.EventTypeNormal, "ImageDefaulted", "ResolveImage", "spec.image is empty: running the operator's image %s", wantImage)
 	}
 	return nil
 }
