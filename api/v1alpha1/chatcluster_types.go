@@ -116,6 +116,8 @@ type DrainSpec struct {
 // +kubebuilder:validation:XValidation:rule="has(self.topicPrefix) == has(oldSelf.topicPrefix) && (!has(self.topicPrefix) || self.topicPrefix == oldSelf.topicPrefix)",message="spec.kafka.topicPrefix cannot be changed: it names the cluster's existing topics (create a new ChatCluster for new topics)"
 // +kubebuilder:validation:XValidation:rule="!has(self.partitions) || !has(oldSelf.partitions) || self.partitions >= oldSelf.partitions",message="spec.kafka.partitions cannot be lowered: Kafka cannot remove partitions from a topic"
 // +kubebuilder:validation:XValidation:rule="!has(self.replicationFactor) || !has(oldSelf.replicationFactor) || self.replicationFactor == oldSelf.replicationFactor",message="spec.kafka.replicationFactor cannot be changed: the operator does not reassign partitions of existing topics"
+// +kubebuilder:validation:XValidation:rule="!has(self.credentialsSecretRef) || !has(self.tls) || !has(self.tls.enabled) || self.tls.enabled || (has(self.allowPlaintextSASL) && self.allowPlaintextSASL)",message="spec.kafka.credentialsSecretRef with tls.enabled false would send the SASL/PLAIN password in the clear: enable TLS, or set allowPlaintextSASL: true to accept that"
+// +kubebuilder:validation:XValidation:rule="!has(self.tls) || !has(self.tls.caSecretRef) || !has(self.tls.enabled) || self.tls.enabled",message="spec.kafka.tls.caSecretRef needs TLS: remove tls.enabled: false"
 // +kubebuilder:validation:XValidation:rule="!has(self.retention) || (self.retention.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$') && duration(self.retention) >= duration('1m'))",message="spec.kafka.retention must be a duration of at least 1m, such as 168h"
 type KafkaSpec struct {
 	// +kubebuilder:validation:MinItems=1
@@ -146,14 +148,44 @@ type KafkaSpec struct {
 	// +kubebuilder:default="168h"
 	// +optional
 	Retention string `json:"retention,omitempty"`
-	// CredentialsSecretRef names a Secret with optional keys username and
-	// password (SASL/PLAIN) and ca.crt (TLS to the brokers).
+	// CredentialsSecretRef names a Secret with keys username and password
+	// (SASL/PLAIN), and optionally ca.crt (the brokers' CA when
+	// tls.caSecretRef is not set). With it, TLS is on unless tls.enabled
+	// says otherwise.
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0",message="spec.kafka.credentialsSecretRef needs a non-empty name"
 	CredentialsSecretRef *corev1.LocalObjectReference `json:"credentialsSecretRef,omitempty"`
+	// TLS to the brokers.
+	// +optional
+	TLS KafkaTLSSpec `json:"tls,omitempty"`
+	// AllowPlaintextSASL accepts sending the SASL/PLAIN password without TLS.
+	// +optional
+	AllowPlaintextSASL bool `json:"allowPlaintextSASL,omitempty"`
 	// DeleteTopicsOnDelete deletes the topics when the ChatCluster is deleted.
 	// +optional
 	DeleteTopicsOnDelete bool `json:"deleteTopicsOnDelete,omitempty"`
+}
+
+// KafkaTLSSpec is how the brokers are reached over TLS.
+type KafkaTLSSpec struct {
+	// Enabled turns TLS on; unset, it is on exactly when credentialsSecretRef
+	// is set, so that a password never crosses the network in the clear.
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
+	// CASecretRef is a Secret key with the PEM CA bundle that signs the
+	// brokers' certificates. Absent: ca.crt of credentialsSecretRef when that
+	// key exists, else the system roots.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
+	CASecretRef *corev1.SecretKeySelector `json:"caSecretRef,omitempty"`
+}
+
+// KafkaTLSEnabled is whether the brokers are reached over TLS.
+func (k KafkaSpec) KafkaTLSEnabled() bool {
+	if k.TLS.Enabled != nil {
+		return *k.TLS.Enabled
+	}
+	return k.CredentialsSecretRef != nil || k.TLS.CASecretRef != nil
 }
 
 // RedisSpec is the Redis the cluster uses.

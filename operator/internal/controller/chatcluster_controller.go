@@ -134,7 +134,7 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (stat
 		obs.Secrets = status.Check{Reason: status.ReasonSecretMissing, Err: secretsErr}
 		r.event(cc, corev1.EventTypeWarning, status.ReasonSecretMissing, "ResolveSecrets", "%v", secretsErr)
 	}
-	in := resources.Inputs{SecretHash: hashes}
+	in := resources.Inputs{SecretHash: hashes, KafkaCredentialsCA: r.kafkaCredentialsCA(ctx, cc)}
 
 	var objs []client.Object
 	objs = append(objs, resources.ConfigMap(cc), resources.ServiceAccount(cc))
@@ -321,19 +321,6 @@ func (r *Reconciler) migrate(ctx context.Context, cc *chatv1.ChatCluster, in res
 		}
 	}
 	return nil
-}
-
-// kafkaConnection reads the brokers and credentials of the spec.
-func (r *Reconciler) kafkaConnection(ctx context.Context, cc *chatv1.ChatCluster) (kafka.Connection, error) {
-	c := kafka.Connection{Brokers: cc.Spec.Kafka.BootstrapServers}
-	if ref := cc.Spec.Kafka.CredentialsSecretRef; ref != nil {
-		var s corev1.Secret
-		if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: ref.Name}, &s); err != nil {
-			return c, &kafka.Error{Reason: status.ReasonSecretMissing, Err: fmt.Errorf("kafka credentials secret %s: %w", ref.Name, err)}
-		}
-		c.Username, c.Password, c.CA = string(s.Data["username"]), string(s.Data["password"]), s.Data["ca.crt"]
-	}
-	return c, nil
 }
 
 func (r *Reconciler) ensureTopics(ctx context.Context, cc *chatv1.ChatCluster, obs *status.Observed) {
