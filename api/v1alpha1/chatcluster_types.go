@@ -24,6 +24,11 @@ type ChatClusterSpec struct {
 	// +optional
 	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
 
+	// Pods are pod settings shared by every component; a component's own
+	// pods block replaces them field by field (labels and annotations merge).
+	// +optional
+	Pods PodSettings `json:"pods,omitempty"`
+
 	// +kubebuilder:default={}
 	// +optional
 	Gateway GatewaySpec `json:"gateway,omitempty"`
@@ -58,8 +63,38 @@ type ComponentSpec struct {
 	// +kubebuilder:default=2
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
+	// Resources of the container; requests default to 100m CPU and 128Mi
+	// memory when none are given, so that pods are never BestEffort.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// Pods override spec.pods for this component.
+	// +optional
+	Pods PodSettings `json:"pods,omitempty"`
+}
+
+// PodSettings are what platform teams set on pods: placement, priority,
+// pull secrets, and metadata for their tooling.
+type PodSettings struct {
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// TopologySpreadConstraints; gateways default to spreading across nodes.
+	// +optional
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+	// +optional
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// Annotations added to the pods (the operator's own win on a clash).
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// Labels added to the pods (the operator's own win on a clash).
+	// +optional
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // GatewaySpec sizes and exposes the WebSocket gateways.
@@ -77,8 +112,12 @@ type GatewaySpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	Service GatewayServiceSpec `json:"service,omitempty"`
+	// Resources of the container; requests default as for the other components.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// Pods override spec.pods for the gateways.
+	// +optional
+	Pods PodSettings `json:"pods,omitempty"`
 	// +kubebuilder:default={}
 	// +optional
 	Drain DrainSpec `json:"drain,omitempty"`
@@ -95,6 +134,18 @@ type GatewayServiceSpec struct {
 	// +kubebuilder:default=80
 	// +optional
 	Port int32 `json:"port,omitempty"`
+	// Annotations of the Service, such as a load balancer's idle timeout
+	// (WebSocket connections are long-lived).
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// ExternalTrafficPolicy of a NodePort or LoadBalancer Service.
+	// +kubebuilder:validation:Enum=Cluster;Local
+	// +optional
+	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy `json:"externalTrafficPolicy,omitempty"`
+	// LoadBalancerClass picks the load balancer implementation.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	LoadBalancerClass *string `json:"loadBalancerClass,omitempty"`
 }
 
 // DrainSpec bounds how gateways are emptied before they are removed.

@@ -124,7 +124,7 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 		Args:            []string{component},
 		EnvFrom:         []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: ConfigMapName(cc)}}}},
 		Env:             env(cc, component, in),
-		Resources:       res,
+		Resources:       withDefaultRequests(res),
 		SecurityContext: securityContext(),
 	}
 	switch component {
@@ -149,7 +149,7 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 	vols, mounts, c.Env = append(vols, tlsVols...), append(mounts, tlsMounts...), append(c.Env, tlsEnv...)
 	c.VolumeMounts = mounts
 	f := false
-	return corev1.PodTemplateSpec{
+	tpl := corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{
 			Labels: Labels(cc, component),
 			Annotations: map[string]string{
@@ -165,6 +165,8 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 			SecurityContext:              &corev1.PodSecurityContext{RunAsNonRoot: boolPtr(true), RunAsUser: int64Ptr(65532)},
 		},
 	}
+	applyPodSettings(&tpl, PodSettings(cc, component))
+	return tpl
 }
 
 func boolPtr(b bool) *bool    { return &b }
