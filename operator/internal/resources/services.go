@@ -65,7 +65,7 @@ func PodDisruptionBudgets(cc *chatv1.ChatCluster) []*policyv1.PodDisruptionBudge
 				// A pod that is not Ready protects nothing; without this a
 				// crash-looping pod would block every node drain.
 				UnhealthyPodEvictionPolicy: ptrPolicy(policyv1.AlwaysAllow),
-				Selector:       &metav1.LabelSelector{MatchLabels: SelectorLabels(cc, c)},
+				Selector:                   &metav1.LabelSelector{MatchLabels: SelectorLabels(cc, c)},
 			},
 		})
 	}
