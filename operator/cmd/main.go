@@ -40,12 +40,13 @@ func main() {
 		metricsAddr, probeAddr string
 		defaultImage           string
 		leaderElect            bool
-		resync                 time.Duration
+		resync, topicDeletion  time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the metrics endpoint (HTTPS, authenticated); 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "elect a leader, so that only one replica acts at a time")
 	flag.DurationVar(&resync, "resync", 30*time.Second, "how often a running cluster is checked again (topics, Redis, sessions)")
+	flag.DurationVar(&topicDeletion, "topic-deletion-timeout", controller.DefaultTopicDeletionTimeout, "longest a ChatCluster's deletion waits for its topics to be deleted before it lets go with a Warning")
 	flag.StringVar(&defaultImage, "default-image", releaseImage(), "GoChat image of clusters without spec.image (default: this release's image; empty in a dev build)")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -79,7 +80,7 @@ func main() {
 		Client:      mgr.GetClient(),
 		Recorder:    mgr.GetEventRecorder("gochat-operator"),
 		GatewayAddr: controller.PodGRPCAddr, Resync: resync,
-		DefaultImage: defaultImage,
+		DefaultImage: defaultImage, TopicDeletionTimeout: topicDeletion,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up controller")
