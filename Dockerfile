@@ -13,7 +13,7 @@ COPY services/ services/
 COPY operator/ operator/
 ARG VERSION=dev
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/gochat ./services/cmd/gochat && \
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/operator ./operator/cmd
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/operator ./operator/cmd
 
 FROM gcr.io/distroless/static-debian12:nonroot AS operator
 COPY --from=build /out/operator /manager

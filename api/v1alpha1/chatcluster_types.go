@@ -11,15 +11,23 @@ import (
 // +kubebuilder:validation:XValidation:rule="!has(self.gateway) || !has(self.gateway.drain) || self.gateway.drain.maxUnavailable >= 1",message="spec.gateway.drain.maxUnavailable must be at least 1: with 0 no gateway could ever be replaced"
 type ChatClusterSpec struct {
 	// Image is the GoChat image; its four entrypoints run the four services.
-	// +kubebuilder:validation:MinLength=1
+	// When empty, the image of the operator's own release runs (recorded in
+	// the annotation chat.gochat.io/default-image), and an operator upgrade
+	// upgrades the cluster.
 	// +kubebuilder:validation:MaxLength=512
-	Image string `json:"image"`
+	// +optional
+	Image string `json:"image,omitempty"`
 
 	// ImagePullPolicy of every GoChat container.
 	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
 	// +kubebuilder:default=IfNotPresent
 	// +optional
 	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
+	// Pods are pod settings shared by every component; a component's own
+	// pods block replaces them field by field (labels and annotations merge).
+	// +optional
+	Pods PodSettings `json:"pods,omitempty"`
 
 	// +kubebuilder:default={}
 	// +optional
@@ -55,8 +63,38 @@ type ComponentSpec struct {
 	// +kubebuilder:default=2
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
+	// Resources of the container; requests default to 100m CPU and 128Mi
+	// memory when none are given, so that pods are never BestEffort.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// Pods override spec.pods for this component.
+	// +optional
+	Pods PodSettings `json:"pods,omitempty"`
+}
+
+// PodSettings are what platform teams set on pods: placement, priority,
+// pull secrets, and metadata for their tooling.
+type PodSettings struct {
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// TopologySpreadConstraints; gateways default to spreading across nodes.
+	// +optional
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+	// +optional
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// Annotations added to the pods (the operator's own win on a clash).
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// Labels added to the pods (the operator's own win on a clash).
+	// +optional
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // GatewaySpec sizes and exposes the WebSocket gateways.
@@ -74,8 +112,12 @@ type GatewaySpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	Service GatewayServiceSpec `json:"service,omitempty"`
+	// Resources of the container; requests default as for the other components.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// Pods override spec.pods for the gateways.
+	// +optional
+	Pods PodSettings `json:"pods,omitempty"`
 	// +kubebuilder:default={}
 	// +optional
 	Drain DrainSpec `json:"drain,omitempty"`
@@ -92,6 +134,18 @@ type GatewayServiceSpec struct {
 	// +kubebuilder:default=80
 	// +optional
 	Port int32 `json:"port,omitempty"`
+	// Annotations of the Service, such as a load balancer's idle timeout
+	// (WebSocket connections are long-lived).
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// ExternalTrafficPolicy of a NodePort or LoadBalancer Service.
+	// +kubebuilder:validation:Enum=Cluster;Local
+	// +optional
+	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy `json:"externalTrafficPolicy,omitempty"`
+	// LoadBalancerClass picks the load balancer implementation.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	LoadBalancerClass *string `json:"loadBalancerClass,omitempty"`
 }
 
 // DrainSpec bounds how gateways are emptied before they are removed.
@@ -109,6 +163,12 @@ type DrainSpec struct {
 }
 
 // KafkaSpec is the Kafka the cluster uses and the topics it wants there.
+// The transition rules refuse what Kafka cannot do to existing topics, as Strimzi does.
+// +kubebuilder:validation:XValidation:rule="has(self.topicPrefix) == has(oldSelf.topicPrefix) && (!has(self.topicPrefix) || self.topicPrefix == oldSelf.topicPrefix)",message="spec.kafka.topicPrefix cannot be changed: it names the cluster's existing topics (create a new ChatCluster for new topics)"
+// +kubebuilder:validation:XValidation:rule="!has(self.partitions) || !has(oldSelf.partitions) || self.partitions >= oldSelf.partitions",message="spec.kafka.partitions cannot be lowered: Kafka cannot remove partitions from a topic"
+// +kubebuilder:validation:XValidation:rule="!has(self.replicationFactor) || !has(oldSelf.replicationFactor) || self.replicationFactor == oldSelf.replicationFactor",message="spec.kafka.replicationFactor cannot be changed: the operator does not reassign partitions of existing topics"
+// +kubebuilder:validation:XValidation:rule="!has(self.credentialsSecretRef) || !has(self.tls) || !has(self.tls.enabled) || self.tls.enabled || (has(self.allowPlaintextSASL) && self.allowPlaintextSASL)",message="spec.kafka.credentialsSecretRef with tls.enabled false would send the SASL/PLAIN password in the clear: enable TLS, or set allowPlaintextSASL: true to accept that"
+// +kubebuilder:validation:XValidation:rule="!has(self.tls) || !has(self.tls.caSecretRef) || !has(self.tls.enabled) || self.tls.enabled",message="spec.kafka.tls.caSecretRef needs TLS: remove tls.enabled: false"
 // +kubebuilder:validation:XValidation:rule="!has(self.retention) || (self.retention.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$') && duration(self.retention) >= duration('1m'))",message="spec.kafka.retention must be a duration of at least 1m, such as 168h"
 type KafkaSpec struct {
 	// +kubebuilder:validation:MinItems=1
@@ -139,13 +199,44 @@ type KafkaSpec struct {
 	// +kubebuilder:default="168h"
 	// +optional
 	Retention string `json:"retention,omitempty"`
-	// CredentialsSecretRef names a Secret with optional keys username and
-	// password (SASL/PLAIN) and ca.crt (TLS to the brokers).
+	// CredentialsSecretRef names a Secret with keys username and password
+	// (SASL/PLAIN), and optionally ca.crt (the brokers' CA when
+	// tls.caSecretRef is not set). With it, TLS is on unless tls.enabled
+	// says otherwise.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0",message="spec.kafka.credentialsSecretRef needs a non-empty name"
 	CredentialsSecretRef *corev1.LocalObjectReference `json:"credentialsSecretRef,omitempty"`
+	// TLS to the brokers.
+	// +optional
+	TLS KafkaTLSSpec `json:"tls,omitempty"`
+	// AllowPlaintextSASL accepts sending the SASL/PLAIN password without TLS.
+	// +optional
+	AllowPlaintextSASL bool `json:"allowPlaintextSASL,omitempty"`
 	// DeleteTopicsOnDelete deletes the topics when the ChatCluster is deleted.
 	// +optional
 	DeleteTopicsOnDelete bool `json:"deleteTopicsOnDelete,omitempty"`
+}
+
+// KafkaTLSSpec is how the brokers are reached over TLS.
+type KafkaTLSSpec struct {
+	// Enabled turns TLS on; unset, it is on exactly when credentialsSecretRef
+	// is set, so that a password never crosses the network in the clear.
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
+	// CASecretRef is a Secret key with the PEM CA bundle that signs the
+	// brokers' certificates. Absent: ca.crt of credentialsSecretRef when that
+	// key exists, else the system roots.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
+	CASecretRef *corev1.SecretKeySelector `json:"caSecretRef,omitempty"`
+}
+
+// KafkaTLSEnabled is whether the brokers are reached over TLS.
+func (k KafkaSpec) KafkaTLSEnabled() bool {
+	if k.TLS.Enabled != nil {
+		return *k.TLS.Enabled
+	}
+	return k.CredentialsSecretRef != nil || k.TLS.CASecretRef != nil
 }
 
 // RedisSpec is the Redis the cluster uses.
@@ -155,6 +246,7 @@ type RedisSpec struct {
 	// +kubebuilder:validation:Pattern=`^[^\s:]+:[0-9]{1,5}$`
 	Address string `json:"address"`
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
 	PasswordSecretRef *corev1.SecretKeySelector `json:"passwordSecretRef,omitempty"`
 }
 
@@ -162,6 +254,7 @@ type RedisSpec struct {
 type MySQLSpec struct {
 	// DSNSecretRef is a key of a Secret holding the DSN, such as
 	// gochat:pw@tcp(mysql.data:3306)/gochat.
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
 	DSNSecretRef corev1.SecretKeySelector `json:"dsnSecretRef"`
 }
 
@@ -170,6 +263,7 @@ type AuthSpec struct {
 	// JWTSecretRef is the HS256 secret (at least 32 bytes). When absent the
 	// operator generates one in the Secret <name>-jwt and keeps it.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
 	JWTSecretRef *corev1.SecretKeySelector `json:"jwtSecretRef,omitempty"`
 }
 
@@ -182,6 +276,7 @@ type NotificationsSpec struct {
 	WebhookURL string `json:"webhookURL,omitempty"`
 	// WebhookSecretRef signs the webhook's bodies; required with webhookURL.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && size(self.name) > 0 && size(self.key) > 0",message="a Secret key reference needs a non-empty name and key"
 	WebhookSecretRef *corev1.SecretKeySelector `json:"webhookSecretRef,omitempty"`
 }
 

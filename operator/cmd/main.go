@@ -23,17 +23,36 @@ import (
 	"github.com/gochat/gochat/operator/internal/resources"
 )
 
+// version and imageRepository are set at build time with -ldflags
+// "-X main.version=... -X main.imageRepository=...": together they name the
+// GoChat image of this release, which runs clusters without spec.image.
+var (
+	version         = "dev"
+	imageRepository = "ghcr.io/gochat/gochat"
+)
+
+func releaseImage() string {
+	if version == "dev" || version == "" {
+		return ""
+	}
+	return imageRepository + ":" + version
+}
+
 func main() {
 	var (
 		metricsAddr, probeAddr string
+		defaultImage           string
 		leaderElect            bool
 		resync, readyTimeout   time.Duration
+		topicDeletion          time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the metrics endpoint (HTTPS, authenticated); 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "elect a leader, so that only one replica acts at a time")
 	flag.DurationVar(&resync, "resync", 30*time.Second, "how often a running cluster is checked again (topics, Redis, sessions)")
 	flag.DurationVar(&readyTimeout, "gateway-ready-timeout", gatewayroll.DefaultReadyTimeout, "how long a replacement gateway may take to become Ready before the roll halts (RolloutStuck)")
+	flag.DurationVar(&topicDeletion, "topic-deletion-timeout", controller.DefaultTopicDeletionTimeout, "longest a ChatCluster's deletion waits for its topics to be deleted before it lets go with a Warning")
+	flag.StringVar(&defaultImage, "default-image", releaseImage(), "GoChat image of clusters without spec.image (default: this release's image; empty in a dev build)")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -67,6 +86,7 @@ func main() {
 		Recorder:  mgr.GetEventRecorder("gochat-operator"),
 		APIReader: mgr.GetAPIReader(),
 		Resync:    resync, ReadyTimeout: readyTimeout,
+		DefaultImage: defaultImage, TopicDeletionTimeout: topicDeletion,
 	}
 	// Every call to a gateway is mutual TLS with the operator's certificate
 	// from that cluster's CA.

@@ -26,7 +26,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -63,6 +62,10 @@ type Reconciler struct {
 	ReadyTimeout time.Duration
 	// Resync is how often a healthy cluster is checked again (topics, Redis, sessions).
 	Resync time.Duration
+	// DefaultImage runs clusters without spec.image: the operator's release image.
+	DefaultImage string
+	// TopicDeletionTimeout bounds a deletion's wait for Kafka (0: DefaultTopicDeletionTimeout).
+	TopicDeletionTimeout time.Duration
 }
 
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;update;patch
@@ -83,14 +86,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !cc.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.finalize(ctx, &cc)
+		return r.finalize(ctx, &cc)
 	}
-	if !controllerutil.ContainsFinalizer(&cc, Finalizer) {
-		patch := client.MergeFrom(cc.DeepCopy())
-		controllerutil.AddFinalizer(&cc, Finalizer)
-		if err := r.Patch(ctx, &cc, patch); err != nil {
-			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
-		}
+	if err := r.syncMetadata(ctx, &cc); err != nil {
+		return ctrl.Result{}, err
 	}
 	obs, busy, err := r.converge(ctx, &cc)
 	if err != nil {
@@ -160,7 +159,7 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs 
 		obs.Secrets = status.Check{Reason: status.ReasonSecretMissing, Err: secretsErr}
 		r.event(cc, corev1.EventTypeWarning, status.ReasonSecretMissing, "ResolveSecrets", "%v", secretsErr)
 	}
-	in := resources.Inputs{SecretHash: hashes}
+	in := resources.Inputs{SecretHash: hashes, KafkaCredentialsCA: r.kafkaCredentialsCA(ctx, cc)}
 
 	// The roll is decided before the StatefulSet is applied: a scale-down
 	// keeps its replicas until the gateways it removes are drained.
@@ -368,19 +367,6 @@ func (r *Reconciler) migrate(ctx context.Context, cc *chatv1.ChatCluster, in res
 	return nil
 }
 
-// kafkaConnection reads the brokers and credentials of the spec.
-func (r *Reconciler) kafkaConnection(ctx context.Context, cc *chatv1.ChatCluster) (kafka.Connection, error) {
-	c := kafka.Connection{Brokers: cc.Spec.Kafka.BootstrapServers}
-	if ref := cc.Spec.Kafka.CredentialsSecretRef; ref != nil {
-		var s corev1.Secret
-		if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: ref.Name}, &s); err != nil {
-			return c, &kafka.Error{Reason: status.ReasonSecretMissing, Err: fmt.Errorf("kafka credentials secret %s: %w", ref.Name, err)}
-		}
-		c.Username, c.Password, c.CA = string(s.Data["username"]), string(s.Data["password"]), s.Data["ca.crt"]
-	}
-	return c, nil
-}
-
 func (r *Reconciler) ensureTopics(ctx context.Context, cc *chatv1.ChatCluster, obs *status.Observed) {
 	fail := func(err error) {
 		var ke *kafka.Error
@@ -472,39 +458,6 @@ func (r *Reconciler) observe(ctx context.Context, cc *chatv1.ChatCluster, obs *s
 		obs.ClientService = &svc
 	}
 	return nil
-}
-
-// finalize deletes the topics when asked, then lets the cluster go; owner
-// references take everything else with it.
-func (r *Reconciler) finalize(ctx context.Context, cc *chatv1.ChatCluster) error {
-	if !controllerutil.ContainsFinalizer(cc, Finalizer) {
-		return nil
-	}
-	if cc.Spec.Kafka.DeleteTopicsOnDelete {
-		if err := r.deleteTopics(ctx, cc); err != nil {
-			r.event(cc, corev1.EventTypeWarning, "TopicDeletionFailed", "DeleteTopics", "%v", err)
-			return fmt.Errorf("delete topics: %w", err)
-		}
-		r.event(cc, corev1.EventTypeNormal, "TopicsDeleted", "DeleteTopics", "deleted topics %v", resources.Topics(cc))
-	}
-	patch := client.MergeFrom(cc.DeepCopy())
-	controllerutil.RemoveFinalizer(cc, Finalizer)
-	return client.IgnoreNotFound(r.Patch(ctx, cc, patch))
-}
-
-func (r *Reconciler) deleteTopics(ctx context.Context, cc *chatv1.ChatCluster) error {
-	conn, err := r.kafkaConnection(ctx, cc)
-	if err != nil {
-		return err
-	}
-	adm, closeAdm, err := kafka.Admin(conn)
-	if err != nil {
-		return err
-	}
-	defer closeAdm()
-	kctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	return kafka.Delete(kctx, adm, resources.Topics(cc))
 }
 
 // SetupWithManager watches ChatClusters, what they own, and the Secrets they read.

@@ -38,7 +38,9 @@ type Connection struct {
 	Brokers  []string
 	Username string
 	Password string
-	CA       []byte
+	// TLS to the brokers, verified with CA, or the system roots when CA is empty.
+	TLS bool
+	CA  []byte
 }
 
 // Want is the topics' desired shape.
@@ -67,12 +69,15 @@ func Admin(c Connection) (*kadm.Client, func(), error) {
 	if c.Username != "" {
 		opts = append(opts, kgo.SASL(plain.Auth{User: c.Username, Pass: c.Password}.AsMechanism()))
 	}
-	if len(c.CA) > 0 {
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(c.CA) {
-			return nil, nil, &Error{ReasonTopicError, errors.New("ca.crt of the Kafka credentials Secret holds no PEM certificate")}
+	if c.TLS || len(c.CA) > 0 {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if len(c.CA) > 0 {
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(c.CA) {
+				return nil, nil, &Error{ReasonTopicError, errors.New("the Kafka CA holds no PEM certificate")}
+			}
 		}
-		opts = append(opts, kgo.DialTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+		opts = append(opts, kgo.DialTLSConfig(cfg))
 	}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {

@@ -92,6 +92,10 @@ func SecretKeys(cc *chatv1.ChatCluster) map[string][]corev1.SecretKeySelector {
 			out[Task] = append(out[Task], ref)
 		}
 	}
+	if r := cc.Spec.Kafka.TLS.CASecretRef; r != nil {
+		out[Logic] = append(out[Logic], *r)
+		out[Task] = append(out[Task], *r)
+	}
 	if r := cc.Spec.Notifications.WebhookSecretRef; r != nil {
 		out[Task] = append(out[Task], *r)
 	}

@@ -88,7 +88,12 @@ func GatewaySelector(cc *chatv1.ChatCluster) string {
 	return metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: SelectorLabels(cc, Gateway)})
 }
 
-// Image of a component: its override, else spec.image.
+// AnnotationDefaultImage on a ChatCluster without spec.image records the
+// image of the operator's release that it runs (set by the operator).
+const AnnotationDefaultImage = "chat.gochat.io/default-image"
+
+// Image of a component: its override, else spec.image, else the operator's
+// default recorded in AnnotationDefaultImage.
 func Image(cc *chatv1.ChatCluster, component string) string {
 	var img string
 	switch component {
@@ -103,6 +108,9 @@ func Image(cc *chatv1.ChatCluster, component string) string {
 	}
 	if img == "" {
 		img = cc.Spec.Image
+	}
+	if img == "" {
+		img = cc.Annotations[AnnotationDefaultImage]
 	}
 	return img
 }

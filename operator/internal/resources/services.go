@@ -27,9 +27,18 @@ func port(name string, p int32) corev1.ServicePort {
 // resolve every replica through DNS and spread calls round robin, which a
 // ClusterIP would defeat (one long-lived connection, one pod).
 func Services(cc *chatv1.ChatCluster) []*corev1.Service {
-	client := corev1.ServicePort{Name: "http", Port: cc.Spec.Gateway.Service.Port, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}
+	gs := cc.Spec.Gateway.Service
+	client := corev1.ServicePort{Name: "http", Port: gs.Port, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}
+	front := service(cc, Name(cc, Gateway), Gateway, corev1.ServiceSpec{Type: gs.Type, Ports: []corev1.ServicePort{client}})
+	front.Annotations = merged(gs.Annotations)
+	if gs.Type == corev1.ServiceTypeNodePort || gs.Type == corev1.ServiceTypeLoadBalancer {
+		front.Spec.ExternalTrafficPolicy = gs.ExternalTrafficPolicy
+	}
+	if gs.Type == corev1.ServiceTypeLoadBalancer {
+		front.Spec.LoadBalancerClass = gs.LoadBalancerClass
+	}
 	return []*corev1.Service{
-		service(cc, Name(cc, Gateway), Gateway, corev1.ServiceSpec{Type: cc.Spec.Gateway.Service.Type, Ports: []corev1.ServicePort{client}}),
+		front,
 		service(cc, GatewayPodsServiceName(cc), Gateway, corev1.ServiceSpec{
 			ClusterIP: corev1.ClusterIPNone, PublishNotReadyAddresses: true,
 			Ports: []corev1.ServicePort{port("grpc", GatewayGRPCPort)},
@@ -53,9 +62,16 @@ func PodDisruptionBudgets(cc *chatv1.ChatCluster) []*policyv1.PodDisruptionBudge
 			ObjectMeta: meta(cc, Name(cc, c), c),
 			Spec: policyv1.PodDisruptionBudgetSpec{
 				MaxUnavailable: &max,
-				Selector:       &metav1.LabelSelector{MatchLabels: SelectorLabels(cc, c)},
+				// A pod that is not Ready protects nothing; without this a
+				// crash-looping pod would block every node drain.
+				UnhealthyPodEvictionPolicy: ptrPolicy(policyv1.AlwaysAllow),
+				Selector:                   &metav1.LabelSelector{MatchLabels: SelectorLabels(cc, c)},
 			},
 		})
 	}
 	return out
+}
+
+func ptrPolicy(p policyv1.UnhealthyPodEvictionPolicyType) *policyv1.UnhealthyPodEvictionPolicyType {
+	return &p
 }

@@ -22,6 +22,24 @@ type Inputs struct {
 	// GatewayReplicas is the gateway StatefulSet's replicas while a
 	// scale-down drains the gateways it removes; nil: spec.gateway.replicas.
 	GatewayReplicas *int32
+	// KafkaCredentialsCA says the Kafka credentials Secret holds ca.crt.
+	KafkaCredentialsCA bool
+}
+
+// KafkaCA is the Secret key holding the brokers' CA: tls.caSecretRef, else
+// ca.crt of the credentials Secret when it has one; nil means the system
+// roots (or no TLS at all).
+func KafkaCA(cc *chatv1.ChatCluster, in Inputs) *corev1.SecretKeySelector {
+	k := cc.Spec.Kafka
+	switch {
+	case !k.KafkaTLSEnabled():
+		return nil
+	case k.TLS.CASecretRef != nil:
+		return k.TLS.CASecretRef
+	case k.CredentialsSecretRef != nil && in.KafkaCredentialsCA:
+		return &corev1.SecretKeySelector{LocalObjectReference: *k.CredentialsSecretRef, Key: "ca.crt"}
+	}
+	return nil
 }
 
 func secretEnv(name string, ref corev1.SecretKeySelector, optional bool) corev1.EnvVar {
@@ -36,14 +54,24 @@ func secretEnv(name string, ref corev1.SecretKeySelector, optional bool) corev1.
 const kafkaCAPath = "/etc/gochat/kafka"
 
 // env is the container's own variables: its secrets, and the pod IP for the gateway.
-func env(cc *chatv1.ChatCluster, component string) []corev1.EnvVar {
+func env(cc *chatv1.ChatCluster, component string, in Inputs) []corev1.EnvVar {
 	var out []corev1.EnvVar
+	// The services refuse SASL over plaintext unless told it is wanted, as
+	// the CRD does: both read the same three settings.
 	kafkaCreds := func() {
-		if r := cc.Spec.Kafka.CredentialsSecretRef; r != nil {
+		k := cc.Spec.Kafka
+		if r := k.CredentialsSecretRef; r != nil {
 			out = append(out,
 				secretEnv("GOCHAT_KAFKA_SASL_USER", corev1.SecretKeySelector{LocalObjectReference: *r, Key: "username"}, true),
-				secretEnv("GOCHAT_KAFKA_SASL_PASSWORD", corev1.SecretKeySelector{LocalObjectReference: *r, Key: "password"}, true),
-				corev1.EnvVar{Name: "GOCHAT_KAFKA_TLS_CA", Value: kafkaCAPath + "/ca.crt"})
+				secretEnv("GOCHAT_KAFKA_SASL_PASSWORD", corev1.SecretKeySelector{LocalObjectReference: *r, Key: "password"}, true))
+		}
+		if k.KafkaTLSEnabled() {
+			out = append(out, corev1.EnvVar{Name: "GOCHAT_KAFKA_TLS", Value: "true"})
+		} else if k.AllowPlaintextSASL {
+			out = append(out, corev1.EnvVar{Name: "GOCHAT_KAFKA_ALLOW_PLAINTEXT_SASL", Value: "true"})
+		}
+		if KafkaCA(cc, in) != nil {
+			out = append(out, corev1.EnvVar{Name: "GOCHAT_KAFKA_TLS_CA", Value: kafkaCAPath + "/ca.crt"})
 		}
 	}
 	switch component {
@@ -68,14 +96,13 @@ func env(cc *chatv1.ChatCluster, component string) []corev1.EnvVar {
 	return out
 }
 
-func kafkaCAVolume(cc *chatv1.ChatCluster, component string) ([]corev1.Volume, []corev1.VolumeMount) {
-	r := cc.Spec.Kafka.CredentialsSecretRef
+func kafkaCAVolume(cc *chatv1.ChatCluster, component string, in Inputs) ([]corev1.Volume, []corev1.VolumeMount) {
+	r := KafkaCA(cc, in)
 	if r == nil || (component != Logic && component != Task) {
 		return nil, nil
 	}
-	t := true
 	return []corev1.Volume{{Name: "kafka-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-			SecretName: r.Name, Optional: &t, Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
+			SecretName: r.Name, Items: []corev1.KeyToPath{{Key: r.Key, Path: "ca.crt"}},
 		}}}},
 		[]corev1.VolumeMount{{Name: "kafka-ca", MountPath: kafkaCAPath, ReadOnly: true}}
 }
@@ -99,8 +126,8 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 		Name: component, Image: image, ImagePullPolicy: cc.Spec.ImagePullPolicy,
 		Args:            []string{component},
 		EnvFrom:         []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: ConfigMapName(cc)}}}},
-		Env:             env(cc, component),
-		Resources:       res,
+		Env:             env(cc, component, in),
+		Resources:       withDefaultRequests(res),
 		SecurityContext: securityContext(),
 	}
 	switch component {
@@ -124,12 +151,12 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 		c.Ports = []corev1.ContainerPort{{Name: "metrics", ContainerPort: TaskMetrics}}
 		c.LivenessProbe = httpProbe("/healthz", TaskMetrics)
 	}
-	vols, mounts := kafkaCAVolume(cc, component)
+	vols, mounts := kafkaCAVolume(cc, component, in)
 	tlsVols, tlsMounts, tlsEnv := tlsMount(cc, component)
 	vols, mounts, c.Env = append(vols, tlsVols...), append(mounts, tlsMounts...), append(c.Env, tlsEnv...)
 	c.VolumeMounts = mounts
 	f := false
-	return corev1.PodTemplateSpec{
+	tpl := corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{
 			Labels: Labels(cc, component),
 			Annotations: map[string]string{
@@ -145,6 +172,8 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 			SecurityContext:              &corev1.PodSecurityContext{RunAsNonRoot: boolPtr(true), RunAsUser: int64Ptr(65532)},
 		},
 	}
+	applyPodSettings(&tpl, PodSettings(cc, component))
+	return tpl
 }
 
 func boolPtr(b bool) *bool    { return &b }

@@ -36,6 +36,8 @@ type KafkaConfig struct {
 	SASLPassword string
 	TLS          bool
 	TLSCAFile    string
+	// AllowPlaintextSASL accepts sending the SASL/PLAIN password without TLS.
+	AllowPlaintextSASL bool
 	// Topic creation when a service starts (false when an operator owns the topics).
 	EnsureTopics      bool
 	DeliveryTimeout   time.Duration
@@ -51,6 +53,8 @@ func (c KafkaConfig) Validate() error {
 		return errors.New("--kafka-brokers is empty")
 	case c.TopicPrefix == "":
 		return errors.New("--kafka-topic-prefix is empty")
+	case c.SASLUser != "" && !c.TLS && c.TLSCAFile == "" && !c.AllowPlaintextSASL:
+		return errors.New("--kafka-sasl-user without --kafka-tls would send the SASL/PLAIN password in the clear: set --kafka-tls, or --kafka-allow-plaintext-sasl to accept that")
 	case c.EnsureTopics && (c.Partitions < 1 || c.ReplicationFactor < 1):
 		return fmt.Errorf("--kafka-partitions and --kafka-replication-factor must be at least 1, got %d and %d", c.Partitions, c.ReplicationFactor)
 	case c.EnsureTopics && c.Retention < time.Minute:
