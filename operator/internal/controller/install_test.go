@@ -55,7 +55,7 @@ func rendered(t *testing.T, tool string, args ...string) (roles []rbacv1.Role, d
 func TestInstallManifests(t *testing.T) {
 	installs := map[string][]string{
 		"kustomize": {"build", "config/default"},
-		"helm":      {"template", "t", "charts/gochat-operator", "--namespace", "gochat-system"},
+		"helm":      {"template", "t", "charts/gochat-operator", "--namespace", "gochat-system", "--kube-version", "1.37.0"},
 	}
 	for tool, args := range installs {
 		t.Run(tool, func(t *testing.T) {

@@ -480,7 +480,10 @@ func TestStopDrainsWithinTimeout(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			const stopTimeout = 1500 * time.Millisecond
-			f := start(t, func(c *Config) { c.DrainOnStop = true; c.DrainWindow = time.Second; c.DrainTimeout = stopTimeout })
+			f := start(t, func(c *Config) {
+				c.DrainOnStop, c.DrainWindow, c.DrainTimeout = true, time.Second, stopTimeout
+				c.MaxUserSessions = 1000 // every session here is the one test user's
+			})
 			admin, _ := f.grpc(t)
 			// Enough sessions that the admin drain's own schedule (at least
 			// 20 closes a second) runs well past the stop's timeout: only
