@@ -57,7 +57,10 @@ export GOCHAT_TEST_ARTIFACTS ?= $(CURDIR)/artifacts
 
 # The Kubernetes binaries (envtest's and the local cluster's) are built in a
 # prerequisite, never under a test's timeout.
-test: lint verify-generated $(BIN)/kustomize $(BIN)/helm localcluster-bin ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest, e2e on a local Kubernetes
+test: test-go localcluster-bin ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest, e2e on a local Kubernetes
+	$(MAKE) --no-print-directory e2e-local
+
+test-go: lint verify-generated $(BIN)/kustomize $(BIN)/helm ## every test but the local-cluster e2e suite
 	hack/check-backends.sh
 	$(BIN)/kustomize build config/default > /dev/null
 	$(BIN)/helm lint --strict charts/gochat-operator
@@ -67,7 +70,6 @@ test: lint verify-generated $(BIN)/kustomize $(BIN)/helm localcluster-bin ## eve
 	$(GO) test -count=1 -timeout 20m github.com/gochat/gochat/api/... github.com/gochat/gochat/operator/...
 	$(GO) test -run '^$$' -fuzz '^FuzzFrameReader$$' -fuzztime 10s github.com/gochat/gochat/services/internal/gateway
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeInFrame$$' -fuzztime 10s github.com/gochat/gochat/services/internal/clientapi
-	$(MAKE) --no-print-directory e2e-local
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
