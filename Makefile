@@ -18,7 +18,7 @@ CONTROLLER_GEN_VERSION     := v0.23.0
 KUSTOMIZE_VERSION          := v5.8.2
 HELM_VERSION               := v3.22.0
 
-.PHONY: all build build-operator images localcluster-bin localcluster-up localcluster-down test-e2e e2e-local e2e-kind test lint generate manifests verify-generated run bench clean tools help install-manifests envtest
+.PHONY: all build build-operator images localcluster-bin localcluster-up localcluster-down test-e2e e2e-local e2e-kind test test-go lint generate manifests verify-generated run bench clean tools help install-manifests envtest
 
 all: build
 
