@@ -37,6 +37,8 @@ build-operator: ## build the operator binary into bin/
 IMAGE_TAG       ?= dev
 GOCHAT_IMAGE    ?= ghcr.io/gochat/gochat:$(IMAGE_TAG)
 OPERATOR_IMAGE  ?= ghcr.io/gochat/gochat-operator:$(IMAGE_TAG)
+# The same gochat image under a second tag: the e2e roll changes the gateways' image to it.
+GOCHAT_ROLL_IMAGE ?= ghcr.io/gochat/gochat:$(IMAGE_TAG)-roll
 PAUSE_IMAGE     := localhost/gochat/pause:1
 LINUX_GO        := CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath
 
@@ -105,7 +107,7 @@ KIND_CLUSTER ?= gochat-e2e
 
 test-e2e: $(BIN)/helm ## the e2e suite against the cluster KUBECONFIG names (images already on its node)
 	cd operator && E2E_HELM=$(BIN)/helm E2E_OPERATOR_IMAGE=$(OPERATOR_IMAGE) E2E_GOCHAT_IMAGE=$(GOCHAT_IMAGE) \
-		$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/
+		E2E_GOCHAT_ROLL_IMAGE=$(GOCHAT_ROLL_IMAGE) $(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/
 
 localcluster-bin: ## build (once, cached in ~/.cache/gochat) the local cluster's Kubernetes binaries and CoreDNS
 	hack/envtest/build.sh node > /dev/null
@@ -119,7 +121,7 @@ localcluster-down: ## stop the local cluster and clean up after it
 
 e2e-local: images localcluster-bin $(BIN)/helm ## images, local cluster up, the e2e suite, down (also on failure)
 	trap 'hack/localcluster/down.sh' EXIT; \
-	kubeconfig=$$(hack/localcluster/up.sh); \
+	kubeconfig=$$(LC_EXTRA_TAGS="$(GOCHAT_IMAGE)=$(GOCHAT_ROLL_IMAGE)" hack/localcluster/up.sh); \
 	KUBECONFIG=$$kubeconfig E2E_KUBECTL=$$(hack/envtest/build.sh node)/kubectl $(MAKE) --no-print-directory test-e2e
 
 e2e-kind: $(BIN)/helm ## docker build, kind create cluster, kind load, the e2e suite (needs Docker and kind)
@@ -127,7 +129,8 @@ e2e-kind: $(BIN)/helm ## docker build, kind create cluster, kind load, the e2e s
 	docker build --target operator -t $(OPERATOR_IMAGE) .
 	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER) --kubeconfig $(BIN)/kind.kubeconfig
 	kind export kubeconfig --name $(KIND_CLUSTER) --kubeconfig $(BIN)/kind.kubeconfig
-	kind load docker-image --name $(KIND_CLUSTER) $(GOCHAT_IMAGE) $(OPERATOR_IMAGE)
+	docker tag $(GOCHAT_IMAGE) $(GOCHAT_ROLL_IMAGE)
+	kind load docker-image --name $(KIND_CLUSTER) $(GOCHAT_IMAGE) $(GOCHAT_ROLL_IMAGE) $(OPERATOR_IMAGE)
 	KUBECONFIG=$(BIN)/kind.kubeconfig kubectl apply -f hack/kind/backends.yaml
 	KUBECONFIG=$(BIN)/kind.kubeconfig kubectl -n gochat-backends rollout status deployment/mysql deployment/redis --timeout=5m
 	KUBECONFIG=$(BIN)/kind.kubeconfig $(MAKE) --no-print-directory test-e2e

@@ -146,6 +146,11 @@ wait_for containerd 30 ctr -a "$CTR_SOCK" version
 for i in pause gochat operator; do
   ctr -a "$CTR_SOCK" -n k8s.io images import --no-unpack=false "$images/$i.tar" >/dev/null
 done
+# The e2e roll changes the gateways' image tag: a second tag of the same image
+# (LC_EXTRA_TAGS="source=target ...", from make e2e-local).
+for pair in ${LC_EXTRA_TAGS:-}; do
+  ctr -a "$CTR_SOCK" -n k8s.io images tag --force "${pair%%=*}" "${pair#*=}" >/dev/null
+done
 log "containerd ready, images imported"
 
 cat > "$LC_DIR/kubelet/config.yaml" <<YAML

@@ -45,17 +45,9 @@ func TestE2E(t *testing.T) {
 		{"2-bring-up", testBringUp},
 		{"3-chat", testChat},
 		{"4-scale", testScale},
-		// Scenario 5, the roll (a changed image tag with live clients
-		// sending: reconnect frames, nothing lost by unique
-		// (conversation_id, seq), at most maxUnavailable gateways down,
-		// preStop and grace periods honoured), goes here once the gateway
-		// drain roll is merged.
-		// Rotation runs after the failure scenario: the gateways (OnDelete)
-		// move to a new pod template only through the drain roll, so until
-		// that is merged the cluster reports Upgrading after a rotation,
-		// and the failure scenario needs it Running.
-		{"7-failure", testFailure},
+		{"5-roll", testRoll},
 		{"6-secret-rotation", testSecretRotation},
+		{"7-failure", testFailure},
 		{"8-teardown", testTeardown},
 	}
 	for _, s := range steps {
@@ -462,14 +454,10 @@ func podTemplateAnnotation(t *testing.T, kind, name, key string) string {
 }
 
 // 6. Rotate the JWT Secret: the operator re-specifies every pod that reads
-// it (gateway and logic carry the new secret hash), logic rolls, and logins
-// work afterwards with tokens signed by the new secret.
-//
-// The gateways' StatefulSet is OnDelete: its pods move to the new template
-// only through the operator's drain roll (separate work). When it is merged,
-// assert here, beside scenario 5, that every gateway pod runs the new hash,
-// that a WebSocket session with a new token works, and that the ChatCluster
-// is Running again.
+// it (gateway and logic carry the new secret hash); logic rolls, the
+// gateways roll by the drain (preStop, grace and maxUnavailable as in
+// scenario 5); logins and a WebSocket session work afterwards with a token
+// signed by the new secret, and the ChatCluster is Running again.
 func testSecretRotation(t *testing.T) {
 	k := utils.Kubectl()
 	const hashKey = "chat.gochat.io/secret-hash"
@@ -481,8 +469,16 @@ func testSecretRotation(t *testing.T) {
 			t.Fatalf("%s has no %s annotation", w[1], hashKey)
 		}
 	}
-	base := gatewayURL(t)
-	user := tc.Register(t, base, uniq("rot"))
+	watch := watchGateways(t, 3)
+	old := watch.steady(t)
+	user, peer := func() (*tc.API, *tc.API) {
+		b, stop, err := utils.StartPortForward(appNS, "svc/"+cluster+"-gateway", 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stop()
+		return tc.Register(t, "http://"+b, uniq("rot")), tc.Register(t, "http://"+b, uniq("rotpeer"))
+	}()
 
 	secret := make([]byte, 32)
 	_, _ = rand.Read(secret)
@@ -497,21 +493,27 @@ func testSecretRotation(t *testing.T) {
 			return nil
 		})
 	}
-	// Every logic pod runs the new template and is Ready: rolled, not just re-specified.
+	// Every pod runs the new template and is Ready: rolled, not just re-specified.
 	k.Must(t, "-n", appNS, "rollout", "status", "deployment/"+cluster+"-logic", "--timeout=4m")
-	want := podTemplateAnnotation(t, "deployment", cluster+"-logic", hashKey)
-	utils.Eventually(t, 2*time.Minute, "logic pods on the new Secret", func() error {
-		out := k.Must(t, "-n", appNS, "get", "pods", "-l", "app.kubernetes.io/instance="+cluster+",app.kubernetes.io/component=logic",
-			"-o", `jsonpath={range .items[*]}{.metadata.annotations.chat\.gochat\.io/secret-hash}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
-		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-			if f := strings.Fields(line); len(f) != 2 || f[0] != want || f[1] != "True" {
-				return fmt.Errorf("logic pods (hash, ready): %q", out)
+	watch.replaced(t, old, "", 5*time.Minute)
+	waitRolled(t)
+	for _, w := range [][2]string{{"logic", "deployment"}, {"gateway", "statefulset"}} {
+		want := podTemplateAnnotation(t, w[1], cluster+"-"+w[0], hashKey)
+		utils.Eventually(t, 2*time.Minute, w[0]+" pods on the new Secret", func() error {
+			out := k.Must(t, "-n", appNS, "get", "pods", "-l", "app.kubernetes.io/instance="+cluster+",app.kubernetes.io/component="+w[0],
+				"-o", `jsonpath={range .items[*]}{.metadata.annotations.chat\.gochat\.io/secret-hash}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
+			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+				if f := strings.Fields(line); len(f) != 2 || f[0] != want || f[1] != "True" {
+					return fmt.Errorf("%s pods (hash, ready): %q", w[0], out)
+				}
 			}
-		}
-		return nil
-	})
+			return nil
+		})
+	}
 
-	// Login is answered by logic, which signs with the new secret.
+	// Login is answered by logic, which signs with the new secret; the
+	// rolled gateways accept the new token.
+	base := gatewayURL(t)
 	anon := &tc.API{Base: base}
 	var login struct {
 		Token string `json:"token"`
@@ -522,6 +524,13 @@ func testSecretRotation(t *testing.T) {
 	})
 	if login.Token == "" || login.Token == user.Token {
 		t.Fatalf("login after rotation gave token %q", login.Token)
+	}
+	fresh := &tc.API{Base: base, Token: login.Token}
+	var dm conversation
+	fresh.Must(t, http.MethodPost, "/v1/conversations/direct", map[string]string{"user_id": peer.User.ID}, &dm)
+	w := tc.DialWS(t, wsURL(base), login.Token)
+	if m := send(t, w, dm.ID, "after-rotation", "signed by the new secret"); m.Seq != 1 {
+		t.Fatalf("first message after rotation has seq %d", m.Seq)
 	}
 }
 
@@ -578,22 +587,29 @@ func testFailure(t *testing.T) {
 				if err := p.ws.Send("send", map[string]any{"client_msg_id": id, "conversation_id": p.conv, "content": id}); err != nil {
 					return
 				}
-				f, ok := p.ws.Wait("", 20*time.Second)
-				if !ok {
-					continue
-				}
-				if f.Type == "ack" {
-					var ack struct {
-						ClientMsgID string  `json:"client_msg_id"`
-						Message     message `json:"message"`
+				// Its ack or an error; other frames (presence, typing) are
+				// not answers and are skipped.
+				deadline := time.Now().Add(20 * time.Second)
+				for {
+					f, ok := p.ws.Wait("", time.Until(deadline))
+					if !ok {
+						break
 					}
-					if json.Unmarshal(f.Data, &ack) == nil && ack.ClientMsgID == id {
-						mu.Lock()
-						acked[key{p.conv, ack.Message.Seq}] = true
-						mu.Unlock()
+					if f.Type == "ack" {
+						var ack struct {
+							ClientMsgID string  `json:"client_msg_id"`
+							Message     message `json:"message"`
+						}
+						if json.Unmarshal(f.Data, &ack) == nil && ack.ClientMsgID == id {
+							mu.Lock()
+							acked[key{p.conv, ack.Message.Seq}] = true
+							mu.Unlock()
+							break
+						}
+					} else if f.Type == "error" {
+						time.Sleep(100 * time.Millisecond) // the backend is away
+						break
 					}
-				} else {
-					time.Sleep(100 * time.Millisecond) // an error frame: the backend is away
 				}
 			}
 		}()

@@ -95,24 +95,35 @@ var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
 // returns 127.0.0.1:PORT. It works the same on kind and on the local cluster.
 func PortForward(t testing.TB, namespace, target string, port int) string {
 	t.Helper()
+	addr, stop, err := StartPortForward(namespace, target, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return addr
+}
+
+// StartPortForward is PortForward for any goroutine: it returns the address
+// and a stop function, or an error.
+func StartPortForward(namespace, target string, port int) (string, func(), error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, Kubectl().Path, "-n", namespace, "port-forward", "--address=127.0.0.1", target, fmt.Sprintf(":%d", port))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		cancel()
-		t.Fatal(err)
+		return "", nil, err
 	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		cancel()
-		t.Fatalf("port-forward %s: %v", target, err)
+		return "", nil, fmt.Errorf("port-forward %s: %w", target, err)
 	}
 	done := make(chan struct{})
-	t.Cleanup(func() {
+	stop := func() {
 		cancel()
 		<-done
-	})
+	}
 	addr := make(chan string, 1)
 	go func() {
 		defer close(done)
@@ -129,13 +140,14 @@ func PortForward(t testing.TB, namespace, target string, port int) string {
 	}()
 	select {
 	case a := <-addr:
-		return a
+		return a, stop, nil
 	case <-time.After(30 * time.Second):
-		t.Fatalf("port-forward %s/%s:%d did not start: %s", namespace, target, port, stderr.String())
+		stop()
+		return "", nil, fmt.Errorf("port-forward %s/%s:%d did not start: %s", namespace, target, port, stderr.String())
 	case <-done:
-		t.Fatalf("port-forward %s/%s:%d exited: %s", namespace, target, port, stderr.String())
+		stop()
+		return "", nil, fmt.Errorf("port-forward %s/%s:%d exited: %s", namespace, target, port, stderr.String())
 	}
-	return ""
 }
 
 // SaveArtifacts writes every pod's logs (and the previous container's),
