@@ -183,11 +183,21 @@ func (r *Reconciler) ensureCA(ctx context.Context, cc *chatv1.ChatCluster, now t
 			pki.Fingerprint(ca.Cert), ca.Cert.NotAfter.Format(time.RFC3339), resources.CASecretName(cc))
 		return caState{current: ca}, nil
 	}
-	ca, err := pki.ParseCA(s.Data[resources.CACertKey], s.Data[resources.CAKeyKey])
+	st, err := caStateOf(&s)
 	if err != nil {
 		// A CA that cannot be read is not replaced behind the user's back:
 		// every pod trusts it. Deleting the Secret starts over.
 		r.event(cc, corev1.EventTypeWarning, "CAInvalid", "ReadCA", "Secret %s does not hold a usable CA (delete it to have a new one made): %v", s.Name, err)
+		return caState{}, err
+	}
+	return st, nil
+}
+
+// caStateOf reads the CA Secret: the current CA, and during a rotation the
+// previous one and when the rotation began.
+func caStateOf(s *corev1.Secret) (caState, error) {
+	ca, err := pki.ParseCA(s.Data[resources.CACertKey], s.Data[resources.CAKeyKey])
+	if err != nil {
 		return caState{}, fmt.Errorf("secret %s: %w", s.Name, err)
 	}
 	st := caState{current: ca}
@@ -401,23 +411,7 @@ func (r *Reconciler) readCA(ctx context.Context, cc *chatv1.ChatCluster) (caStat
 	if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.CASecretName(cc)}, &s); err != nil {
 		return caState{}, fmt.Errorf("get secret %s: %w", resources.CASecretName(cc), err)
 	}
-	ca, err := pki.ParseCA(s.Data[resources.CACertKey], s.Data[resources.CAKeyKey])
-	if err != nil {
-		return caState{}, fmt.Errorf("secret %s: %w", s.Name, err)
-	}
-	st := caState{current: ca}
-	if len(s.Data[resources.CAPreviousCertKey]) > 0 {
-		prev, err := pki.ParseCA(s.Data[resources.CAPreviousCertKey], s.Data[resources.CAPreviousKeyKey])
-		if err != nil {
-			return caState{}, fmt.Errorf("secret %s, previous CA: %w", s.Name, err)
-		}
-		at, err := time.Parse(time.RFC3339, s.Annotations[resources.AnnotationCARotatedAt])
-		if err != nil {
-			return caState{}, fmt.Errorf("secret %s: annotation %s: %w", s.Name, resources.AnnotationCARotatedAt, err)
-		}
-		st.previous, st.rotatedAt = prev, at
-	}
-	return st, nil
+	return caStateOf(&s)
 }
 
 // clientTLS presents cert and accepts only a server whose certificate
