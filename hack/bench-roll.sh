@@ -68,8 +68,11 @@ pids+=($(start task env $(as task) GOCHAT_CONSUMER_GROUP=$topics "$work/gochat" 
 urls=() admins=()
 startgw() {
   local i=$1
+  # Every client comes from loopback: the per-address login, guest and
+  # handshake limits are raised for the benchmark.
   start "gateway$i-$(date +%s)" env $(as gateway) "$work/gochat" gateway --http-addr 127.0.0.1:$((18080+i)) --grpc-addr 127.0.0.1:$((19100+i)) --metrics-addr 127.0.0.1:$((19200+i)) \
-    --logic-addr 127.0.0.1:19001 --repo-addr 127.0.0.1:19002 --drain-window "$WINDOW" --drain-timeout "$TIMEOUT" >"$work/gateway$i.pid"
+    --logic-addr 127.0.0.1:19001 --repo-addr 127.0.0.1:19002 --drain-window "$WINDOW" --drain-timeout "$TIMEOUT" \
+    --auth-rate=100000 --auth-burst=100000 --guests-per-hour=100000000 --max-pending-per-ip=10000 --max-user-sessions=10 >"$work/gateway$i.pid"
   waitport $((18080+i))
 }
 for i in $(seq 0 $((GATEWAYS-1))); do
