@@ -166,6 +166,11 @@ func testBringUp(t *testing.T) {
 kind: Secret
 metadata: {name: mysql, namespace: `+appNS+`}
 stringData: {dsn: "gochat:gochat@tcp(mysql.`+backendsNS+`.svc:3306)/gochat"}`)
+	// The sample names its token secret (the one scenario 6 rotates).
+	utils.Apply(t, `apiVersion: v1
+kind: Secret
+metadata: {name: `+cluster+`-jwt, namespace: `+appNS+`}
+stringData: {secret: "`+randomHex(32)+`"}`)
 
 	raw, err := os.ReadFile(filepath.Join(repoRoot(), "config", "samples", "chat_v1alpha1_chatcluster.yaml"))
 	if err != nil {
@@ -187,6 +192,10 @@ stringData: {dsn: "gochat:gochat@tcp(mysql.`+backendsNS+`.svc:3306)/gochat"}`)
 	spec["task"] = map[string]any{"replicas": 2, "resources": small}
 	kafka := spec["kafka"].(map[string]any)
 	kafka["bootstrapServers"] = []string{"kafka." + appNS + ".svc:9092"}
+	// The in-cluster test broker speaks neither SASL nor TLS, and no push
+	// relay runs here: the sample's credentials and webhook go.
+	delete(kafka, "credentialsSecretRef")
+	delete(spec, "notifications")
 	kafka["replicationFactor"], kafka["partitions"] = 1, 4
 	spec["redis"] = map[string]any{"address": "redis." + backendsNS + ".svc:6379"}
 	cc["metadata"].(map[string]any)["namespace"] = appNS
@@ -234,10 +243,12 @@ func waitPhase(t testing.TB, want string, timeout time.Duration) {
 	})
 }
 
-func uniq(prefix string) string {
-	b := make([]byte, 4)
+func uniq(prefix string) string { return prefix + randomHex(4) }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
 	_, _ = rand.Read(b)
-	return prefix + hex.EncodeToString(b)
+	return hex.EncodeToString(b)
 }
 
 // gatewayURL forwards to the gateway Service (its selector and ports).
