@@ -219,7 +219,10 @@ func testWebClient(t *testing.T, chromium, base string, vp viewport) {
 	b.do("bob's page does not widen either", waitText("#message-list", hash), waitJS(noHorizontalScroll))
 
 	// Typing reaches the other member, and is shown for a few seconds.
-	a.do("alice types", chromedp.SendKeys(chromedp.ID("composer-text"), "typing"))
+	// The server relays at most one typing frame per second per
+	// conversation and connection, and setting the draft above sent one:
+	// the new one must come after that second, or it is (rightly) dropped.
+	a.do("alice types", chromedp.Sleep(1100*time.Millisecond), chromedp.SendKeys(chromedp.ID("composer-text"), "typing"))
 	b.do("bob sees alice typing", waitText("#chat-sub", "typing"))
 	a.do("alice clears the draft", setComposer(""))
 
