@@ -62,7 +62,7 @@ export GOCHAT_TEST_ARTIFACTS ?= $(CURDIR)/artifacts
 test: test-go localcluster-bin ## every test: unit, MariaDB/Redis integration, multi-process end to end, browser, operator on envtest, e2e on a local Kubernetes
 	$(MAKE) --no-print-directory e2e-local
 
-test-go: lint verify-generated $(BIN)/kustomize $(BIN)/helm ## every test but the local-cluster e2e suite
+test-go: lint verify-generated envtest $(BIN)/kustomize $(BIN)/helm ## every test but the local-cluster e2e suite
 	hack/check-backends.sh
 	$(BIN)/kustomize build config/default > /dev/null
 	$(BIN)/helm lint --strict charts/gochat-operator
@@ -82,6 +82,7 @@ lint: $(BIN)/staticcheck ## gofmt, go mod tidy, go vet and staticcheck
 	$(GO) vet $(MODULES)
 	$(GO) vet -tags e2e github.com/gochat/gochat/operator/test/...
 	cd hack/images && GOWORK=off $(GO) vet ./...
+	cd hack/localcluster/coredns && GOWORK=off $(GO) vet ./...
 	$(BIN)/staticcheck $(MODULES)
 	$(BIN)/staticcheck -tags e2e github.com/gochat/gochat/operator/test/...
 
@@ -138,7 +139,7 @@ e2e-kind: $(BIN)/helm ## docker build, kind create cluster, kind load, the e2e s
 install-manifests: $(BIN)/kustomize ## print the operator's install manifests (kustomize build config/default)
 	$(BIN)/kustomize build config/default
 
-envtest: ## build (once, cached) the control plane for the operator tests; prints its directory
+envtest: ## build (once, cached) the control plane for the operator tests (a prerequisite, never under a test timeout); prints its directory
 	hack/envtest/build.sh
 
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/staticcheck $(BIN)/controller-gen $(BIN)/kustomize $(BIN)/helm ## install the pinned tools into bin/

@@ -14,6 +14,5 @@ ETCD_PORTS=(12379 12380)
 MYSQL_PORT=13306              # the harness's own MariaDB, on NODE_IP
 REDIS_PORT=16379              # the harness's own Redis, on NODE_IP
 BACKENDS_NS=gochat-backends   # in-cluster Services for them
-COREDNS_VERSION=v1.13.1
 PAUSE_IMAGE=localhost/gochat/pause:1
 CTR_SOCK=$LC_DIR/containerd/containerd.sock
