@@ -7,6 +7,8 @@
 #                                cluster needs (kubelet, kube-proxy,
 #                                kube-scheduler, kubectl), from the same module
 # Prints the directory to use as KUBEBUILDER_ASSETS (and the local cluster's).
+# With GOCHAT_ENVTEST_NO_BUILD set it only looks: missing binaries fail it
+# (the operator tests' TestMain, which must never build under a timeout).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 k8s_version=$(sed -n 's/^require k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' "$here/kube/go.mod")
@@ -22,6 +24,10 @@ missing=()
 for cmd in "${cmds[@]}"; do [ -x "$out/$cmd" ] || missing+=("$cmd"); done
 if [ ${#missing[@]} -eq 0 ] && [ -x "$out/etcd" ]; then
   echo "$out"; exit 0
+fi
+if [ -n "${GOCHAT_ENVTEST_NO_BUILD:-}" ]; then
+  echo "the envtest control plane is not built in $out: run 'make envtest' first (a cold build takes several minutes)" >&2
+  exit 1
 fi
 mkdir -p "$out"
 export GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
