@@ -218,6 +218,12 @@ func NeedsRenewal(cert *x509.Certificate, now time.Time) bool {
 	return !now.Before(RenewAt(cert)) || now.Before(cert.NotBefore)
 }
 
+// IssuedAt is when cert was issued: its NotBefore is backdated by the
+// allowance for clock skew.
+func IssuedAt(cert *x509.Certificate) time.Time {
+	return cert.NotBefore.Add(clockSkew)
+}
+
 // RenewAt is when two thirds of cert's lifetime have passed.
 func RenewAt(cert *x509.Certificate) time.Time {
 	life := cert.NotAfter.Sub(cert.NotBefore)

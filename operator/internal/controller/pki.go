@@ -74,7 +74,7 @@ func planCA(s caState, leaves []*x509.Certificate, now time.Time) (rotate, finis
 		return false, false
 	}
 	for _, l := range leaves {
-		if l == nil || !s.issuedBy(l, s.current) || now.Before(l.NotBefore.Add(2*caPropagation)) {
+		if l == nil || !s.issuedBy(l, s.current) || now.Before(pki.IssuedAt(l).Add(2*caPropagation)) {
 			return false, false
 		}
 	}
@@ -143,8 +143,20 @@ func (r *Reconciler) ensurePKI(ctx context.Context, cc *chatv1.ChatCluster) erro
 			return err
 		}
 	}
+	rebundled := false
 	for _, c := range resources.TLSComponents {
-		if err := r.ensureLeaf(ctx, cc, st, c, leaves[c], now); err != nil {
+		changed, err := r.ensureLeaf(ctx, cc, st, c, leaves[c], now)
+		if err != nil {
+			return err
+		}
+		rebundled = rebundled || changed
+	}
+	// A rotation's propagation clock runs from the last bundle written, not
+	// from the CA Secret's update: a bundle that failed to write at first
+	// reaches its pods only from its own write on.
+	if at := now.UTC().Truncate(time.Second); rebundled && st.previous != nil && st.rotatedAt.Before(at) {
+		st.rotatedAt = at
+		if err := r.updateCA(ctx, cc, st); err != nil {
 			return err
 		}
 	}
@@ -289,43 +301,45 @@ func (r *Reconciler) finishRotation(ctx context.Context, cc *chatv1.ChatCluster,
 
 // ensureLeaf issues, renews or re-bundles one component's Secret. Updating
 // it rolls no pod: the service re-reads the mounted files.
-func (r *Reconciler) ensureLeaf(ctx context.Context, cc *chatv1.ChatCluster, st caState, component string, existing *corev1.Secret, now time.Time) error {
+// rebundled reports whether the Secret's CA bundle was written anew.
+func (r *Reconciler) ensureLeaf(ctx context.Context, cc *chatv1.ChatCluster, st caState, component string, existing *corev1.Secret, now time.Time) (rebundled bool, err error) {
 	var leaf *x509.Certificate
 	if existing != nil {
 		leaf = leafOf(existing)
 	}
 	bundle := st.bundle()
+	rebundled = existing == nil || !bytes.Equal(existing.Data[resources.TLSBundleKey], bundle)
 	reason := planLeaf(st, leaf, now)
 	if reason == "" {
-		if bytes.Equal(existing.Data[resources.TLSBundleKey], bundle) {
-			return nil
+		if !rebundled {
+			return false, nil
 		}
 		existing.Data[resources.TLSBundleKey] = bundle
 		if err := r.Update(ctx, existing); err != nil {
-			return fmt.Errorf("update secret %s: %w", existing.Name, err)
+			return false, fmt.Errorf("update secret %s: %w", existing.Name, err)
 		}
 		r.event(cc, corev1.EventTypeNormal, "CABundleUpdated", "UpdateCertificate", "Secret %s now trusts %d CA(s)", existing.Name, 1+btoi(st.previous != nil))
-		return nil
+		return true, nil
 	}
 	signer := st.signer(now)
 	kp, err := signer.Issue(pki.Component(component), now, pki.LeafValidity)
 	if err != nil {
-		return fmt.Errorf("issue %s certificate: %w", component, err)
+		return false, fmt.Errorf("issue %s certificate: %w", component, err)
 	}
 	want := resources.TLSSecret(cc, component, bundle, kp.CertPEM, kp.KeyPEM)
 	if existing == nil {
 		if err := r.Create(ctx, want); err != nil {
-			return fmt.Errorf("create secret %s: %w", want.Name, err)
+			return false, fmt.Errorf("create secret %s: %w", want.Name, err)
 		}
 	} else {
 		existing.Data = want.Data
 		if err := r.Update(ctx, existing); err != nil {
-			return fmt.Errorf("update secret %s: %w", existing.Name, err)
+			return false, fmt.Errorf("update secret %s: %w", existing.Name, err)
 		}
 	}
 	r.event(cc, corev1.EventTypeNormal, "CertificateIssued", "IssueCertificate", "%s certificate %s (fingerprint %s, CA %s, expires %s) in Secret %s",
 		component, reason, pki.Fingerprint(kp.Cert), pki.Fingerprint(signer.Cert), kp.Cert.NotAfter.Format(time.RFC3339), want.Name)
-	return nil
+	return rebundled, nil
 }
 
 func btoi(b bool) int {

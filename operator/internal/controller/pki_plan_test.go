@@ -74,6 +74,8 @@ func TestPlanLeafAndCA(t *testing.T) {
 		{"an old leaf remains", rotating, []*x509.Certificate{newLeaf, issue(oldCA, rotatedAt)}, afterWindow.Add(time.Hour), false, false},
 		{"a leaf is missing", rotating, []*x509.Certificate{newLeaf, nil}, afterWindow.Add(time.Hour), false, false},
 		{"new leaves not yet in the pods", rotating, []*x509.Certificate{newLeaf}, afterWindow.Add(time.Minute), false, false},
+		// NotBefore is backdated for clock skew: the wait counts from issuance.
+		{"new leaves in the pods for less than twice the propagation", rotating, []*x509.Certificate{newLeaf}, afterWindow.Add(2*caPropagation - time.Minute), false, false},
 		{"every leaf new and delivered", rotating, []*x509.Certificate{newLeaf}, afterWindow.Add(2*caPropagation + time.Minute), false, true},
 	}
 	for _, tt := range caTests {
