@@ -67,6 +67,12 @@ func TLSSecret(cc *chatv1.ChatCluster, component string, bundle, cert, key []byt
 
 var typeMetaSecret = metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}
 
+// TLSFileMode is the mode of the mounted certificate files: owner root,
+// group the pod's fsGroup.
+const TLSFileMode = 0o440
+
+func int32Ptr(i int32) *int32 { return &i }
+
 // tlsMount is a component's certificate Secret as a read-only volume and the
 // variables that point the service at it. The Secret is not part of the
 // pod template's Secret hash: a renewal updates the files in place (the
@@ -79,10 +85,10 @@ func tlsMount(cc *chatv1.ChatCluster, component string) ([]corev1.Volume, []core
 	if !known {
 		return nil, nil, nil
 	}
-	// The default file mode (0644): the pods run as a non-root user that
-	// owns no files, and the container holds nothing but this service.
+	// Readable by the pod's group only (fsGroup, see podTemplate): the
+	// private key is not world-readable even inside the container.
 	return []corev1.Volume{{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-			SecretName: TLSSecretName(cc, component),
+			SecretName: TLSSecretName(cc, component), DefaultMode: int32Ptr(TLSFileMode),
 		}}}},
 		[]corev1.VolumeMount{{Name: "tls", MountPath: TLSMountPath, ReadOnly: true}},
 		[]corev1.EnvVar{

@@ -19,9 +19,10 @@ func TestTLSMounts(t *testing.T) {
 	for component, spec := range specs {
 		t.Run(component, func(t *testing.T) {
 			var secret string
+			var mode *int32
 			for _, v := range spec.Volumes {
 				if v.Name == "tls" && v.Secret != nil {
-					secret = v.Secret.SecretName
+					secret, mode = v.Secret.SecretName, v.Secret.DefaultMode
 				}
 			}
 			env := map[string]string{}
@@ -36,6 +37,12 @@ func TestTLSMounts(t *testing.T) {
 			}
 			if secret != "demo-"+component+"-tls" || env["GOCHAT_TLS_KEY"] != "/etc/gochat/tls/tls.key" {
 				t.Fatalf("secret %q, env %v", secret, env)
+			}
+			// The key is readable by the pod's group only, and the pod's
+			// user is in that group.
+			sc := spec.SecurityContext
+			if mode == nil || *mode != 0o440 || sc == nil || sc.FSGroup == nil || sc.RunAsGroup == nil || *sc.FSGroup != *sc.RunAsGroup {
+				t.Fatalf("TLS files mode %v, pod security context %+v: want 0440 owned by the pod's group", mode, sc)
 			}
 			for _, m := range spec.Containers[0].VolumeMounts {
 				if m.Name == "tls" && !m.ReadOnly {

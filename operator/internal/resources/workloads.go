@@ -169,12 +169,16 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 			AutomountServiceAccountToken: &f,
 			Containers:                   []corev1.Container{c},
 			Volumes:                      vols,
-			SecurityContext:              &corev1.PodSecurityContext{RunAsNonRoot: boolPtr(true), RunAsUser: int64Ptr(65532)},
+			SecurityContext:              &corev1.PodSecurityContext{RunAsNonRoot: boolPtr(true), RunAsUser: int64Ptr(nonRootID), RunAsGroup: int64Ptr(nonRootID), FSGroup: int64Ptr(nonRootID)},
 		},
 	}
 	applyPodSettings(&tpl, PodSettings(cc, component))
 	return tpl
 }
+
+// nonRootID is the user and group the pods run as (distroless' nonroot);
+// the group owns the mounted certificate files.
+const nonRootID = 65532
 
 func boolPtr(b bool) *bool    { return &b }
 func int64Ptr(i int64) *int64 { return &i }
