@@ -383,7 +383,11 @@ func (k *kubelet) deleting(p *corev1.Pod) {
 			for !proc.p.Exited() && time.Since(start) < grace {
 				time.Sleep(50 * time.Millisecond)
 			}
-			proc.p.Stop()
+			if proc.p.Exited() {
+				proc.p.Stop()
+			} else {
+				proc.p.Kill() // the grace period is over
+			}
 		}
 		err := k8s.Delete(bg, pod, client.GracePeriodSeconds(0), client.Preconditions{UID: &pod.UID})
 		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
@@ -949,6 +953,26 @@ func TestGatewayRoll(t *testing.T) {
 	if err := k8s.Patch(bg, cc, patch); err != nil {
 		t.Fatal(err)
 	}
+	// The gateway being removed hangs once its drain has begun (SIGSTOP, after
+	// its sessions had their reconnect frames): it holds its sessions and
+	// answers nothing, so the operator cannot know they are gone and must
+	// keep the pod until the drain's deadline, then remove it.
+	var hung *gwProc
+	eventually(t, 30*time.Second, "demo-gateway-2 draining", func() error {
+		for _, p := range gatewayPods(t, ns) {
+			if p.Name == "demo-gateway-2" && p.Annotations[gatewayroll.AnnotationDrainStarted] != "" {
+				k.mu.Lock()
+				hung = k.procs[p.UID]
+				k.mu.Unlock()
+				if hung != nil {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no drain on demo-gateway-2 yet")
+	})
+	time.Sleep(2 * time.Second) // its reconnect frames are written
+	hung.p.Pause()
 	eventually(t, 2*time.Minute, "scaled down to 2, Running", func() error {
 		cc = getCluster(t, ns, "demo")
 		if n := len(gatewayPods(t, ns)); n != 2 || cc.Status.Phase != chatv1.PhaseRunning {
@@ -960,8 +984,16 @@ func TestGatewayRoll(t *testing.T) {
 	deletions = append([]podRecord(nil), k.deletions...)
 	k.mu.Unlock()
 	checkDeletions(t, deletions)
-	if last := deletions[len(deletions)-1]; last.pod != "demo-gateway-2" || last.drainStarted == "" {
+	last := deletions[len(deletions)-1]
+	if last.pod != "demo-gateway-2" || last.drainStarted == "" {
 		t.Errorf("scale-down removed %s (drain started %q), want demo-gateway-2 drained", last.pod, last.drainStarted)
+	}
+	if last.sessions != -1 || last.seenDeleting.Before(last.deadline) {
+		t.Errorf("the hung gateway was deleted at %s with sessions %d; want it kept, unanswering, until its deadline %s",
+			last.seenDeleting.Format(time.RFC3339Nano), last.sessions, last.deadline.Format(time.RFC3339Nano))
+	}
+	if len(events(t, ns, "DrainTimedOut")) == 0 {
+		t.Error("no DrainTimedOut event for the hung gateway")
 	}
 
 	// Every acked message reached both members of its conversation, by push
