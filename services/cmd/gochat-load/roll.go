@@ -469,7 +469,13 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 // and connects to the next gateway.
 func (c *rollClient) reconnectAfter(d time.Duration, gen int) {
 	defer c.r.wg.Done()
-	time.Sleep(d)
+	wait := time.NewTimer(d)
+	defer wait.Stop()
+	select {
+	case <-wait.C:
+	case <-c.r.stop: // the run ends: its wait group must not wait out after_ms
+		return
+	}
 	c.mu.Lock()
 	if c.gen != gen {
 		c.mu.Unlock()

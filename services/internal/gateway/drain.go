@@ -11,7 +11,6 @@ import (
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
-	"github.com/gochat/gochat/services/internal/clientapi"
 )
 
 // How a drain spaces its closes. The rate is sessions ÷ window, but never
@@ -109,7 +108,7 @@ func (g *Gateway) runDrain(d *drainState) {
 	queued := time.Now()
 	for i, s := range list {
 		after := time.Duration(i) * interval
-		s.enqueue(clientapi.Frame(clientapi.TypeReconnect, clientapi.Reconnect{AfterMs: after.Milliseconds(), Reason: drainReason}))
+		s.tellReconnect(after)
 	}
 
 	ctx, cancel := context.WithDeadline(context.Background(), d.deadline.Add(-flush))

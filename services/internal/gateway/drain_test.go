@@ -522,3 +522,32 @@ func TestStopDrainsWithinTimeout(t *testing.T) {
 		})
 	}
 }
+
+// TestReconnectToldOnce: a session that raced the drain's start is reached
+// by the drain's list and by its own handshake; it gets one reconnect frame.
+func TestReconnectToldOnce(t *testing.T) {
+	g := &Gateway{cfg: Config{MaxQueueBytes: 1 << 20}}
+	s := &session{g: g, writing: true} // a writer is busy: frames stay queued
+	if !s.tellReconnect(3 * time.Second) {
+		t.Fatal("the first reconnect frame was refused")
+	}
+	if s.tellReconnect(0) {
+		t.Fatal("a second reconnect frame was queued")
+	}
+	if len(s.queue) != 1 {
+		t.Fatalf("%d frames queued, want the one reconnect", len(s.queue))
+	}
+	var fr struct {
+		Type string `json:"type"`
+		Data struct {
+			AfterMs int64 `json:"after_ms"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(s.queue[0].payload, &fr); err != nil || fr.Type != "reconnect" || fr.Data.AfterMs != 3000 {
+		t.Fatalf("queued %s (%v), want reconnect after 3000 ms", s.queue[0].payload, err)
+	}
+	closing := &session{g: g, writing: true, closing: true}
+	if closing.tellReconnect(0) || len(closing.queue) != 0 {
+		t.Fatal("a closing session was told to reconnect")
+	}
+}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/time/rate"
+
+	"github.com/gochat/gochat/services/internal/clientapi"
 )
 
 // outItem is one frame waiting to be written. Payloads pushed by im-task are
@@ -39,6 +41,7 @@ type session struct {
 	queuedBytes int
 	writing     bool
 	closing     bool // a close frame is queued: write it, then close
+	told        bool // the drain's reconnect frame is queued: it is sent once
 	closed      bool
 
 	// Read-side state: touched only by the one goroutine reading at a time.
@@ -96,6 +99,20 @@ func (s *session) enqueueOp(op ws.OpCode, payload []byte) bool {
 		s.g.spawn(s.flush)
 	}
 	return true
+}
+
+// tellReconnect queues the drain's reconnect frame, once: a session that
+// raced the drain's start is reached by both the drain's list and its own
+// handshake. False when it was told already or is closing.
+func (s *session) tellReconnect(after time.Duration) bool {
+	s.mu.Lock()
+	if s.told {
+		s.mu.Unlock()
+		return false
+	}
+	s.told = true
+	s.mu.Unlock()
+	return s.enqueue(clientapi.Frame(clientapi.TypeReconnect, clientapi.Reconnect{AfterMs: after.Milliseconds(), Reason: drainReason}))
 }
 
 // closeWith queues a close frame; the session closes once it is written. It

@@ -135,9 +135,11 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 	}
 	if g.draining.Load() {
 		// The drain began during this handshake and may have listed the
-		// sessions before this one was added: send it away now.
-		s.enqueue(clientapi.Frame(clientapi.TypeReconnect, clientapi.Reconnect{AfterMs: 0, Reason: drainReason}))
-		s.closeWith(ws.StatusGoingAway, drainReason)
+		// sessions before this one was added: send it away now, unless the
+		// drain did list it (then its schedule closes it).
+		if s.tellReconnect(0) {
+			s.closeWith(ws.StatusGoingAway, drainReason)
+		}
 	}
 }
 
