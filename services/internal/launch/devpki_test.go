@@ -155,7 +155,32 @@ func TestIssueCert(t *testing.T) {
 	if fi, err := os.Stat(f.Key); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
 	}
+	// During a CA rotation the servers still present the previous CA's
+	// certificates: --trust adds it to the written bundle.
+	prev, err := pki.NewCA("previous", time.Now(), 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prevFile := filepath.Join(dir, "previous.crt")
+	if err := os.WriteFile(prevFile, prev.CertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rotating := filepath.Join(dir, "rotating")
+	c = IssueCert{CACert: caCert, CAKey: caKey, Component: "admin", OutDir: rotating, Validity: time.Hour, Trust: prevFile}
+	if err := c.Run(context.Background(), quiet); err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := os.ReadFile(filepath.Join(rotating, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := pki.ParseCerts(bundle)
+	if err != nil || len(certs) != 2 || !certs[0].Equal(ca.Cert) || !certs[1].Equal(prev.Cert) {
+		t.Fatalf("bundle with --trust: %d certificates (%v), want the CA and the previous one", len(certs), err)
+	}
 	for _, bad := range []IssueCert{
+		{CACert: caCert, CAKey: caKey, Component: "admin", OutDir: out, Validity: time.Hour, Trust: caKey},
+		{CACert: caCert, CAKey: caKey, Component: "admin", OutDir: out, Validity: time.Hour, Trust: filepath.Join(dir, "missing")},
 		{CACert: caCert, CAKey: caKey, Component: "root", OutDir: out, Validity: time.Hour},
 		{CACert: caCert, Component: "admin", OutDir: out, Validity: time.Hour},
 		{CACert: caKey, CAKey: caKey, Component: "admin", OutDir: out, Validity: time.Hour},

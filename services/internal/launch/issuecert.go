@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,7 +18,11 @@ import (
 // service run by hand. Whoever holds the CA key can mint any identity.
 type IssueCert struct {
 	CACert, CAKey, Component, OutDir string
-	Validity                         time.Duration
+	// Trust is a file of more CA certificates for the written ca.crt: the
+	// previous CA during a rotation, which still issues the servers'
+	// certificates until the rotation's second step.
+	Trust    string
+	Validity time.Duration
 }
 
 // Register adds the flags.
@@ -27,6 +32,7 @@ func (c *IssueCert) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Component, "component", string(pki.Admin), "who the certificate is for: admin, operator, gateway, logic, repo or task")
 	fs.DurationVar(&c.Validity, "validity", 24*time.Hour, "how long the certificate is valid (never past the CA's own expiry)")
 	fs.StringVar(&c.OutDir, "out-dir", ".", "where ca.crt, <component>.crt and <component>.key are written (mode 0600)")
+	fs.StringVar(&c.Trust, "trust", "", "PEM file of more CA certificates for the written ca.crt (during a CA rotation: key previous.crt of the CA Secret)")
 }
 
 // Run writes the files.
@@ -53,10 +59,22 @@ func (c *IssueCert) Run(_ context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	bundle := ca.CertPEM()
+	if c.Trust != "" {
+		more, err := os.ReadFile(c.Trust)
+		if err != nil {
+			return fmt.Errorf("--trust: %w", err)
+		}
+		certs, err := pki.ParseCerts(more)
+		if err != nil {
+			return fmt.Errorf("--trust %s: %w", c.Trust, err)
+		}
+		bundle = pki.Bundle(append([]*x509.Certificate{ca.Cert}, certs...)...)
+	}
 	if err := os.MkdirAll(c.OutDir, 0o700); err != nil {
 		return fmt.Errorf("--out-dir: %w", err)
 	}
-	f, err := WriteIdentity(c.OutDir, ca, ca.CertPEM(), comp, time.Now(), c.Validity)
+	f, err := WriteIdentity(c.OutDir, ca, bundle, comp, time.Now(), c.Validity)
 	if err != nil {
 		return err
 	}
