@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"runtime/pprof"
@@ -91,6 +92,7 @@ type roll struct {
 
 	mu          sync.Mutex
 	reconnectAt []time.Time
+	closeCauses map[string]int // unannounced closes by what ended the read
 	rollStart   time.Time
 	frames      atomic.Int64
 	acks        atomic.Int64
@@ -134,7 +136,7 @@ func rollMain(args []string) error {
 	if o.rate <= 0 || o.rate > 40 {
 		return fmt.Errorf("--rate must be in (0, 40], got %g", o.rate)
 	}
-	r := &roll{o: o, stop: make(chan struct{}), cpuProfile: *cpuProfile}
+	r := &roll{o: o, stop: make(chan struct{}), cpuProfile: *cpuProfile, closeCauses: map[string]int{}}
 	return r.run()
 }
 
@@ -379,6 +381,7 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 	if conn.r == io.ReadWriter(conn.conn) {
 		in = bufio.NewReaderSize(conn.conn, 4096)
 	}
+	var readErr error
 	for {
 		_ = conn.conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
 		msg, err := wsutil.ReadServerText(struct {
@@ -386,6 +389,7 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 			io.Writer
 		}{in, conn.conn})
 		if err != nil {
+			readErr = err
 			break
 		}
 		c.r.frames.Add(1)
@@ -450,6 +454,9 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 	if !expected {
 		// Not announced (a refused or failed session): come back with a
 		// jittered exponential backoff, as a real client does.
+		c.r.mu.Lock()
+		c.r.closeCauses[closeCause(readErr)]++
+		c.r.mu.Unlock()
 		c.mu.Lock()
 		c.unexpected++
 		c.backoff = min(max(time.Second, 2*c.backoff), 30*time.Second)
@@ -462,6 +469,25 @@ func (c *rollClient) read(conn *wsConn, gen int) {
 		}
 		c.r.wg.Add(1)
 		go c.reconnectAfter(wait, gen)
+	}
+}
+
+// closeCause names what ended a connection's reads, for the report: the
+// gateway's close code and reason, a read timeout, or the socket's error.
+func closeCause(err error) string {
+	var closed wsutil.ClosedError
+	var ne net.Error
+	switch {
+	case errors.As(err, &closed):
+		return fmt.Sprintf("close %d %q", closed.Code, closed.Reason)
+	case errors.As(err, &ne) && ne.Timeout():
+		return "read timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection ended without a close frame"
+	case err == nil:
+		return "unknown"
+	default:
+		return err.Error()
 	}
 }
 
@@ -686,6 +712,16 @@ func (r *roll) report(rollStart, rollEnd time.Time, frames int64, cpu time.Durat
 		fmt.Println("roll: none seen")
 	}
 	fmt.Printf("reconnects per client: %s; %d reconnects, peak %d/s; %d unannounced closes\n", strings.Join(counts, ", "), len(times), peak, unexpected)
+	r.mu.Lock()
+	causes := make([]string, 0, len(r.closeCauses))
+	for cause, n := range r.closeCauses {
+		causes = append(causes, fmt.Sprintf("%d x %s", n, cause))
+	}
+	r.mu.Unlock()
+	sort.Sort(sort.Reverse(sort.StringSlice(causes)))
+	if len(causes) > 0 {
+		fmt.Printf("unannounced closes by cause: %s\n", strings.Join(causes, "; "))
+	}
 	fmt.Printf("messages acked %d, lost %d, duplicated %d (unique (conversation_id, seq) received more than once), error frames %d\n", expected, lost, dup, errs)
 	if lost > 0 {
 		fmt.Printf("lost messages acked after the final sync began: %d; examples:\n  %s\n", lateAcks, strings.Join(examples, "\n  "))
