@@ -68,36 +68,37 @@ func (d Dialer) timeout() time.Duration {
 	return 2 * time.Second
 }
 
-// Stats asks the pod for its sessions and drain state.
-func (d Dialer) Stats(ctx context.Context, pod *corev1.Pod) (*gochatv1.StatsResponse, error) {
+// call runs one admin call on a fresh connection to the pod, within the
+// call timeout; what names the call in errors.
+func (d Dialer) call(ctx context.Context, pod *corev1.Pod, what string, fn func(context.Context, gochatv1.GatewayAdminServiceClient) error) error {
 	conn, err := d.dial(ctx, pod)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer conn.Close()
 	cctx, cancel := context.WithTimeout(ctx, d.timeout())
 	defer cancel()
-	st, err := gochatv1.NewGatewayAdminServiceClient(conn).Stats(cctx, &gochatv1.StatsRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("stats of gateway %s: %w", pod.Name, err)
+	if err := fn(cctx, gochatv1.NewGatewayAdminServiceClient(conn)); err != nil {
+		return fmt.Errorf("%s gateway %s: %w", what, pod.Name, err)
 	}
-	return st, nil
+	return nil
+}
+
+// Stats asks the pod for its sessions and drain state.
+func (d Dialer) Stats(ctx context.Context, pod *corev1.Pod) (st *gochatv1.StatsResponse, err error) {
+	err = d.call(ctx, pod, "stats of", func(ctx context.Context, c gochatv1.GatewayAdminServiceClient) error {
+		st, err = c.Stats(ctx, &gochatv1.StatsRequest{})
+		return err
+	})
+	return st, err
 }
 
 // Drain tells the pod to drain; a pod already draining keeps its own clock.
-func (d Dialer) Drain(ctx context.Context, pod *corev1.Pod, window, timeout time.Duration) (*gochatv1.StatsResponse, error) {
-	conn, err := d.dial(ctx, pod)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	cctx, cancel := context.WithTimeout(ctx, d.timeout())
-	defer cancel()
-	resp, err := gochatv1.NewGatewayAdminServiceClient(conn).Drain(cctx, &gochatv1.DrainRequest{
-		WindowMs: window.Milliseconds(), TimeoutMs: timeout.Milliseconds(),
+func (d Dialer) Drain(ctx context.Context, pod *corev1.Pod, window, timeout time.Duration) (st *gochatv1.StatsResponse, err error) {
+	err = d.call(ctx, pod, "drain", func(ctx context.Context, c gochatv1.GatewayAdminServiceClient) error {
+		resp, err := c.Drain(ctx, &gochatv1.DrainRequest{WindowMs: window.Milliseconds(), TimeoutMs: timeout.Milliseconds()})
+		st = resp.GetStats()
+		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("drain gateway %s: %w", pod.Name, err)
-	}
-	return resp.GetStats(), nil
+	return st, err
 }
