@@ -94,7 +94,14 @@ func (p *Process) start() {
 
 // Stop ends the process with SIGTERM (SIGKILL after 10s). On a failed test
 // it prints the end of the process's log.
-func (p *Process) Stop() {
+func (p *Process) Stop() { p.end(syscall.SIGTERM) }
+
+// Kill ends the process with SIGKILL: no shutdown code runs.
+func (p *Process) Kill() { p.end(syscall.SIGKILL) }
+
+// end signals the process, waits for it (killing it after 10s), and closes
+// its log; a second end is a no-op.
+func (p *Process) end(sig syscall.Signal) {
 	p.mu.Lock()
 	cmd, done, f := p.cmd, p.done, p.log
 	p.cmd = nil
@@ -102,7 +109,7 @@ func (p *Process) Stop() {
 	if cmd == nil {
 		return
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Process.Signal(sig)
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -123,20 +130,6 @@ func (p *Process) Signal(sig os.Signal) error {
 		return fmt.Errorf("%s is not running", p.Name)
 	}
 	return p.cmd.Process.Signal(sig)
-}
-
-// Kill ends the process with SIGKILL: no shutdown code runs.
-func (p *Process) Kill() {
-	p.mu.Lock()
-	cmd, done, f := p.cmd, p.done, p.log
-	p.cmd = nil
-	p.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Kill()
-	<-done
-	f.Close()
 }
 
 // Pause stops the process with SIGSTOP: its sockets stay open and nothing
