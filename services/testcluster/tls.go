@@ -4,7 +4,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,7 +21,7 @@ func NewCA(t testing.TB) *pki.CA {
 	return ca
 }
 
-// TLSFiles are the paths of one identity's ca.crt, tls.crt and tls.key.
+// TLSFiles are the paths of one identity's CA bundle, certificate and key.
 type TLSFiles struct{ CA, Cert, Key string }
 
 // Env is the GOCHAT_TLS_* variables that point a gochat process at the files.
@@ -46,14 +45,9 @@ func IssueFiles(t testing.TB, ca *pki.CA, component pki.Component) TLSFiles {
 // new CA during a rotation, say).
 func WriteFiles(t testing.TB, bundle []byte, ca *pki.CA, component pki.Component) TLSFiles {
 	t.Helper()
-	kp, err := ca.Issue(component, time.Now(), 24*time.Hour)
-	mustf(t, err, "issue %s certificate", component)
-	dir := t.TempDir()
-	f := TLSFiles{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, "tls.crt"), Key: filepath.Join(dir, "tls.key")}
-	mustf(t, os.WriteFile(f.CA, bundle, 0o600), "write CA")
-	mustf(t, os.WriteFile(f.Cert, kp.CertPEM, 0o600), "write certificate")
-	mustf(t, os.WriteFile(f.Key, kp.KeyPEM, 0o600), "write key")
-	return f
+	f, err := pki.WriteIdentity(t.TempDir(), ca, bundle, component, time.Now(), 24*time.Hour)
+	mustf(t, err, "write %s identity", component)
+	return TLSFiles{CA: f.CA, Cert: f.Cert, Key: f.Key}
 }
 
 // Dial connects to the gRPC service at addr as component as (a credential

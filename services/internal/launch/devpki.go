@@ -12,49 +12,11 @@ import (
 	"github.com/gochat/gochat/api/pki"
 )
 
-// WriteIdentity issues component c a certificate from ca and writes
-// <c>.crt, <c>.key and ca.crt (bundle) into dir, each file replaced whole,
-// so a process that re-reads them never sees half of one. It returns the
-// flags that point at them.
+// WriteIdentity is pki.WriteIdentity, returning the flags that point a
+// service at the files.
 func WriteIdentity(dir string, ca *pki.CA, bundle []byte, c pki.Component, now time.Time, validity time.Duration) (TLSFlags, error) {
-	kp, err := ca.Issue(c, now, validity)
-	if err != nil {
-		return TLSFlags{}, err
-	}
-	f := TLSFlags{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, string(c)+".crt"), Key: filepath.Join(dir, string(c)+".key")}
-	// The key goes first: a reader that sees the new certificate finds its key.
-	for _, w := range []struct {
-		path string
-		data []byte
-	}{{f.Key, kp.KeyPEM}, {f.Cert, kp.CertPEM}, {f.CA, bundle}} {
-		if err := writeFileAtomic(w.path, w.data); err != nil {
-			return TLSFlags{}, err
-		}
-	}
-	return f, nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	f, err := pki.WriteIdentity(dir, ca, bundle, c, now, validity)
+	return TLSFlags{CA: f.CA, Cert: f.Cert, Key: f.Key}, err
 }
 
 // devPKI keeps the dev mode's CA and the four services' certificates in
@@ -78,10 +40,10 @@ func devPKI(dir string, now time.Time, log *slog.Logger) (map[pki.Component]TLSF
 		if err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(caKey, key); err != nil {
+		if err := pki.WriteFileAtomic(caKey, key); err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(caCert, ca.CertPEM()); err != nil {
+		if err := pki.WriteFileAtomic(caCert, ca.CertPEM()); err != nil {
 			return nil, err
 		}
 		log.Info("dev CA created", "dir", dir, "fingerprint", pki.Fingerprint(ca.Cert))
