@@ -12,6 +12,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -228,6 +229,30 @@ func IssuedAt(cert *x509.Certificate) time.Time {
 func RenewAt(cert *x509.Certificate) time.Time {
 	life := cert.NotAfter.Sub(cert.NotBefore)
 	return cert.NotBefore.Add(life / 3 * 2)
+}
+
+// VerifyServer is a tls.Config VerifyConnection for clients: it accepts a
+// server whose certificate chains to roots() and names the component want.
+// It replaces Go's host-name check, since certificates name components,
+// not addresses (im-task and the operator dial pods by IP).
+func VerifyServer(roots func() (*x509.CertPool, error), want Component) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("server certificate: none sent")
+		}
+		pool, err := roots()
+		if err != nil {
+			return fmt.Errorf("server certificate: %w", err)
+		}
+		got, err := Verify(cs.PeerCertificates[0], cs.PeerCertificates[1:], pool, x509.ExtKeyUsageServerAuth, time.Now())
+		if err != nil {
+			return fmt.Errorf("server certificate: %w", err)
+		}
+		if got != want {
+			return fmt.Errorf("server is %q, expected %q", got, want)
+		}
+		return nil
+	}
 }
 
 // Verify checks that cert chains to one of the CAs in roots for usage, and

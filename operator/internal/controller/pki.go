@@ -433,22 +433,9 @@ func (r *Reconciler) readCA(ctx context.Context, cc *chatv1.ChatCluster) (caStat
 // IP) is not what is checked.
 func clientTLS(cert tls.Certificate, roots *x509.CertPool, server pki.Component) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		// Go's host-name check is replaced by VerifyConnection.
+		MinVersion:         tls.VersionTLS13,
+		Certificates:       []tls.Certificate{cert},
 		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return fmt.Errorf("server sent no certificate")
-			}
-			got, err := pki.Verify(cs.PeerCertificates[0], cs.PeerCertificates[1:], roots, x509.ExtKeyUsageServerAuth, time.Now())
-			if err != nil {
-				return fmt.Errorf("server certificate: %w", err)
-			}
-			if got != server {
-				return fmt.Errorf("server is %q, expected %q", got, server)
-			}
-			return nil
-		},
+		VerifyConnection:   pki.VerifyServer(func() (*x509.CertPool, error) { return roots, nil }, server),
 	}
 }
