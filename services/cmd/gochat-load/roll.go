@@ -50,6 +50,7 @@ type rollOpts struct {
 	waitReplaced time.Duration
 	observe      time.Duration
 	parallel     int
+	ping         time.Duration
 }
 
 // sample is one delivered message: when it was sent and how long it took.
@@ -107,6 +108,7 @@ func rollMain(args []string) error {
 	o := rollOpts{}
 	fs.IntVar(&o.clients, "clients", 1000, "live clients (an even number: they chat in pairs)")
 	fs.Float64Var(&o.rate, "rate", 0.2, "sends per second per client")
+	fs.DurationVar(&o.ping, "ping", 20*time.Second, "a client that has sent nothing for this long pings, as the contract's clients do (0: never)")
 	fs.DurationVar(&o.warmup, "warmup", 20*time.Second, "how long to measure before the roll")
 	fs.DurationVar(&o.after, "after", 10*time.Second, "how long to keep sending after the roll")
 	fs.DurationVar(&o.window, "drain-window", 10*time.Second, "Drain's window (with --admin)")
@@ -563,10 +565,26 @@ func (c *rollClient) sendLoop() {
 	// Start at a random phase so sends do not come in waves.
 	t := time.NewTimer(time.Duration(rand.Int64N(int64(every))))
 	defer t.Stop()
+	// Without pings a client that sends less often than 3 heartbeats is
+	// closed by the gateway as gone ("heartbeat timeout").
+	var pings <-chan time.Time
+	if c.r.o.ping > 0 && c.r.o.ping < every {
+		tick := time.NewTicker(c.r.o.ping)
+		defer tick.Stop()
+		pings = tick.C
+	}
 	for {
 		select {
 		case <-c.r.stop:
 			return
+		case <-pings:
+			c.mu.Lock()
+			conn := c.conn
+			c.mu.Unlock()
+			if conn != nil {
+				_ = conn.send([]byte(`{"type":"ping","data":{}}`))
+			}
+			continue
 		case <-t.C:
 		}
 		t.Reset(every)
