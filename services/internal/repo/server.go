@@ -157,11 +157,11 @@ func (s *Server) CreateGroup(ctx context.Context, in *gochatv1.CreateGroupReques
 	if err := checkIDs("member_ids", in.MemberIds); err != nil {
 		return nil, err
 	}
-	c, err := s.store.CreateGroup(ctx, in.Name, in.OwnerId, in.MemberIds)
+	c, ev, err := s.store.CreateGroup(ctx, in.Name, in.OwnerId, in.MemberIds)
 	if err != nil {
 		return nil, err
 	}
-	return &gochatv1.ConversationResponse{Conversation: c, Created: true}, nil
+	return &gochatv1.ConversationResponse{Conversation: c, Created: true, Event: ev}, nil
 }
 
 func (s *Server) AddMembers(ctx context.Context, in *gochatv1.AddMembersRequest) (*gochatv1.AddMembersResponse, error) {
@@ -171,14 +171,14 @@ func (s *Server) AddMembers(ctx context.Context, in *gochatv1.AddMembersRequest)
 	if !ids.Valid(in.ConversationId) {
 		return nil, apierror.New(apierror.NotFound, "conversation not found")
 	}
-	c, added, err := s.store.AddMembers(ctx, in.ConversationId, in.ActorId, in.UserIds)
+	c, added, ev, err := s.store.AddMembers(ctx, in.ConversationId, in.ActorId, in.UserIds)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.members.invalidate(ctx, in.ConversationId); err != nil {
 		s.log.Warn("member cache not invalidated", "err", err)
 	}
-	return &gochatv1.AddMembersResponse{Conversation: c, AddedUserIds: added}, nil
+	return &gochatv1.AddMembersResponse{Conversation: c, AddedUserIds: added, Event: ev}, nil
 }
 
 func (s *Server) RemoveMember(ctx context.Context, in *gochatv1.RemoveMemberRequest) (*gochatv1.RemoveMemberResponse, error) {
@@ -190,13 +190,14 @@ func (s *Server) RemoveMember(ctx context.Context, in *gochatv1.RemoveMemberRequ
 			return nil, err
 		}
 	}
-	if err := s.store.RemoveMember(ctx, in.ConversationId, in.ActorId, in.UserId, in.Leave); err != nil {
+	ev, err := s.store.RemoveMember(ctx, in.ConversationId, in.ActorId, in.UserId, in.Leave)
+	if err != nil {
 		return nil, err
 	}
 	if err := s.members.invalidate(ctx, in.ConversationId); err != nil {
 		s.log.Warn("member cache not invalidated", "err", err)
 	}
-	return &gochatv1.RemoveMemberResponse{}, nil
+	return &gochatv1.RemoveMemberResponse{Event: ev}, nil
 }
 
 func (s *Server) GetConversation(ctx context.Context, in *gochatv1.GetConversationRequest) (*gochatv1.ConversationResponse, error) {
@@ -287,11 +288,11 @@ func (s *Server) UpdateReadSeq(ctx context.Context, in *gochatv1.UpdateReadSeqRe
 	if in.Seq < 0 {
 		return nil, invalid("seq cannot be negative")
 	}
-	seq, moved, err := s.store.UpdateReadSeq(ctx, in.ConversationId, in.UserId, in.Seq)
+	seq, ev, err := s.store.UpdateReadSeq(ctx, in.ConversationId, in.UserId, in.Seq, in.OriginSessionId)
 	if err != nil {
 		return nil, err
 	}
-	return &gochatv1.UpdateReadSeqResponse{ReadSeq: seq, Moved: moved}, nil
+	return &gochatv1.UpdateReadSeqResponse{ReadSeq: seq, Moved: ev != nil, Event: ev}, nil
 }
 
 func (s *Server) UnreadCounts(ctx context.Context, in *gochatv1.UnreadCountsRequest) (*gochatv1.UnreadCountsResponse, error) {
@@ -365,8 +366,20 @@ func (s *Server) AckDispatched(ctx context.Context, in *gochatv1.AckDispatchedRe
 	if err := checkIDs("message_ids", in.MessageIds); err != nil {
 		return nil, err
 	}
+	if len(in.EventIds) > MaxBatchIDs {
+		return nil, invalid("event_ids has %d ids, at most %d are allowed", len(in.EventIds), MaxBatchIDs)
+	}
+	events, err := eventIDs(in.EventIds)
+	if err != nil {
+		return nil, err
+	}
 	if len(in.MessageIds) > 0 {
 		if err := s.store.AckDispatched(ctx, in.MessageIds); err != nil {
+			return nil, err
+		}
+	}
+	if len(events) > 0 {
+		if err := s.store.AckEvents(ctx, events); err != nil {
 			return nil, err
 		}
 	}
@@ -381,5 +394,9 @@ func (s *Server) ListUndispatched(ctx context.Context, in *gochatv1.ListUndispat
 	if err != nil {
 		return nil, err
 	}
-	return &gochatv1.ListUndispatchedResponse{Messages: msgs}, nil
+	events, err := s.store.ListUndispatchedEvents(ctx, in.StoredBeforeMs, pageLimit(in.Limit), s.outboxLease)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.ListUndispatchedResponse{Messages: msgs, Events: events}, nil
 }

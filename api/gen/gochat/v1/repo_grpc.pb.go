@@ -67,7 +67,9 @@ type RepoServiceClient interface {
 	// UnreadCounts sums max_seq - read_seq over each user's conversations.
 	UnreadCounts(ctx context.Context, in *UnreadCountsRequest, opts ...grpc.CallOption) (*UnreadCountsResponse, error)
 	// The dispatch outbox: StoreMessage records each new message in it, in the
-	// same transaction. AckDispatched removes messages Kafka has taken;
+	// same transaction, and CreateGroup, AddMembers, RemoveMember and
+	// UpdateReadSeq each record their event (returned as an OutboxEvent).
+	// AckDispatched removes messages and events Kafka has taken;
 	// ListUndispatched returns the ones still waiting, oldest first, so that a
 	// publish lost to a crash or a Kafka outage is made again.
 	AckDispatched(ctx context.Context, in *AckDispatchedRequest, opts ...grpc.CallOption) (*AckDispatchedResponse, error)
@@ -316,7 +318,9 @@ type RepoServiceServer interface {
 	// UnreadCounts sums max_seq - read_seq over each user's conversations.
 	UnreadCounts(context.Context, *UnreadCountsRequest) (*UnreadCountsResponse, error)
 	// The dispatch outbox: StoreMessage records each new message in it, in the
-	// same transaction. AckDispatched removes messages Kafka has taken;
+	// same transaction, and CreateGroup, AddMembers, RemoveMember and
+	// UpdateReadSeq each record their event (returned as an OutboxEvent).
+	// AckDispatched removes messages and events Kafka has taken;
 	// ListUndispatched returns the ones still waiting, oldest first, so that a
 	// publish lost to a crash or a Kafka outage is made again.
 	AckDispatched(context.Context, *AckDispatchedRequest) (*AckDispatchedResponse, error)
