@@ -24,6 +24,7 @@ type Cluster struct {
 	// each is the field above.
 	MoreGateways []*Process
 	MoreHTTP     []string
+	MoreGRPC     []string // the further gateways' gRPC (advertised) addresses
 	MoreLogic    []*Process
 	MoreTask     []*Process
 	MySQLDSN     string
@@ -112,6 +113,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 		} else {
 			c.MoreLogic, c.MoreTask = append(c.MoreLogic, logic), append(c.MoreTask, task)
 			c.MoreGateways, c.MoreHTTP = append(c.MoreGateways, gw), append(c.MoreHTTP, gwHTTP)
+			c.MoreGRPC = append(c.MoreGRPC, gwGRPC)
 		}
 	}
 	return c

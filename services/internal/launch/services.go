@@ -331,6 +331,7 @@ func (o *Gateway) Register(fs *flag.FlagSet) {
 	o.TLS.Register(fs)
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 25*time.Second, "heartbeat_ms told to clients; silent for 3 heartbeats means gone")
 	fs.DurationVar(&o.PresenceTTL, "presence-ttl", 90*time.Second, "how long a session stays in presence without renewal")
+	fs.DurationVar(&o.LivenessTTL, "liveness-ttl", 6*time.Second, "the gateway renews its liveness every third of this; once it lapses im-task stops pushing to it and its users count as offline (0: off)")
 	fs.DurationVar(&o.HandshakeTimeout, "handshake-timeout", 10*time.Second, "time to complete a WebSocket handshake")
 	fs.DurationVar(&o.FrameReadTimeout, "frame-read-timeout", 10*time.Second, "time to finish reading a frame once it starts")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", 10*time.Second, "time to write queued frames to a client")

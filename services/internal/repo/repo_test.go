@@ -111,6 +111,7 @@ func TestRepo(t *testing.T) {
 			t.Run("a stale member list is never served", func(t *testing.T) { testMemberCacheRace(t, e) })
 			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
 			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
+			t.Run("sessions on a gateway whose liveness lapsed are offline", func(t *testing.T) { testGatewayLiveness(t, e) })
 			t.Run("presence transitions", func(t *testing.T) { testPresenceTransitions(t, e) })
 			t.Run("contacts", func(t *testing.T) { testContacts(t, e) })
 			t.Run("dispatch outbox", func(t *testing.T) { testOutbox(t, e) })
@@ -655,5 +656,56 @@ func testEventOutbox(t *testing.T, e *env) {
 		t.Fatalf("after the ack and the lease: %v, want [%s %s]", rest, read.Event.Id, removed.Event.Id)
 	}
 	_, err = e.client.AckDispatched(ctx, &gochatv1.AckDispatchedRequest{EventIds: []string{"x1"}})
+	wantCode(t, err, apierror.InvalidArgument)
+}
+
+func testGatewayLiveness(t *testing.T, e *env) {
+	a, b := user(t, e, "a"), user(t, e, "b")
+	onLive := &gochatv1.Session{UserId: a.Id, SessionId: "l1", Gateway: "10.1.0.1:9000"}
+	onDying := &gochatv1.Session{UserId: a.Id, SessionId: "l2", Gateway: "10.1.0.2:9000"}
+	onlyDying := &gochatv1.Session{UserId: b.Id, SessionId: "l3", Gateway: "10.1.0.2:9000"}
+	if _, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{onLive, onDying, onlyDying}, TtlMs: 60000}); err != nil {
+		t.Fatal(err)
+	}
+	alive := func(gw string, ttl time.Duration) {
+		t.Helper()
+		if _, err := e.client.GatewayAlive(ctx, &gochatv1.GatewayAliveRequest{Gateway: gw, TtlMs: ttl.Milliseconds()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name           string
+		before         func()
+		sessions       []string
+		aOnline, bOnln bool
+	}{
+		// A gateway that never recorded its liveness is not dead.
+		{"nothing recorded", func() {}, []string{"l1", "l2", "l3"}, true, true},
+		{"both alive", func() { alive(onLive.Gateway, time.Minute); alive(onDying.Gateway, time.Minute) }, []string{"l1", "l2", "l3"}, true, true},
+		{"one lapsed", func() { alive(onDying.Gateway, 0) }, []string{"l1"}, true, false},
+		{"both lapsed", func() { alive(onLive.Gateway, 0) }, nil, false, false},
+		{"renewed", func() { alive(onLive.Gateway, time.Minute); alive(onDying.Gateway, time.Minute) }, []string{"l1", "l2", "l3"}, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.before()
+			r, err := e.client.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: []string{a.Id, b.Id}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, s := range r.Sessions {
+				got = append(got, s.SessionId)
+			}
+			sort.Strings(got)
+			if fmt.Sprint(got) != fmt.Sprint(tt.sessions) {
+				t.Fatalf("sessions %v, want %v", got, tt.sessions)
+			}
+			if r.Users[0].Online != tt.aOnline || r.Users[1].Online != tt.bOnln {
+				t.Fatalf("online %v %v, want %v %v", r.Users[0].Online, r.Users[1].Online, tt.aOnline, tt.bOnln)
+			}
+		})
+	}
+	_, err := e.client.GatewayAlive(ctx, &gochatv1.GatewayAliveRequest{Gateway: "", TtlMs: 1000})
 	wantCode(t, err, apierror.InvalidArgument)
 }

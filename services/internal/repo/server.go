@@ -359,7 +359,55 @@ func (s *Server) GetPresence(ctx context.Context, in *gochatv1.GetPresenceReques
 	if err != nil {
 		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
 	}
+	sessions, err = s.withoutDeadGateways(ctx, sessions, users)
+	if err != nil {
+		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	}
 	return &gochatv1.GetPresenceResponse{Sessions: sessions, Users: users}, nil
+}
+
+// withoutDeadGateways drops the sessions held by gateways whose liveness
+// lapsed (killed or frozen: their sessions' own TTL is far longer), so that
+// im-task does not dial them and counts their users offline; a user left
+// with no session is marked offline in users.
+func (s *Server) withoutDeadGateways(ctx context.Context, sessions []*gochatv1.Session, users []*gochatv1.UserPresence) ([]*gochatv1.Session, error) {
+	seen := map[string]bool{}
+	var gws []string
+	for _, ss := range sessions {
+		if !seen[ss.Gateway] {
+			seen[ss.Gateway] = true
+			gws = append(gws, ss.Gateway)
+		}
+	}
+	dead, err := s.presence.DeadGateways(ctx, gws)
+	if err != nil || len(dead) == 0 {
+		return sessions, err
+	}
+	kept := sessions[:0]
+	online := map[string]bool{}
+	for _, ss := range sessions {
+		if !dead[ss.Gateway] {
+			kept = append(kept, ss)
+			online[ss.UserId] = true
+		}
+	}
+	for _, u := range users {
+		u.Online = u.Online && online[u.UserId]
+	}
+	return kept, nil
+}
+
+func (s *Server) GatewayAlive(ctx context.Context, in *gochatv1.GatewayAliveRequest) (*gochatv1.GatewayAliveResponse, error) {
+	if in.Gateway == "" || len(in.Gateway) > 255 {
+		return nil, invalid("gateway must be 1 to 255 bytes")
+	}
+	if in.TtlMs < 0 || in.TtlMs > 10*60*1000 {
+		return nil, invalid("ttl_ms must be 0 to 600000, got %d", in.TtlMs)
+	}
+	if err := s.presence.GatewayAlive(ctx, in.Gateway, time.Duration(in.TtlMs)*time.Millisecond); err != nil {
+		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	}
+	return &gochatv1.GatewayAliveResponse{}, nil
 }
 
 func (s *Server) AckDispatched(ctx context.Context, in *gochatv1.AckDispatchedRequest) (*gochatv1.AckDispatchedResponse, error) {

@@ -2119,6 +2119,95 @@ func (x *ListUndispatchedResponse) GetEvents() []*OutboxEvent {
 	return nil
 }
 
+type GatewayAliveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gateway's advertised address, as in its sessions.
+	Gateway       string `protobuf:"bytes,1,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	TtlMs         int64  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayAliveRequest) Reset() {
+	*x = GatewayAliveRequest{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayAliveRequest) ProtoMessage() {}
+
+func (x *GatewayAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayAliveRequest.ProtoReflect.Descriptor instead.
+func (*GatewayAliveRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *GatewayAliveRequest) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *GatewayAliveRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type GatewayAliveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayAliveResponse) Reset() {
+	*x = GatewayAliveResponse{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayAliveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayAliveResponse) ProtoMessage() {}
+
+func (x *GatewayAliveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayAliveResponse.ProtoReflect.Descriptor instead.
+func (*GatewayAliveResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
+}
+
 // UserPresence is whether a user has a live session, and when one was last
 // known to be live (0: never).
 type UserPresence struct {
@@ -2132,7 +2221,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	mi := &file_gochat_v1_repo_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2233,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	mi := &file_gochat_v1_repo_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2246,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *UserPresence) GetUserId() string {
@@ -2192,7 +2281,7 @@ type ListContactsRequest struct {
 
 func (x *ListContactsRequest) Reset() {
 	*x = ListContactsRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	mi := &file_gochat_v1_repo_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2293,7 @@ func (x *ListContactsRequest) String() string {
 func (*ListContactsRequest) ProtoMessage() {}
 
 func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	mi := &file_gochat_v1_repo_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2306,7 @@ func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsRequest.ProtoReflect.Descriptor instead.
 func (*ListContactsRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListContactsRequest) GetUserId() string {
@@ -2243,7 +2332,7 @@ type ListContactsResponse struct {
 
 func (x *ListContactsResponse) Reset() {
 	*x = ListContactsResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[41]
+	mi := &file_gochat_v1_repo_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2344,7 @@ func (x *ListContactsResponse) String() string {
 func (*ListContactsResponse) ProtoMessage() {}
 
 func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[41]
+	mi := &file_gochat_v1_repo_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2357,7 @@ func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsResponse.ProtoReflect.Descriptor instead.
 func (*ListContactsResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{41}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListContactsResponse) GetUserIds() []string {
@@ -2407,7 +2496,11 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"z\n" +
 	"\x18ListUndispatchedResponse\x12.\n" +
 	"\bmessages\x18\x01 \x03(\v2\x12.gochat.v1.MessageR\bmessages\x12.\n" +
-	"\x06events\x18\x02 \x03(\v2\x16.gochat.v1.OutboxEventR\x06events\"a\n" +
+	"\x06events\x18\x02 \x03(\v2\x16.gochat.v1.OutboxEventR\x06events\"F\n" +
+	"\x13GatewayAliveRequest\x12\x18\n" +
+	"\agateway\x18\x01 \x01(\tR\agateway\x12\x15\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\"\x16\n" +
+	"\x14GatewayAliveResponse\"a\n" +
 	"\fUserPresence\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12 \n" +
@@ -2417,7 +2510,7 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"1\n" +
 	"\x14ListContactsResponse\x12\x19\n" +
-	"\buser_ids\x18\x01 \x03(\tR\auserIds2\x90\r\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds2\xe1\r\n" +
 	"\vRepoService\x12I\n" +
 	"\n" +
 	"CreateUser\x12\x1c.gochat.v1.CreateUserRequest\x1a\x1d.gochat.v1.CreateUserResponse\x12@\n" +
@@ -2441,6 +2534,7 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x10RegisterSessions\x12\".gochat.v1.RegisterSessionsRequest\x1a#.gochat.v1.RegisterSessionsResponse\x12a\n" +
 	"\x12UnregisterSessions\x12$.gochat.v1.UnregisterSessionsRequest\x1a%.gochat.v1.UnregisterSessionsResponse\x12L\n" +
 	"\vGetPresence\x12\x1d.gochat.v1.GetPresenceRequest\x1a\x1e.gochat.v1.GetPresenceResponse\x12O\n" +
+	"\fGatewayAlive\x12\x1e.gochat.v1.GatewayAliveRequest\x1a\x1f.gochat.v1.GatewayAliveResponse\x12O\n" +
 	"\fListContacts\x12\x1e.gochat.v1.ListContactsRequest\x1a\x1f.gochat.v1.ListContactsResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
 
 var (
@@ -2455,7 +2549,7 @@ func file_gochat_v1_repo_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_repo_proto_rawDescData
 }
 
-var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_gochat_v1_repo_proto_goTypes = []any{
 	(*CreateUserRequest)(nil),          // 0: gochat.v1.CreateUserRequest
 	(*CreateUserResponse)(nil),         // 1: gochat.v1.CreateUserResponse
@@ -2496,38 +2590,40 @@ var file_gochat_v1_repo_proto_goTypes = []any{
 	(*AckDispatchedResponse)(nil),      // 36: gochat.v1.AckDispatchedResponse
 	(*ListUndispatchedRequest)(nil),    // 37: gochat.v1.ListUndispatchedRequest
 	(*ListUndispatchedResponse)(nil),   // 38: gochat.v1.ListUndispatchedResponse
-	(*UserPresence)(nil),               // 39: gochat.v1.UserPresence
-	(*ListContactsRequest)(nil),        // 40: gochat.v1.ListContactsRequest
-	(*ListContactsResponse)(nil),       // 41: gochat.v1.ListContactsResponse
-	(*User)(nil),                       // 42: gochat.v1.User
-	(*Conversation)(nil),               // 43: gochat.v1.Conversation
-	(*Member)(nil),                     // 44: gochat.v1.Member
-	(*Message)(nil),                    // 45: gochat.v1.Message
-	(*Session)(nil),                    // 46: gochat.v1.Session
-	(*DispatchEvent)(nil),              // 47: gochat.v1.DispatchEvent
+	(*GatewayAliveRequest)(nil),        // 39: gochat.v1.GatewayAliveRequest
+	(*GatewayAliveResponse)(nil),       // 40: gochat.v1.GatewayAliveResponse
+	(*UserPresence)(nil),               // 41: gochat.v1.UserPresence
+	(*ListContactsRequest)(nil),        // 42: gochat.v1.ListContactsRequest
+	(*ListContactsResponse)(nil),       // 43: gochat.v1.ListContactsResponse
+	(*User)(nil),                       // 44: gochat.v1.User
+	(*Conversation)(nil),               // 45: gochat.v1.Conversation
+	(*Member)(nil),                     // 46: gochat.v1.Member
+	(*Message)(nil),                    // 47: gochat.v1.Message
+	(*Session)(nil),                    // 48: gochat.v1.Session
+	(*DispatchEvent)(nil),              // 49: gochat.v1.DispatchEvent
 }
 var file_gochat_v1_repo_proto_depIdxs = []int32{
-	42, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
-	42, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
-	42, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
-	43, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
+	44, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
+	44, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
+	44, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
+	45, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
 	34, // 4: gochat.v1.ConversationResponse.event:type_name -> gochat.v1.OutboxEvent
-	43, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
+	45, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
 	34, // 6: gochat.v1.AddMembersResponse.event:type_name -> gochat.v1.OutboxEvent
 	34, // 7: gochat.v1.RemoveMemberResponse.event:type_name -> gochat.v1.OutboxEvent
-	43, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
-	44, // 9: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
+	45, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
+	46, // 9: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
 	17, // 10: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
-	45, // 11: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
-	45, // 12: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
+	47, // 11: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
+	47, // 12: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
 	34, // 13: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
 	26, // 14: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
-	46, // 15: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	46, // 16: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	46, // 17: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
-	39, // 18: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
-	47, // 19: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
-	45, // 20: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
+	48, // 15: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	48, // 16: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	48, // 17: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
+	41, // 18: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
+	49, // 19: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
+	47, // 20: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
 	34, // 21: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
 	0,  // 22: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
 	2,  // 23: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
@@ -2548,29 +2644,31 @@ var file_gochat_v1_repo_proto_depIdxs = []int32{
 	28, // 38: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
 	30, // 39: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
 	32, // 40: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
-	40, // 41: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
-	1,  // 42: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
-	3,  // 43: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
-	5,  // 44: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
-	7,  // 45: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
-	7,  // 46: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
-	10, // 47: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
-	12, // 48: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
-	7,  // 49: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
-	15, // 50: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	18, // 51: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
-	20, // 52: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
-	22, // 53: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	24, // 54: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
-	27, // 55: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
-	36, // 56: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
-	38, // 57: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
-	29, // 58: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
-	31, // 59: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
-	33, // 60: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
-	41, // 61: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
-	42, // [42:62] is the sub-list for method output_type
-	22, // [22:42] is the sub-list for method input_type
+	39, // 41: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
+	42, // 42: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
+	1,  // 43: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
+	3,  // 44: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
+	5,  // 45: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
+	7,  // 46: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
+	7,  // 47: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
+	10, // 48: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
+	12, // 49: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
+	7,  // 50: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
+	15, // 51: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	18, // 52: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
+	20, // 53: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
+	22, // 54: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	24, // 55: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
+	27, // 56: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
+	36, // 57: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
+	38, // 58: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
+	29, // 59: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
+	31, // 60: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
+	33, // 61: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
+	40, // 62: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
+	43, // 63: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
+	43, // [43:64] is the sub-list for method output_type
+	22, // [22:43] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -2592,7 +2690,7 @@ func file_gochat_v1_repo_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_repo_proto_rawDesc), len(file_gochat_v1_repo_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
