@@ -26,13 +26,13 @@ import (
 
 // Config is im-gateway's own settings; cmd/gochat documents each default.
 type Config struct {
-	Advertise        string // host:port im-task dials for pushes to this gateway
-	Heartbeat        time.Duration
-	PresenceTTL      time.Duration
+	Advertise   string // host:port im-task dials for pushes to this gateway
+	Heartbeat   time.Duration
+	PresenceTTL time.Duration
 	// LivenessTTL: the gateway renews its liveness in im-repo every third of
 	// it; once it lapses (the process is dead or frozen) im-task stops
 	// pushing to it and its users count as offline. 0: not recorded.
-	LivenessTTL time.Duration
+	LivenessTTL      time.Duration
 	HandshakeTimeout time.Duration
 	FrameReadTimeout time.Duration
 	WriteTimeout     time.Duration
