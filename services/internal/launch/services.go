@@ -173,12 +173,17 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time limit of one transaction storing a batch of messages; past it the batch's senders get unavailable")
 	fs.IntVar(&o.StoreWorkers, "store-workers", 1, "transactions storing messages at once per replica (MySQL; SQLite uses 1); one makes the largest batches (docs/benchmarks.md)")
 	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
+	fs.DurationVar(&o.GuestTTL, "guest-ttl", 7*24*time.Hour, "guest accounts that belong to no conversation are deleted this long after their creation (0: never); keep it at least --token-ttl")
+	fs.DurationVar(&o.GuestSweepEvery, "guest-sweep-interval", time.Minute, "how often expired guests are looked for (500 deleted at a time, at most 10,000 a round)")
 }
 
 // Run serves im-repo until ctx ends.
 func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	if o.StoreWorkers < 1 || o.StoreMaxBatch < 1 || o.StoreMaxBatch > 5000 {
 		return fmt.Errorf("--store-workers must be at least 1 and --store-max-batch 1 to 5000, got %d and %d", o.StoreWorkers, o.StoreMaxBatch)
+	}
+	if o.GuestTTL < 0 || o.GuestSweepEvery < time.Second {
+		return fmt.Errorf("--guest-ttl must not be negative and --guest-sweep-interval at least 1s, got %s and %s", o.GuestTTL, o.GuestSweepEvery)
 	}
 	if o.MemberCacheTTL < time.Second {
 		return fmt.Errorf("--member-cache-ttl must be at least 1s, got %s", o.MemberCacheTTL)

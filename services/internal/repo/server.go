@@ -4,6 +4,7 @@ package repo
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -33,6 +34,12 @@ type Config struct {
 	// OutboxLease is how long ListUndispatched's rows stay claimed by the
 	// relay that listed them (default 30s).
 	OutboxLease time.Duration
+	// GuestTTL: guest accounts that belong to no conversation are deleted
+	// this long after their creation (0: never), looked for every
+	// GuestSweepEvery (default 1m), GuestSweepBatch (default 500) at a time.
+	GuestTTL        time.Duration
+	GuestSweepEvery time.Duration
+	GuestSweepBatch int
 }
 
 // Server implements gochatv1.RepoServiceServer.
@@ -45,6 +52,7 @@ type Server struct {
 	log      *slog.Logger
 
 	outboxLease time.Duration
+	guests      guestExpiry
 }
 
 // NewServer wires the store, the caches and presence. Run the returned
@@ -55,7 +63,14 @@ func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Log
 	if cfg.OutboxLease <= 0 {
 		cfg.OutboxLease = 30 * time.Second
 	}
+	if cfg.GuestSweepEvery <= 0 {
+		cfg.GuestSweepEvery = time.Minute
+	}
+	if cfg.GuestSweepBatch <= 0 {
+		cfg.GuestSweepBatch = 500
+	}
 	return &Server{
+		guests:      guestExpiry{ttl: cfg.GuestTTL, interval: cfg.GuestSweepEvery, batch: cfg.GuestSweepBatch},
 		outboxLease: cfg.OutboxLease,
 		store:       store,
 		sender:      NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
@@ -65,8 +80,17 @@ func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Log
 	}
 }
 
-// Run runs the store batcher until ctx ends.
-func (s *Server) Run(ctx context.Context) { s.sender.Run(ctx) }
+// Run runs the store batcher, and the guest sweeper if guests expire,
+// until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	if s.guests.ttl > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.sweepGuests(ctx) }()
+	}
+	s.sender.Run(ctx)
+	wg.Wait()
+}
 
 func invalid(format string, args ...any) error {
 	return apierror.New(apierror.InvalidArgument, format, args...)
