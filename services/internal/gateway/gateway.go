@@ -111,6 +111,7 @@ type gatewayMetrics struct {
 	pushed          prometheus.Counter
 	drainClosed     prometheus.Counter
 	drainDuration   prometheus.Histogram
+	presenceResyncs prometheus.Counter
 }
 
 // Gateway is one im-gateway process.
@@ -186,6 +187,7 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		slowConsumers:   f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_slow_consumers_total", Help: "Sessions closed for not reading their frames."}),
 		pushed:          f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_pushed_frames_total", Help: "Frames queued to sessions by pushes."}),
 		drainClosed:     f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_drain_closed_sessions_total", Help: "Sessions closed by a drain."}),
+		presenceResyncs: f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_presence_loss_resyncs_total", Help: "Resync frames sent to sessions after Redis lost presence."}),
 		drainDuration: f.NewHistogram(prometheus.HistogramOpts{Name: "gochat_gateway_drain_duration_seconds", Help: "How long drains took, from start to the last session gone.",
 			Buckets: []float64{1, 5, 10, 20, 30, 45, 60, 90, 120, 300}}),
 	}

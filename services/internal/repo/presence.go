@@ -175,15 +175,17 @@ const gatewayForget = time.Hour
 
 // GatewayAlive records that a gateway is alive for ttl (0: gone now), in the
 // sorted set <prefix>gateways, scored by the expiry (Unix ms).
-func (p *Presence) GatewayAlive(ctx context.Context, gateway string, ttl time.Duration) error {
+// It reports whether the gateway was recorded before (false: a first call,
+// or Redis lost its data).
+func (p *Presence) GatewayAlive(ctx context.Context, gateway string, ttl time.Duration) (bool, error) {
 	now := p.now()
 	pipe := p.rdb.TxPipeline()
-	pipe.ZAdd(ctx, p.gatewaysKey(), redis.Z{Score: float64(now.Add(ttl).UnixMilli()), Member: gateway})
 	pipe.ZRemRangeByScore(ctx, p.gatewaysKey(), "-inf", strconv.FormatInt(now.Add(-gatewayForget).UnixMilli(), 10))
+	added := pipe.ZAdd(ctx, p.gatewaysKey(), redis.Z{Score: float64(now.Add(ttl).UnixMilli()), Member: gateway})
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("renew liveness of gateway %s: %w", gateway, err)
+		return false, fmt.Errorf("renew liveness of gateway %s: %w", gateway, err)
 	}
-	return nil
+	return added.Val() == 0, nil
 }
 
 // DeadGateways returns which of the gateways have let their liveness lapse.

@@ -428,10 +428,11 @@ func (s *Server) GatewayAlive(ctx context.Context, in *gochatv1.GatewayAliveRequ
 	if in.TtlMs < 0 || in.TtlMs > 10*60*1000 {
 		return nil, invalid("ttl_ms must be 0 to 600000, got %d", in.TtlMs)
 	}
-	if err := s.presence.GatewayAlive(ctx, in.Gateway, time.Duration(in.TtlMs)*time.Millisecond); err != nil {
+	known, err := s.presence.GatewayAlive(ctx, in.Gateway, time.Duration(in.TtlMs)*time.Millisecond)
+	if err != nil {
 		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
 	}
-	return &gochatv1.GatewayAliveResponse{}, nil
+	return &gochatv1.GatewayAliveResponse{Known: known}, nil
 }
 
 func (s *Server) AckDispatched(ctx context.Context, in *gochatv1.AckDispatchedRequest) (*gochatv1.AckDispatchedResponse, error) {

@@ -2173,7 +2173,11 @@ func (x *GatewayAliveRequest) GetTtlMs() int64 {
 }
 
 type GatewayAliveResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the gateway's liveness was recorded before this call. After a
+	// first call, false means Redis lost its data (presence with it): the
+	// gateway registers its sessions again and has them resync.
+	Known         bool `protobuf:"varint,1,opt,name=known,proto3" json:"known,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2206,6 +2210,13 @@ func (x *GatewayAliveResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GatewayAliveResponse.ProtoReflect.Descriptor instead.
 func (*GatewayAliveResponse) Descriptor() ([]byte, []int) {
 	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *GatewayAliveResponse) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
 }
 
 // UserPresence is whether a user has a live session, and when one was last
@@ -2499,8 +2510,9 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x06events\x18\x02 \x03(\v2\x16.gochat.v1.OutboxEventR\x06events\"F\n" +
 	"\x13GatewayAliveRequest\x12\x18\n" +
 	"\agateway\x18\x01 \x01(\tR\agateway\x12\x15\n" +
-	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\"\x16\n" +
-	"\x14GatewayAliveResponse\"a\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\",\n" +
+	"\x14GatewayAliveResponse\x12\x14\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\"a\n" +
 	"\fUserPresence\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12 \n" +
