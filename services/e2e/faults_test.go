@@ -21,9 +21,8 @@ import (
 // MariaDB of the test's own (the shared ones are never flushed or stopped).
 // Delivery is counted by unique (conversation_id, seq).
 func TestFaults(t *testing.T) {
-	redisProc, redisAddr := tc.OwnRedis(t)
+	_, redisAddr := tc.OwnRedis(t)
 	mysqlProc, mysqlDSN := tc.OwnMariaDB(t)
-	_ = redisProc
 	c := tc.StartCluster(t, tc.Options{
 		Replicas: 2, RedisAddr: redisAddr, MySQLServerDSN: mysqlDSN,
 		GatewayFlags: []string{"--liveness-ttl=3s", "--max-user-sessions=1000", "--send-rate=1000", "--send-burst=1000"},
