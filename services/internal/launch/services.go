@@ -182,7 +182,7 @@ func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	if o.StoreWorkers < 1 || o.StoreMaxBatch < 1 || o.StoreMaxBatch > 5000 {
 		return fmt.Errorf("--store-workers must be at least 1 and --store-max-batch 1 to 5000, got %d and %d", o.StoreWorkers, o.StoreMaxBatch)
 	}
-	if o.GuestTTL < 0 || o.GuestSweepEvery < time.Second {
+	if o.GuestTTL < 0 || (o.GuestTTL > 0 && o.GuestSweepEvery < time.Second) {
 		return fmt.Errorf("--guest-ttl must not be negative and --guest-sweep-interval at least 1s, got %s and %s", o.GuestTTL, o.GuestSweepEvery)
 	}
 	if o.MemberCacheTTL < time.Second {
