@@ -43,6 +43,7 @@ func TestChat(t *testing.T) {
 	t.Run("offline users are notified", func(t *testing.T) { testNotify(t, c, hook) })
 	t.Run("internal gRPC is mutual TLS", func(t *testing.T) { testInternalAuth(t, c) })
 	t.Run("sends survive outages", func(t *testing.T) { testOutages(t, c) })
+	t.Run("group events and read receipts survive a Kafka outage", func(t *testing.T) { testEventOutage(t, c) })
 }
 
 var userSeq int
@@ -587,9 +588,15 @@ func testMembership(t *testing.T, c *tc.Cluster) {
 // its way when the client connected) until one of kind arrives.
 func nextEvent(t *testing.T, w *tc.WS, kind string) clientapi.Event {
 	t.Helper()
+	return nextEventWithin(t, w, kind, wait)
+}
+
+// nextEventWithin is nextEvent with a timeout for each frame.
+func nextEventWithin(t *testing.T, w *tc.WS, kind string, timeout time.Duration) clientapi.Event {
+	t.Helper()
 	for {
 		var ev clientapi.Event
-		w.Next(t, "event", wait).Decode(t, &ev)
+		w.Next(t, "event", timeout).Decode(t, &ev)
 		if ev.Kind == kind {
 			return ev
 		}
@@ -712,5 +719,59 @@ func testOutages(t *testing.T, c *tc.Cluster) {
 				}
 			}
 		})
+	}
+}
+
+// testEventOutage changes a group and moves a read pointer while Kafka is
+// down for longer than im-logic's delivery timeout (3s here): the producer
+// gives up on them, and the outbox relay publishes them once Kafka is back,
+// each conversation's events in the order of their changes.
+func testEventOutage(t *testing.T, c *tc.Cluster) {
+	owner, m1, m2 := register(t, c, "evown"), register(t, c, "evmem"), register(t, c, "evnew")
+	var g clientapi.Conversation
+	owner.Must(t, http.MethodPost, "/v1/groups", map[string]any{"name": "outage", "member_ids": []string{m1.User.ID}}, &g)
+	wo := tc.DialWS(t, c.WSURL(), owner.Token)
+	w1 := tc.DialWS(t, c.WSURL(), m1.Token)
+	ack := send(t, wo, map[string]any{"client_msg_id": "ev-1", "conversation_id": g.ID, "content": "read me"})
+	w1.Messages(t, 1, wait)
+	w1.Drain("event") // group_created, if it came after the connect
+
+	c.Kafka.Stop()
+	owner.Must(t, http.MethodPost, "/v1/groups/"+g.ID+"/members", map[string]any{"user_ids": []string{m2.User.ID}}, nil)
+	if st := owner.Must(t, http.MethodDelete, "/v1/groups/"+g.ID+"/members/"+m2.User.ID, nil, nil); st != 204 {
+		t.Fatalf("remove status %d", st)
+	}
+	if st := m1.Must(t, http.MethodPost, "/v1/conversations/"+g.ID+"/read", map[string]int64{"seq": ack.Message.Seq}, nil); st != 204 {
+		t.Fatalf("read status %d", st)
+	}
+	// Past the producer's delivery timeout: the direct publishes have failed
+	// (and none reached anyone meanwhile, or Kafka was not really down).
+	for until := time.Now().Add(6 * time.Second); time.Now().Before(until); {
+		f, ok := w1.Wait("event", time.Until(until))
+		if !ok {
+			break
+		}
+		var ev clientapi.Event
+		f.Decode(t, &ev)
+		if ev.Kind != "group_created" { // that one may still have been on its way
+			t.Fatalf("an event arrived while Kafka was down: %s", f.Data)
+		}
+	}
+	if f, ok := wo.Wait("read", 0); ok {
+		t.Fatalf("a read receipt arrived while Kafka was down: %s", f.Data)
+	}
+	c.Kafka.Restart()
+
+	// In order: a removal that came first would be skipped while waiting
+	// for the addition, and then never come.
+	added := nextEventWithin(t, w1, "member_added", 60*time.Second)
+	removed := nextEventWithin(t, w1, "member_removed", wait)
+	if added.UserIDs[0] != m2.User.ID || removed.UserIDs[0] != m2.User.ID || added.ConversationID != g.ID {
+		t.Fatalf("events after the outage: %+v then %+v", added, removed)
+	}
+	var rd clientapi.ReadData
+	wo.Next(t, "read", 60*time.Second).Decode(t, &rd)
+	if rd.UserID != m1.User.ID || rd.Seq == nil || *rd.Seq != ack.Message.Seq {
+		t.Fatalf("read receipt after the outage: %+v", rd)
 	}
 }

@@ -57,7 +57,7 @@ func fillGroup(t *testing.T, c *tc.Cluster, convID string, n int) {
 			t.Fatalf("add members: %v", err)
 		}
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: tc.RedisAddr()})
+	rdb := redis.NewClient(&redis.Options{Addr: c.RedisAddr})
 	defer rdb.Close()
 	if err := rdb.Del(context.Background(), c.RedisPrefix+"members:"+convID).Err(); err != nil {
 		t.Fatal(err)

@@ -46,7 +46,14 @@ func RandomName(prefix string) string {
 // backend tests never skip.
 func FreshDatabase(t testing.TB) string {
 	t.Helper()
-	cfg, err := mysql.ParseDSN(MySQLServerDSN())
+	return FreshDatabaseOn(t, MySQLServerDSN())
+}
+
+// FreshDatabaseOn is FreshDatabase on the server of serverDSN (a MariaDB of
+// the test's own, say).
+func FreshDatabaseOn(t testing.TB, serverDSN string) string {
+	t.Helper()
+	cfg, err := mysql.ParseDSN(serverDSN)
 	if err != nil {
 		t.Fatalf("GOCHAT_TEST_MYSQL_DSN: %v", err)
 	}
@@ -79,11 +86,17 @@ func FreshDatabase(t testing.TB) string {
 // own, whose keys are deleted when the test ends. An unreachable Redis fails the test.
 func Redis(t testing.TB) (*redis.Client, string) {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: RedisAddr()})
+	return RedisOn(t, RedisAddr())
+}
+
+// RedisOn is Redis on the server at addr (a Redis of the test's own, say).
+func RedisOn(t testing.TB, addr string) (*redis.Client, string) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatalf("Redis at %s is required for this test (start it, or set GOCHAT_TEST_REDIS_ADDR): %v", RedisAddr(), err)
+		t.Fatalf("Redis at %s is required for this test (start it, or set GOCHAT_TEST_REDIS_ADDR): %v", addr, err)
 	}
 	prefix := RandomName("gochat-test-") + ":"
 	t.Cleanup(func() {

@@ -15,11 +15,16 @@ type Cluster struct {
 	HTTP                              string // the gateway's client address, host:port
 	GatewayGRPC, LogicGRPC, RepoGRPC  string // gRPC addresses of the first replicas, host:port
 	GatewayMetrics                    string // the first gateway's /metrics address, host:port
+	// The metrics (and /healthz, /readyz) addresses of im-repo and of the
+	// first replicas of im-logic and im-task, host:port.
+	RepoMetrics, LogicMetrics, TaskMetrics string
+	RedisAddr                              string // the Redis the services use
 	// With Options.Replicas > 1, the further replicas of im-gateway (and
 	// their client addresses), im-logic and im-task; the first replica of
 	// each is the field above.
 	MoreGateways []*Process
 	MoreHTTP     []string
+	MoreGRPC     []string // the further gateways' gRPC (advertised) addresses
 	MoreLogic    []*Process
 	MoreTask     []*Process
 	MySQLDSN     string
@@ -39,6 +44,10 @@ type Options struct {
 	// Replicas of im-gateway, im-logic and im-task (default 1). Each
 	// gateway uses its own im-logic replica; the tasks share one consumer group.
 	Replicas int
+	// RedisAddr and MySQLServerDSN replace the shared Redis and MariaDB
+	// (with servers of the test's own, which it may stop or flush).
+	RedisAddr      string
+	MySQLServerDSN string
 }
 
 // StartCluster starts everything against a fresh database and Redis prefix,
@@ -46,13 +55,20 @@ type Options struct {
 func StartCluster(t testing.TB, o Options) *Cluster {
 	t.Helper()
 	Binary(t) // build before timing anything
-	_, prefix := Redis(t)
-	c := &Cluster{MySQLDSN: FreshDatabase(t), RedisPrefix: prefix, Secret: strings.Repeat("e2e-secret-", 4)}
+	redisAddr, mysqlServer := o.RedisAddr, o.MySQLServerDSN
+	if redisAddr == "" {
+		redisAddr = RedisAddr()
+	}
+	if mysqlServer == "" {
+		mysqlServer = MySQLServerDSN()
+	}
+	_, prefix := RedisOn(t, redisAddr)
+	c := &Cluster{MySQLDSN: FreshDatabaseOn(t, mysqlServer), RedisPrefix: prefix, RedisAddr: redisAddr, Secret: strings.Repeat("e2e-secret-", 4)}
 	addrs, err := freeAddrs(9)
 	mustf(t, err, "free ports")
 	kafkaAddr, repoAddr, logicAddr, gwHTTP, gwGRPC := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 	repoMetrics, logicMetrics, taskMetrics, gwMetrics := addrs[5], addrs[6], addrs[7], addrs[8]
-	c.RepoGRPC = repoAddr
+	c.RepoGRPC, c.RepoMetrics = repoAddr, repoMetrics
 	c.CA = NewCA(t)
 	topicPrefix := RandomName("e2e")
 
@@ -63,7 +79,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	common := []string{"GOCHAT_LOG_LEVEL=debug"}
 	kafkaEnv := []string{"GOCHAT_KAFKA_BROKERS=" + kafkaAddr, "GOCHAT_KAFKA_TOPIC_PREFIX=" + topicPrefix, "GOCHAT_KAFKA_PARTITIONS=4"}
 	c.Repo = Start(t, "im-repo", append(append(common, IssueFiles(t, c.CA, pki.Repo).Env()...),
-		"GOCHAT_MYSQL_DSN="+c.MySQLDSN, "GOCHAT_REDIS_ADDR="+RedisAddr(), "GOCHAT_REDIS_PREFIX="+prefix),
+		"GOCHAT_MYSQL_DSN="+c.MySQLDSN, "GOCHAT_REDIS_ADDR="+redisAddr, "GOCHAT_REDIS_PREFIX="+prefix),
 		"repo", "--grpc-addr", repoAddr, "--metrics-addr", repoMetrics, "--migrate")
 	WaitTCP(t, repoAddr, c.Repo)
 
@@ -93,9 +109,11 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 		if i == 0 {
 			c.Logic, c.Task, c.Gateway, c.HTTP = logic, task, gw, gwHTTP
 			c.GatewayGRPC, c.LogicGRPC, c.GatewayMetrics = gwGRPC, logicAddr, gwMetrics
+			c.LogicMetrics, c.TaskMetrics = logicMetrics, taskMetrics
 		} else {
 			c.MoreLogic, c.MoreTask = append(c.MoreLogic, logic), append(c.MoreTask, task)
 			c.MoreGateways, c.MoreHTTP = append(c.MoreGateways, gw), append(c.MoreHTTP, gwHTTP)
+			c.MoreGRPC = append(c.MoreGRPC, gwGRPC)
 		}
 	}
 	return c

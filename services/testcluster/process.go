@@ -50,6 +50,7 @@ func Binary(t testing.TB) string {
 // Process is one running gochat subcommand.
 type Process struct {
 	Name string
+	bin  string // empty: the gochat binary
 	args []string
 	env  []string
 	t    testing.TB
@@ -69,6 +70,16 @@ func Start(t testing.TB, name string, env []string, args ...string) *Process {
 	return p
 }
 
+// StartProgram runs another program (a redis-server or mariadbd of the
+// test's own) the way Start runs gochat: logged, stoppable, restartable.
+func StartProgram(t testing.TB, name, bin string, args ...string) *Process {
+	t.Helper()
+	p := &Process{Name: name, bin: bin, args: args, t: t}
+	p.start()
+	t.Cleanup(p.Stop)
+	return p
+}
+
 func (p *Process) start() {
 	p.t.Helper()
 	dir := p.t.TempDir()
@@ -80,7 +91,11 @@ func (p *Process) start() {
 	logPath := filepath.Join(dir, p.Name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	mustf(p.t, err, "log file")
-	cmd := exec.Command(Binary(p.t), p.args...)
+	bin := p.bin
+	if bin == "" {
+		bin = Binary(p.t)
+	}
+	cmd := exec.Command(bin, p.args...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

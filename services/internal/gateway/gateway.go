@@ -26,9 +26,13 @@ import (
 
 // Config is im-gateway's own settings; cmd/gochat documents each default.
 type Config struct {
-	Advertise        string // host:port im-task dials for pushes to this gateway
-	Heartbeat        time.Duration
-	PresenceTTL      time.Duration
+	Advertise   string // host:port im-task dials for pushes to this gateway
+	Heartbeat   time.Duration
+	PresenceTTL time.Duration
+	// LivenessTTL: the gateway renews its liveness in im-repo every third of
+	// it; once it lapses (the process is dead or frozen) im-task stops
+	// pushing to it and its users count as offline. 0: not recorded.
+	LivenessTTL      time.Duration
 	HandshakeTimeout time.Duration
 	FrameReadTimeout time.Duration
 	WriteTimeout     time.Duration
@@ -72,6 +76,7 @@ func (c Config) Validate() error {
 	}
 	check(c.Heartbeat > 0, "--heartbeat must be positive, got %s", c.Heartbeat)
 	check(c.PresenceTTL >= 3*time.Second, "--presence-ttl must be at least 3s, got %s", c.PresenceTTL)
+	check(c.LivenessTTL == 0 || (c.LivenessTTL >= 3*time.Second && c.LivenessTTL <= 10*time.Minute), "--liveness-ttl must be 0 or 3s to 10m, got %s", c.LivenessTTL)
 	for name, d := range map[string]time.Duration{"--handshake-timeout": c.HandshakeTimeout, "--frame-read-timeout": c.FrameReadTimeout, "--write-timeout": c.WriteTimeout, "--call-timeout": c.CallTimeout} {
 		check(d > 0, "%s must be positive, got %s", name, d)
 	}
@@ -106,6 +111,7 @@ type gatewayMetrics struct {
 	pushed          prometheus.Counter
 	drainClosed     prometheus.Counter
 	drainDuration   prometheus.Histogram
+	presenceResyncs prometheus.Counter
 }
 
 // Gateway is one im-gateway process.
@@ -181,6 +187,7 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		slowConsumers:   f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_slow_consumers_total", Help: "Sessions closed for not reading their frames."}),
 		pushed:          f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_pushed_frames_total", Help: "Frames queued to sessions by pushes."}),
 		drainClosed:     f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_drain_closed_sessions_total", Help: "Sessions closed by a drain."}),
+		presenceResyncs: f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_presence_loss_resyncs_total", Help: "Resync frames sent to sessions after Redis lost presence."}),
 		drainDuration: f.NewHistogram(prometheus.HistogramOpts{Name: "gochat_gateway_drain_duration_seconds", Help: "How long drains took, from start to the last session gone.",
 			Buckets: []float64{1, 5, 10, 20, 30, 45, 60, 90, 120, 300}}),
 	}
@@ -238,10 +245,11 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	wg.Add(5)
+	wg.Add(6)
 	defer g.peers.closeAll()
 	go func() { defer wg.Done(); errs <- g.poller.run(runCtx, g.readReady) }()
 	go func() { defer wg.Done(); g.presence.run(runCtx) }()
+	go func() { defer wg.Done(); g.keepAlive(runCtx) }()
 	go func() { defer wg.Done(); g.notifier.run(runCtx) }()
 	go func() { defer wg.Done(); g.sweep(runCtx) }()
 	go func() {

@@ -23,6 +23,7 @@ import (
 	"github.com/gochat/gochat/services/internal/dispatch"
 	"github.com/gochat/gochat/services/internal/gateway"
 	"github.com/gochat/gochat/services/internal/logic"
+	"github.com/gochat/gochat/services/internal/readiness"
 	"github.com/gochat/gochat/services/internal/repo"
 	"github.com/gochat/gochat/services/internal/rpc"
 	"github.com/gochat/gochat/services/internal/task"
@@ -85,14 +86,26 @@ func serveGRPC(ctx context.Context, addr string, srv *grpc.Server) error {
 	return nil
 }
 
-// serveMetrics serves /metrics and /healthz on addr until ctx ends (empty addr: not at all).
-func serveMetrics(ctx context.Context, addr string) error {
+// serveMetrics serves /metrics, /livez, /readyz and /healthz on addr until
+// ctx ends (empty addr: not at all). /livez answers while the process runs.
+// With a monitor, /readyz and /healthz answer from it (503 naming the
+// dependency that fails): the operator probes /healthz, so it is the
+// readiness the cluster sees. Without one they answer like /livez.
+func serveMetrics(ctx context.Context, addr string, ready *readiness.Monitor) error {
 	if addr == "" {
 		return nil
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.Handler())
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	alive := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.Handle("GET /livez", alive)
+	if ready != nil {
+		mux.Handle("GET /readyz", ready)
+		mux.Handle("GET /healthz", ready)
+	} else {
+		mux.Handle("GET /readyz", alive)
+		mux.Handle("GET /healthz", alive)
+	}
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -104,10 +117,37 @@ func serveMetrics(ctx context.Context, addr string) error {
 	return nil
 }
 
-func withHealth(srv *grpc.Server) {
+// withHealth registers the gRPC health service, SERVING until a readiness
+// monitor given the returned server says otherwise.
+func withHealth(srv *grpc.Server) *health.Server {
 	h := health.NewServer()
 	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(srv, h)
+	return h
+}
+
+// Readiness checks run every readyInterval, each within readyTimeout: a
+// dependency that goes away shows within a few seconds, and one that hangs
+// costs a probe nothing.
+const (
+	readyInterval = 2 * time.Second
+	readyTimeout  = 2 * time.Second
+)
+
+// repoCheck is im-repo answering its health service with SERVING (its own
+// MySQL and Redis reachable).
+func repoCheck(conn grpc.ClientConnInterface) readiness.Check {
+	hc := healthpb.NewHealthClient(conn)
+	return readiness.Check{Name: "im-repo", Probe: func(ctx context.Context) error {
+		r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return fmt.Errorf("health check: %w", err)
+		}
+		if r.Status != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("answers %s", r.Status)
+		}
+		return nil
+	}}
 }
 
 // Repo is im-repo's settings.
@@ -124,7 +164,7 @@ type Repo struct {
 // Register adds im-repo's flags.
 func (o *Repo) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9002", "address of im-repo's gRPC service")
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9102", "address of /metrics and /healthz (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9102", "address of /metrics, /livez and /healthz = /readyz (503 while MySQL or Redis does not answer) (empty: off)")
 	fs.BoolVar(&o.Migrate, "migrate", false, "migrate the schema at start (otherwise the schema must already be current)")
 	o.DB.Register(fs)
 	o.Redis.Register(fs)
@@ -133,12 +173,17 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time limit of one transaction storing a batch of messages; past it the batch's senders get unavailable")
 	fs.IntVar(&o.StoreWorkers, "store-workers", 1, "transactions storing messages at once per replica (MySQL; SQLite uses 1); one makes the largest batches (docs/benchmarks.md)")
 	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
+	fs.DurationVar(&o.GuestTTL, "guest-ttl", 7*24*time.Hour, "guest accounts that belong to no conversation are deleted this long after their creation (0: never); keep it at least --token-ttl")
+	fs.DurationVar(&o.GuestSweepEvery, "guest-sweep-interval", time.Minute, "how often expired guests are looked for (500 deleted at a time, at most 10,000 a round)")
 }
 
 // Run serves im-repo until ctx ends.
 func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	if o.StoreWorkers < 1 || o.StoreMaxBatch < 1 || o.StoreMaxBatch > 5000 {
 		return fmt.Errorf("--store-workers must be at least 1 and --store-max-batch 1 to 5000, got %d and %d", o.StoreWorkers, o.StoreMaxBatch)
+	}
+	if o.GuestTTL < 0 || (o.GuestTTL > 0 && o.GuestSweepEvery < time.Second) {
+		return fmt.Errorf("--guest-ttl must not be negative and --guest-sweep-interval at least 1s, got %s and %s", o.GuestTTL, o.GuestSweepEvery)
 	}
 	if o.MemberCacheTTL < time.Second {
 		return fmt.Errorf("--member-cache-ttl must be at least 1s, got %s", o.MemberCacheTTL)
@@ -172,13 +217,21 @@ func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	g, gctx := newGroup(ctx)
 	gs := rpc.NewServer(log, id)
 	gochatv1.RegisterRepoServiceServer(gs, srv)
-	withHealth(gs)
+	sqlDB, err := db.DB()
+	if err != nil {
+		return fmt.Errorf("database handle: %w", err)
+	}
+	ready := readiness.New(log, readyInterval, readyTimeout, withHealth(gs),
+		readiness.Check{Name: "mysql", Probe: func(ctx context.Context) error { return sqlDB.PingContext(ctx) }},
+		readiness.Check{Name: "redis", Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
+	)
+	g.Go(func() error { ready.Run(gctx); return nil })
 	// The batcher outlives the gRPC server so in-flight stores get answers.
 	senderCtx, stopSender := context.WithCancel(context.WithoutCancel(ctx))
 	senderDone := make(chan struct{})
 	go func() { srv.Run(senderCtx); close(senderDone) }()
 	g.Go(func() error { return serveGRPC(gctx, o.GRPCAddr, gs) })
-	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
+	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr, ready) })
 	log.Info("im-repo serving", "grpc", o.GRPCAddr)
 	err = g.Wait()
 	stopSender()
@@ -200,7 +253,7 @@ type Logic struct {
 // Register adds im-logic's flags.
 func (o *Logic) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9001", "address of im-logic's gRPC service")
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9101", "address of /metrics and /healthz (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9101", "address of /metrics, /livez and /healthz = /readyz (503 while im-repo is not serving) (empty: off)")
 	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address (dns:///name:port spreads over replicas)")
 	o.Auth.Register(fs)
 	o.Kafka.Register(fs)
@@ -249,11 +302,12 @@ func (o *Logic) Run(ctx context.Context, log *slog.Logger) error {
 	gs := rpc.NewServer(log, id)
 	srv := logic.NewServer(gochatv1.NewRepoServiceClient(conn), keys, pub, o.Config, log)
 	gochatv1.RegisterLogicServiceServer(gs, srv)
-	withHealth(gs)
+	ready := readiness.New(log, readyInterval, readyTimeout, withHealth(gs), repoCheck(conn))
 	g, gctx := newGroup(ctx)
+	g.Go(func() error { ready.Run(gctx); return nil })
 	g.Go(func() error { srv.Run(gctx); return nil })
 	g.Go(func() error { return serveGRPC(gctx, o.GRPCAddr, gs) })
-	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
+	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr, ready) })
 	log.Info("im-logic serving", "grpc", o.GRPCAddr)
 	return g.Wait()
 }
@@ -282,6 +336,7 @@ func (o *Gateway) Register(fs *flag.FlagSet) {
 	o.TLS.Register(fs)
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 25*time.Second, "heartbeat_ms told to clients; silent for 3 heartbeats means gone")
 	fs.DurationVar(&o.PresenceTTL, "presence-ttl", 90*time.Second, "how long a session stays in presence without renewal")
+	fs.DurationVar(&o.LivenessTTL, "liveness-ttl", 6*time.Second, "the gateway renews its liveness every third of this; once it lapses im-task stops pushing to it and its users count as offline (0: off)")
 	fs.DurationVar(&o.HandshakeTimeout, "handshake-timeout", 10*time.Second, "time to complete a WebSocket handshake")
 	fs.DurationVar(&o.FrameReadTimeout, "frame-read-timeout", 10*time.Second, "time to finish reading a frame once it starts")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", 10*time.Second, "time to write queued frames to a client")
@@ -369,7 +424,7 @@ func (o *Gateway) Run(ctx context.Context, log *slog.Logger) error {
 	defer stopGRPC()
 	g.Go(func() error { defer stopGRPC(); return gw.Serve(gctx, ln) })
 	g.Go(func() error { return serveGRPC(grpcCtx, o.GRPCAddr, gs) })
-	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
+	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr, nil) })
 	log.Info("im-gateway serving", "http", ln.Addr().String(), "grpc", o.GRPCAddr, "metrics", o.MetricsAddr, "advertise", o.Advertise)
 	return g.Wait()
 }
@@ -385,7 +440,7 @@ type Task struct {
 
 // Register adds im-task's flags.
 func (o *Task) Register(fs *flag.FlagSet) {
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9103", "address of /metrics and /healthz (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9103", "address of /metrics, /livez and /healthz = /readyz (503 while Kafka is silent or im-repo is not serving) (empty: off)")
 	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address")
 	o.Kafka.Register(fs)
 	o.TLS.Register(fs)
@@ -419,8 +474,11 @@ func (o *Task) Run(ctx context.Context, log *slog.Logger) error {
 	o.Config.Kafka = o.Kafka.Config()
 	o.Config.TLS = id
 	t := task.New(o.Config, gochatv1.NewRepoServiceClient(conn), log)
+	ready := readiness.New(log, readyInterval, readyTimeout, nil,
+		readiness.Check{Name: "kafka", Probe: t.KafkaHealthy}, repoCheck(conn))
 	g, gctx := newGroup(ctx)
+	g.Go(func() error { ready.Run(gctx); return nil })
 	g.Go(func() error { return t.Run(gctx) })
-	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr) })
+	g.Go(func() error { return serveMetrics(gctx, o.MetricsAddr, ready) })
 	return g.Wait()
 }

@@ -12,13 +12,19 @@ import (
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 )
 
-var relayed = promauto.NewCounter(prometheus.CounterOpts{
-	Name: "gochat_logic_outbox_relayed_total", Help: "Messages published again from the outbox (their first publish was lost or slow).",
-})
+var (
+	relayed = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "gochat_logic_outbox_relayed_total", Help: "Messages published again from the outbox (their first publish was lost or slow).",
+	})
+	relayedEvents = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "gochat_logic_outbox_events_relayed_total", Help: "Group and read events published again from the outbox (their first publish was lost or slow).",
+	})
+)
 
-// outbox makes sure every stored message reaches Kafka. im-repo writes each
-// message to its outbox in the message's own transaction; a message leaves
-// it when Kafka confirms the publish. Messages that stay longer than
+// outbox makes sure every stored message, group event and read event
+// reaches Kafka. im-repo writes each message (and each event) to its outbox
+// in the transaction of the change; it leaves the outbox when Kafka confirms
+// the publish. Messages that stay longer than
 // relayAfter (im-logic died after the ack, or Kafka was down beyond the
 // producer's retries) are published again, unless this process still has a
 // publish of them in flight. Listing rows claims them for a lease, so
@@ -30,36 +36,64 @@ type outbox struct {
 	pub        Publisher
 	log        *slog.Logger
 	relayAfter time.Duration
-	acks       chan string
+	acks       chan string // message ids Kafka has
+	eventAcks  chan string // event ids Kafka has
 
 	mu       sync.Mutex
 	inFlight map[string]struct{}
+	// again holds what the relay claimed while its publish was still in
+	// flight here: if that publish fails, it is made again at once rather
+	// than after the relay's lease on it ends.
+	again map[string]pending
+}
+
+// pending is a publish to make again.
+type pending struct {
+	id   string
+	acks chan<- string
+	ev   *gochatv1.DispatchEvent
 }
 
 func newOutbox(repo gochatv1.RepoServiceClient, pub Publisher, relayAfter time.Duration, log *slog.Logger) *outbox {
-	return &outbox{repo: repo, pub: pub, log: log, relayAfter: relayAfter, acks: make(chan string, 16384), inFlight: map[string]struct{}{}}
+	return &outbox{repo: repo, pub: pub, log: log, relayAfter: relayAfter, acks: make(chan string, 16384), eventAcks: make(chan string, 16384), inFlight: map[string]struct{}{}, again: map[string]pending{}}
 }
 
 // publish sends a stored message to Kafka and clears it from the outbox once
 // delivered. It reports false when a publish of it is already in flight.
 func (o *outbox) publish(m *gochatv1.Message, originSession string) bool {
-	id := m.Id
+	return o.send("m:"+m.Id, m.Id, o.acks, &gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Message{Message: m}, OriginSessionId: originSession})
+}
+
+// publishEvent is publish for a recorded group or read event.
+func (o *outbox) publishEvent(e *gochatv1.OutboxEvent) bool {
+	return o.send("e:"+e.Id, e.Id, o.eventAcks, e.Event)
+}
+
+func (o *outbox) send(key, id string, acks chan<- string, ev *gochatv1.DispatchEvent) bool {
 	o.mu.Lock()
-	if _, busy := o.inFlight[id]; busy {
+	if _, busy := o.inFlight[key]; busy {
+		o.again[key] = pending{id: id, acks: acks, ev: ev}
 		o.mu.Unlock()
 		return false
 	}
-	o.inFlight[id] = struct{}{}
+	o.inFlight[key] = struct{}{}
 	o.mu.Unlock()
-	o.pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Message{Message: m}, OriginSessionId: originSession}, func(err error) {
+	o.pub.Publish(ev, func(err error) {
 		o.mu.Lock()
-		delete(o.inFlight, id)
+		delete(o.inFlight, key)
+		p, retry := o.again[key]
+		delete(o.again, key)
 		o.mu.Unlock()
 		if err != nil {
+			if retry {
+				// Failures come in the order of the publishes, so the
+				// publishes made again keep each conversation's order.
+				o.send(key, p.id, p.acks, p.ev)
+			}
 			return // it stays in the outbox; the relay tries again
 		}
 		select {
-		case o.acks <- id:
+		case acks <- id:
 		default: // full: the relay will publish it again, which is safe
 		}
 	})
@@ -85,27 +119,33 @@ func (o *outbox) run(ctx context.Context) {
 	}
 }
 
+// drain takes up to n ids from c without waiting.
+func drain(c <-chan string, n int) []string {
+	var ids []string
+	for len(ids) < n {
+		select {
+		case id := <-c:
+			ids = append(ids, id)
+		default:
+			return ids
+		}
+	}
+	return ids
+}
+
 func (o *outbox) clear(ctx context.Context) {
 	for {
-		var ids []string
-	collect:
-		for len(ids) < 1000 {
-			select {
-			case id := <-o.acks:
-				ids = append(ids, id)
-			default:
-				break collect
-			}
-		}
-		if len(ids) == 0 {
+		msgs := drain(o.acks, 1000)
+		events := drain(o.eventAcks, 1000)
+		if len(msgs) == 0 && len(events) == 0 {
 			return
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := o.repo.AckDispatched(cctx, &gochatv1.AckDispatchedRequest{MessageIds: ids})
+		_, err := o.repo.AckDispatched(cctx, &gochatv1.AckDispatchedRequest{MessageIds: msgs, EventIds: events})
 		cancel()
 		if err != nil {
 			// They stay in the outbox and are published once more: harmless.
-			o.log.Warn("clear dispatched messages from the outbox", "count", len(ids), "err", err)
+			o.log.Warn("clear dispatched messages and events from the outbox", "messages", len(msgs), "events", len(events), "err", err)
 			return
 		}
 	}
@@ -141,11 +181,19 @@ func (o *outbox) relay(ctx context.Context) {
 				n++
 			}
 		}
-		if len(r.Messages) < relayPage {
+		// In id order, through the one producer: each conversation's
+		// events reach its partition in the order of their changes.
+		for _, e := range r.Events {
+			if o.publishEvent(e) {
+				relayedEvents.Inc()
+				n++
+			}
+		}
+		if len(r.Messages) < relayPage && len(r.Events) < relayPage {
 			break
 		}
 	}
 	if n > 0 {
-		o.log.Info("publishing messages again from the outbox", "count", n)
+		o.log.Info("publishing messages and events again from the outbox", "count", n)
 	}
 }

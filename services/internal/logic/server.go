@@ -175,13 +175,12 @@ func (s *Server) GetOrCreateDirect(ctx context.Context, in *gochatv1.DirectReque
 	return r.Conversation, nil
 }
 
-func (s *Server) groupEvent(kind gochatv1.GroupEventKind, convID, actor string, users []string, extra ...string) {
-	s.pub.Publish(&gochatv1.DispatchEvent{
-		Event: &gochatv1.DispatchEvent_Group{Group: &gochatv1.GroupEvent{
-			Kind: kind, ConversationId: convID, UserIds: users, ActorId: actor,
-		}},
-		ExtraRecipients: extra,
-	}, nil)
+// publishEvent publishes the event im-repo recorded with a change; the
+// outbox relay publishes it again if this publish is lost.
+func (s *Server) publishEvent(e *gochatv1.OutboxEvent) {
+	if e != nil {
+		s.outbox.publishEvent(e)
+	}
 }
 
 func (s *Server) CreateGroup(ctx context.Context, in *gochatv1.GroupRequest) (*gochatv1.Conversation, error) {
@@ -198,13 +197,8 @@ func (s *Server) CreateGroup(ctx context.Context, in *gochatv1.GroupRequest) (*g
 	if err != nil {
 		return nil, err
 	}
-	c := r.Conversation
-	users := make([]string, 0, len(c.Members))
-	for _, m := range c.Members {
-		users = append(users, m.UserId)
-	}
-	s.groupEvent(gochatv1.GroupEventKind_GROUP_EVENT_KIND_GROUP_CREATED, c.Id, in.CallerId, users)
-	return c, nil
+	s.publishEvent(r.Event)
+	return r.Conversation, nil
 }
 
 func (s *Server) AddMembers(ctx context.Context, in *gochatv1.MembersRequest) (*gochatv1.Conversation, error) {
@@ -219,9 +213,7 @@ func (s *Server) AddMembers(ctx context.Context, in *gochatv1.MembersRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	if len(r.AddedUserIds) > 0 {
-		s.groupEvent(gochatv1.GroupEventKind_GROUP_EVENT_KIND_MEMBER_ADDED, in.ConversationId, in.CallerId, r.AddedUserIds)
-	}
+	s.publishEvent(r.Event)
 	return r.Conversation, nil
 }
 
@@ -232,18 +224,20 @@ func (s *Server) RemoveMember(ctx context.Context, in *gochatv1.MemberRequest) (
 	if err := validateUserIDs("user_id", []string{in.UserId}, false); err != nil {
 		return nil, err
 	}
-	if _, err := s.repo.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: in.ConversationId, ActorId: in.CallerId, UserId: in.UserId}); err != nil {
+	r, err := s.repo.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: in.ConversationId, ActorId: in.CallerId, UserId: in.UserId})
+	if err != nil {
 		return nil, err
 	}
-	s.groupEvent(gochatv1.GroupEventKind_GROUP_EVENT_KIND_MEMBER_REMOVED, in.ConversationId, in.CallerId, []string{in.UserId}, in.UserId)
+	s.publishEvent(r.Event)
 	return &gochatv1.Empty{}, nil
 }
 
 func (s *Server) LeaveGroup(ctx context.Context, in *gochatv1.LeaveRequest) (*gochatv1.Empty, error) {
-	if _, err := s.repo.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: in.ConversationId, ActorId: in.CallerId, UserId: in.CallerId, Leave: true}); err != nil {
+	r, err := s.repo.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: in.ConversationId, ActorId: in.CallerId, UserId: in.CallerId, Leave: true})
+	if err != nil {
 		return nil, err
 	}
-	s.groupEvent(gochatv1.GroupEventKind_GROUP_EVENT_KIND_MEMBER_LEFT, in.ConversationId, in.CallerId, []string{in.CallerId}, in.CallerId)
+	s.publishEvent(r.Event)
 	return &gochatv1.Empty{}, nil
 }
 
@@ -321,15 +315,10 @@ func (s *Server) MarkRead(ctx context.Context, in *gochatv1.MarkReadRequest) (*g
 	if in.Seq < 0 {
 		return nil, invalid("seq cannot be negative")
 	}
-	r, err := s.repo.UpdateReadSeq(ctx, &gochatv1.UpdateReadSeqRequest{ConversationId: in.ConversationId, UserId: in.CallerId, Seq: in.Seq})
+	r, err := s.repo.UpdateReadSeq(ctx, &gochatv1.UpdateReadSeqRequest{ConversationId: in.ConversationId, UserId: in.CallerId, Seq: in.Seq, OriginSessionId: in.SessionId})
 	if err != nil {
 		return nil, err
 	}
-	if r.Moved {
-		s.pub.Publish(&gochatv1.DispatchEvent{
-			Event:           &gochatv1.DispatchEvent_Read{Read: &gochatv1.ReadEvent{ConversationId: in.ConversationId, UserId: in.CallerId, Seq: r.ReadSeq}},
-			OriginSessionId: in.SessionId,
-		}, nil)
-	}
+	s.publishEvent(r.Event)
 	return &gochatv1.Empty{}, nil
 }

@@ -50,6 +50,16 @@ var migrations = []migration{
 		}
 		return tx.Migrator().AddColumn(&outboxRow{}, "LeaseUntilMs")
 	}},
+	{version: 5, name: "event outbox", up: func(tx *gorm.DB) error {
+		type eventOutbox struct {
+			ID             int64  `gorm:"primaryKey;autoIncrement"`
+			ConversationID string `gorm:"size:26;not null"`
+			Event          []byte `gorm:"not null"`
+			StoredAtMs     int64  `gorm:"not null;index:idx_event_outbox_stored"`
+			LeaseUntilMs   int64  `gorm:"not null;default:0"`
+		}
+		return tx.Table("event_outbox").Migrator().CreateTable(&eventOutbox{})
+	}},
 }
 
 // SchemaVersion is the version this build expects.

@@ -78,3 +78,17 @@ type outboxRow struct {
 }
 
 func (outboxRow) TableName() string { return "outbox" }
+
+// eventOutboxRow is a group or read event whose dispatch record Kafka has
+// not yet confirmed, written in the transaction of its change. ID grows
+// with each event, so a conversation's rows in ID order are its changes in
+// order.
+type eventOutboxRow struct {
+	ID             int64  `gorm:"primaryKey;autoIncrement"`
+	ConversationID string `gorm:"size:26;not null"`
+	Event          []byte `gorm:"not null"` // a protobuf DispatchEvent
+	StoredAtMs     int64  `gorm:"not null;index:idx_event_outbox_stored"`
+	LeaseUntilMs   int64  `gorm:"not null;default:0"`
+}
+
+func (eventOutboxRow) TableName() string { return "event_outbox" }

@@ -166,3 +166,47 @@ func (p *Presence) Lookup(ctx context.Context, userIDs []string) ([]*gochatv1.Se
 	}
 	return out, nil
 }
+
+func (p *Presence) gatewaysKey() string { return p.prefix + "gateways" }
+
+// gatewayForget is how long a lapsed gateway stays known as dead; after it
+// (long after its sessions have expired) it is dropped from the set.
+const gatewayForget = time.Hour
+
+// GatewayAlive records that a gateway is alive for ttl (0: gone now), in the
+// sorted set <prefix>gateways, scored by the expiry (Unix ms).
+// It reports whether the gateway was recorded before (false: a first call,
+// or Redis lost its data).
+func (p *Presence) GatewayAlive(ctx context.Context, gateway string, ttl time.Duration) (bool, error) {
+	now := p.now()
+	pipe := p.rdb.TxPipeline()
+	pipe.ZRemRangeByScore(ctx, p.gatewaysKey(), "-inf", strconv.FormatInt(now.Add(-gatewayForget).UnixMilli(), 10))
+	added := pipe.ZAdd(ctx, p.gatewaysKey(), redis.Z{Score: float64(now.Add(ttl).UnixMilli()), Member: gateway})
+	if _, err := pipe.Exec(ctx); err != nil {
+		return false, fmt.Errorf("renew liveness of gateway %s: %w", gateway, err)
+	}
+	return added.Val() == 0, nil
+}
+
+// DeadGateways returns which of the gateways have let their liveness lapse.
+// A gateway that never recorded any (one from before liveness existed, or
+// after Redis lost its data) is not dead: its sessions' own TTL still rules.
+func (p *Presence) DeadGateways(ctx context.Context, gateways []string) (map[string]bool, error) {
+	dead := map[string]bool{}
+	if len(gateways) == 0 {
+		return dead, nil
+	}
+	scores, err := p.rdb.ZMScore(ctx, p.gatewaysKey(), gateways...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("look up gateway liveness: %w", err)
+	}
+	now := float64(p.now().UnixMilli())
+	for i, gw := range gateways {
+		// ZMSCORE answers 0 for a member it does not hold; a real expiry
+		// is a Unix time in ms, never 0.
+		if scores[i] != 0 && scores[i] <= now {
+			dead[gw] = true
+		}
+	}
+	return dead, nil
+}

@@ -111,9 +111,11 @@ func TestRepo(t *testing.T) {
 			t.Run("a stale member list is never served", func(t *testing.T) { testMemberCacheRace(t, e) })
 			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
 			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
+			t.Run("sessions on a gateway whose liveness lapsed are offline", func(t *testing.T) { testGatewayLiveness(t, e) })
 			t.Run("presence transitions", func(t *testing.T) { testPresenceTransitions(t, e) })
 			t.Run("contacts", func(t *testing.T) { testContacts(t, e) })
 			t.Run("dispatch outbox", func(t *testing.T) { testOutbox(t, e) })
+			t.Run("event outbox", func(t *testing.T) { testEventOutbox(t, e) })
 		})
 	}
 }
@@ -545,4 +547,165 @@ func testMemberCacheRace(t *testing.T, e *env) {
 			t.Fatal("a removed member is served from a stale cache entry")
 		}
 	}
+}
+
+// testEventOutbox: group changes and read pointer moves record their event
+// in the change's transaction; relays claim them in id order, and never a
+// conversation's later events while another relay holds its earlier ones.
+func testEventOutbox(t *testing.T, e *env) {
+	listEvents := func(limit int32) []*gochatv1.OutboxEvent {
+		t.Helper()
+		r, err := e.client.ListUndispatched(ctx, &gochatv1.ListUndispatchedRequest{StoredBeforeMs: time.Now().Add(time.Minute).UnixMilli(), Limit: limit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Events
+	}
+	ack := func(evs ...*gochatv1.OutboxEvent) {
+		t.Helper()
+		var ids []string
+		for _, ev := range evs {
+			ids = append(ids, ev.Id)
+		}
+		if _, err := e.client.AckDispatched(ctx, &gochatv1.AckDispatchedRequest{EventIds: ids}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for evs := listEvents(200); len(evs) > 0; evs = listEvents(200) { // what earlier subtests left
+		ack(evs...)
+	}
+	a, b, c := user(t, e, "a"), user(t, e, "b"), user(t, e, "c")
+	g, err := e.client.CreateGroup(ctx, &gochatv1.CreateGroupRequest{Name: "g", OwnerId: a.Id, MemberIds: []string{b.Id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv := g.Conversation.Id
+	added, err := e.client.AddMembers(ctx, &gochatv1.AddMembersRequest{ConversationId: conv, ActorId: a.Id, UserIds: []string{c.Id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := e.client.AddMembers(ctx, &gochatv1.AddMembersRequest{ConversationId: conv, ActorId: a.Id, UserIds: []string{c.Id}}); err != nil || again.Event != nil {
+		t.Fatalf("adding a member again recorded %v (%v)", again.GetEvent(), err)
+	}
+	if _, err := store(e, conv, a.Id, "ev1"); err != nil {
+		t.Fatal(err)
+	}
+	read, err := e.client.UpdateReadSeq(ctx, &gochatv1.UpdateReadSeqRequest{ConversationId: conv, UserId: b.Id, Seq: 1, OriginSessionId: "sess-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if same, err := e.client.UpdateReadSeq(ctx, &gochatv1.UpdateReadSeqRequest{ConversationId: conv, UserId: b.Id, Seq: 1}); err != nil || same.Event != nil || same.Moved {
+		t.Fatalf("a pointer that did not move recorded %v (%v)", same.GetEvent(), err)
+	}
+	removed, err := e.client.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: conv, ActorId: a.Id, UserId: c.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		ev   *gochatv1.OutboxEvent
+		kind gochatv1.GroupEventKind // unset: a read event
+		user string
+	}{
+		{"created", g.Event, gochatv1.GroupEventKind_GROUP_EVENT_KIND_GROUP_CREATED, a.Id},
+		{"added", added.Event, gochatv1.GroupEventKind_GROUP_EVENT_KIND_MEMBER_ADDED, c.Id},
+		{"read", read.Event, 0, b.Id},
+		{"removed", removed.Event, gochatv1.GroupEventKind_GROUP_EVENT_KIND_MEMBER_REMOVED, c.Id},
+	}
+	for _, tt := range tests {
+		switch ev := tt.ev.GetEvent(); {
+		case tt.ev == nil || tt.ev.Id == "":
+			t.Fatalf("%s: no event recorded", tt.name)
+		case tt.kind == 0 && (ev.GetRead().GetUserId() != tt.user || ev.GetRead().GetSeq() != 1 || ev.OriginSessionId != "sess-b"):
+			t.Fatalf("%s: %v", tt.name, ev)
+		case tt.kind != 0 && (ev.GetGroup().GetKind() != tt.kind || ev.GetGroup().GetUserIds()[0] != tt.user || ev.GetGroup().GetConversationId() != conv):
+			t.Fatalf("%s: %v", tt.name, ev)
+		}
+	}
+	if got := removed.Event.Event.ExtraRecipients; len(got) != 1 || got[0] != c.Id {
+		t.Fatalf("the removed member is not an extra recipient: %v", got)
+	}
+
+	// A relay claims the oldest two; another relay gets none of the
+	// conversation's later events while those are held, but other
+	// conversations' events.
+	first := listEvents(2)
+	if len(first) != 2 || first[0].Id != g.Event.Id || first[1].Id != added.Event.Id {
+		t.Fatalf("first claim %v, want the created and added events", first)
+	}
+	other := group(t, e, b)
+	var otherClaimed bool
+	for _, ev := range listEvents(200) {
+		if ev.Event.GetGroup().GetConversationId() == conv || ev.Event.GetRead().GetConversationId() == conv {
+			t.Fatalf("a second relay got %v while the conversation's earlier events are held", ev)
+		}
+		otherClaimed = otherClaimed || ev.Event.GetGroup().GetConversationId() == other.Id
+	}
+	if !otherClaimed {
+		t.Fatal("a second relay did not get another conversation's event")
+	}
+	ack(first...)
+	time.Sleep(1100 * time.Millisecond) // the 1s lease of the test server ends
+	var rest []string
+	for _, ev := range listEvents(200) {
+		if ev.Event.GetGroup().GetConversationId() == conv || ev.Event.GetRead().GetConversationId() == conv {
+			rest = append(rest, ev.Id)
+		}
+	}
+	if len(rest) != 2 || rest[0] != read.Event.Id || rest[1] != removed.Event.Id {
+		t.Fatalf("after the ack and the lease: %v, want [%s %s]", rest, read.Event.Id, removed.Event.Id)
+	}
+	_, err = e.client.AckDispatched(ctx, &gochatv1.AckDispatchedRequest{EventIds: []string{"x1"}})
+	wantCode(t, err, apierror.InvalidArgument)
+}
+
+func testGatewayLiveness(t *testing.T, e *env) {
+	a, b := user(t, e, "a"), user(t, e, "b")
+	onLive := &gochatv1.Session{UserId: a.Id, SessionId: "l1", Gateway: "10.1.0.1:9000"}
+	onDying := &gochatv1.Session{UserId: a.Id, SessionId: "l2", Gateway: "10.1.0.2:9000"}
+	onlyDying := &gochatv1.Session{UserId: b.Id, SessionId: "l3", Gateway: "10.1.0.2:9000"}
+	if _, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{onLive, onDying, onlyDying}, TtlMs: 60000}); err != nil {
+		t.Fatal(err)
+	}
+	alive := func(gw string, ttl time.Duration) {
+		t.Helper()
+		if _, err := e.client.GatewayAlive(ctx, &gochatv1.GatewayAliveRequest{Gateway: gw, TtlMs: ttl.Milliseconds()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name           string
+		before         func()
+		sessions       []string
+		aOnline, bOnln bool
+	}{
+		// A gateway that never recorded its liveness is not dead.
+		{"nothing recorded", func() {}, []string{"l1", "l2", "l3"}, true, true},
+		{"both alive", func() { alive(onLive.Gateway, time.Minute); alive(onDying.Gateway, time.Minute) }, []string{"l1", "l2", "l3"}, true, true},
+		{"one lapsed", func() { alive(onDying.Gateway, 0) }, []string{"l1"}, true, false},
+		{"both lapsed", func() { alive(onLive.Gateway, 0) }, nil, false, false},
+		{"renewed", func() { alive(onLive.Gateway, time.Minute); alive(onDying.Gateway, time.Minute) }, []string{"l1", "l2", "l3"}, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.before()
+			r, err := e.client.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: []string{a.Id, b.Id}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, s := range r.Sessions {
+				got = append(got, s.SessionId)
+			}
+			sort.Strings(got)
+			if fmt.Sprint(got) != fmt.Sprint(tt.sessions) {
+				t.Fatalf("sessions %v, want %v", got, tt.sessions)
+			}
+			if r.Users[0].Online != tt.aOnline || r.Users[1].Online != tt.bOnln {
+				t.Fatalf("online %v %v, want %v %v", r.Users[0].Online, r.Users[1].Online, tt.aOnline, tt.bOnln)
+			}
+		})
+	}
+	_, err := e.client.GatewayAlive(ctx, &gochatv1.GatewayAliveRequest{Gateway: "", TtlMs: 1000})
+	wantCode(t, err, apierror.InvalidArgument)
 }

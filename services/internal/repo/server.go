@@ -4,6 +4,7 @@ package repo
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -33,6 +34,12 @@ type Config struct {
 	// OutboxLease is how long ListUndispatched's rows stay claimed by the
 	// relay that listed them (default 30s).
 	OutboxLease time.Duration
+	// GuestTTL: guest accounts that belong to no conversation are deleted
+	// this long after their creation (0: never), looked for every
+	// GuestSweepEvery (default 1m), GuestSweepBatch (default 500) at a time.
+	GuestTTL        time.Duration
+	GuestSweepEvery time.Duration
+	GuestSweepBatch int
 }
 
 // Server implements gochatv1.RepoServiceServer.
@@ -45,6 +52,7 @@ type Server struct {
 	log      *slog.Logger
 
 	outboxLease time.Duration
+	guests      guestExpiry
 }
 
 // NewServer wires the store, the caches and presence. Run the returned
@@ -55,7 +63,14 @@ func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Log
 	if cfg.OutboxLease <= 0 {
 		cfg.OutboxLease = 30 * time.Second
 	}
+	if cfg.GuestSweepEvery <= 0 {
+		cfg.GuestSweepEvery = time.Minute
+	}
+	if cfg.GuestSweepBatch <= 0 {
+		cfg.GuestSweepBatch = 500
+	}
 	return &Server{
+		guests:      guestExpiry{ttl: cfg.GuestTTL, interval: cfg.GuestSweepEvery, batch: cfg.GuestSweepBatch},
 		outboxLease: cfg.OutboxLease,
 		store:       store,
 		sender:      NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
@@ -65,8 +80,17 @@ func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Log
 	}
 }
 
-// Run runs the store batcher until ctx ends.
-func (s *Server) Run(ctx context.Context) { s.sender.Run(ctx) }
+// Run runs the store batcher, and the guest sweeper if guests expire,
+// until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	if s.guests.ttl > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.sweepGuests(ctx) }()
+	}
+	s.sender.Run(ctx)
+	wg.Wait()
+}
 
 func invalid(format string, args ...any) error {
 	return apierror.New(apierror.InvalidArgument, format, args...)
@@ -157,11 +181,11 @@ func (s *Server) CreateGroup(ctx context.Context, in *gochatv1.CreateGroupReques
 	if err := checkIDs("member_ids", in.MemberIds); err != nil {
 		return nil, err
 	}
-	c, err := s.store.CreateGroup(ctx, in.Name, in.OwnerId, in.MemberIds)
+	c, ev, err := s.store.CreateGroup(ctx, in.Name, in.OwnerId, in.MemberIds)
 	if err != nil {
 		return nil, err
 	}
-	return &gochatv1.ConversationResponse{Conversation: c, Created: true}, nil
+	return &gochatv1.ConversationResponse{Conversation: c, Created: true, Event: ev}, nil
 }
 
 func (s *Server) AddMembers(ctx context.Context, in *gochatv1.AddMembersRequest) (*gochatv1.AddMembersResponse, error) {
@@ -171,14 +195,14 @@ func (s *Server) AddMembers(ctx context.Context, in *gochatv1.AddMembersRequest)
 	if !ids.Valid(in.ConversationId) {
 		return nil, apierror.New(apierror.NotFound, "conversation not found")
 	}
-	c, added, err := s.store.AddMembers(ctx, in.ConversationId, in.ActorId, in.UserIds)
+	c, added, ev, err := s.store.AddMembers(ctx, in.ConversationId, in.ActorId, in.UserIds)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.members.invalidate(ctx, in.ConversationId); err != nil {
 		s.log.Warn("member cache not invalidated", "err", err)
 	}
-	return &gochatv1.AddMembersResponse{Conversation: c, AddedUserIds: added}, nil
+	return &gochatv1.AddMembersResponse{Conversation: c, AddedUserIds: added, Event: ev}, nil
 }
 
 func (s *Server) RemoveMember(ctx context.Context, in *gochatv1.RemoveMemberRequest) (*gochatv1.RemoveMemberResponse, error) {
@@ -190,13 +214,14 @@ func (s *Server) RemoveMember(ctx context.Context, in *gochatv1.RemoveMemberRequ
 			return nil, err
 		}
 	}
-	if err := s.store.RemoveMember(ctx, in.ConversationId, in.ActorId, in.UserId, in.Leave); err != nil {
+	ev, err := s.store.RemoveMember(ctx, in.ConversationId, in.ActorId, in.UserId, in.Leave)
+	if err != nil {
 		return nil, err
 	}
 	if err := s.members.invalidate(ctx, in.ConversationId); err != nil {
 		s.log.Warn("member cache not invalidated", "err", err)
 	}
-	return &gochatv1.RemoveMemberResponse{}, nil
+	return &gochatv1.RemoveMemberResponse{Event: ev}, nil
 }
 
 func (s *Server) GetConversation(ctx context.Context, in *gochatv1.GetConversationRequest) (*gochatv1.ConversationResponse, error) {
@@ -287,11 +312,11 @@ func (s *Server) UpdateReadSeq(ctx context.Context, in *gochatv1.UpdateReadSeqRe
 	if in.Seq < 0 {
 		return nil, invalid("seq cannot be negative")
 	}
-	seq, moved, err := s.store.UpdateReadSeq(ctx, in.ConversationId, in.UserId, in.Seq)
+	seq, ev, err := s.store.UpdateReadSeq(ctx, in.ConversationId, in.UserId, in.Seq, in.OriginSessionId)
 	if err != nil {
 		return nil, err
 	}
-	return &gochatv1.UpdateReadSeqResponse{ReadSeq: seq, Moved: moved}, nil
+	return &gochatv1.UpdateReadSeqResponse{ReadSeq: seq, Moved: ev != nil, Event: ev}, nil
 }
 
 func (s *Server) UnreadCounts(ctx context.Context, in *gochatv1.UnreadCountsRequest) (*gochatv1.UnreadCountsResponse, error) {
@@ -358,15 +383,76 @@ func (s *Server) GetPresence(ctx context.Context, in *gochatv1.GetPresenceReques
 	if err != nil {
 		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
 	}
+	sessions, err = s.withoutDeadGateways(ctx, sessions, users)
+	if err != nil {
+		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	}
 	return &gochatv1.GetPresenceResponse{Sessions: sessions, Users: users}, nil
+}
+
+// withoutDeadGateways drops the sessions held by gateways whose liveness
+// lapsed (killed or frozen: their sessions' own TTL is far longer), so that
+// im-task does not dial them and counts their users offline; a user left
+// with no session is marked offline in users.
+func (s *Server) withoutDeadGateways(ctx context.Context, sessions []*gochatv1.Session, users []*gochatv1.UserPresence) ([]*gochatv1.Session, error) {
+	seen := map[string]bool{}
+	var gws []string
+	for _, ss := range sessions {
+		if !seen[ss.Gateway] {
+			seen[ss.Gateway] = true
+			gws = append(gws, ss.Gateway)
+		}
+	}
+	dead, err := s.presence.DeadGateways(ctx, gws)
+	if err != nil || len(dead) == 0 {
+		return sessions, err
+	}
+	kept := sessions[:0]
+	online := map[string]bool{}
+	for _, ss := range sessions {
+		if !dead[ss.Gateway] {
+			kept = append(kept, ss)
+			online[ss.UserId] = true
+		}
+	}
+	for _, u := range users {
+		u.Online = u.Online && online[u.UserId]
+	}
+	return kept, nil
+}
+
+func (s *Server) GatewayAlive(ctx context.Context, in *gochatv1.GatewayAliveRequest) (*gochatv1.GatewayAliveResponse, error) {
+	if in.Gateway == "" || len(in.Gateway) > 255 {
+		return nil, invalid("gateway must be 1 to 255 bytes")
+	}
+	if in.TtlMs < 0 || in.TtlMs > 10*60*1000 {
+		return nil, invalid("ttl_ms must be 0 to 600000, got %d", in.TtlMs)
+	}
+	known, err := s.presence.GatewayAlive(ctx, in.Gateway, time.Duration(in.TtlMs)*time.Millisecond)
+	if err != nil {
+		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	}
+	return &gochatv1.GatewayAliveResponse{Known: known}, nil
 }
 
 func (s *Server) AckDispatched(ctx context.Context, in *gochatv1.AckDispatchedRequest) (*gochatv1.AckDispatchedResponse, error) {
 	if err := checkIDs("message_ids", in.MessageIds); err != nil {
 		return nil, err
 	}
+	if len(in.EventIds) > MaxBatchIDs {
+		return nil, invalid("event_ids has %d ids, at most %d are allowed", len(in.EventIds), MaxBatchIDs)
+	}
+	events, err := eventIDs(in.EventIds)
+	if err != nil {
+		return nil, err
+	}
 	if len(in.MessageIds) > 0 {
 		if err := s.store.AckDispatched(ctx, in.MessageIds); err != nil {
+			return nil, err
+		}
+	}
+	if len(events) > 0 {
+		if err := s.store.AckEvents(ctx, events); err != nil {
 			return nil, err
 		}
 	}
@@ -381,5 +467,9 @@ func (s *Server) ListUndispatched(ctx context.Context, in *gochatv1.ListUndispat
 	if err != nil {
 		return nil, err
 	}
-	return &gochatv1.ListUndispatchedResponse{Messages: msgs}, nil
+	events, err := s.store.ListUndispatchedEvents(ctx, in.StoredBeforeMs, pageLimit(in.Limit), s.outboxLease)
+	if err != nil {
+		return nil, err
+	}
+	return &gochatv1.ListUndispatchedResponse{Messages: msgs, Events: events}, nil
 }

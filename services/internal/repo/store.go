@@ -201,11 +201,13 @@ func (s *Store) GetOrCreateDirect(ctx context.Context, userID, peerID string) (*
 	return conv, true, err
 }
 
-// CreateGroup creates a group owned by ownerID with the given members.
-func (s *Store) CreateGroup(ctx context.Context, name, ownerID string, memberIDs []string) (*gochatv1.Conversation, error) {
+// CreateGroup creates a group owned by ownerID with the given members, and
+// records its group-created event.
+func (s *Store) CreateGroup(ctx context.Context, name, ownerID string, memberIDs []string) (*gochatv1.Conversation, *gochatv1.OutboxEvent, error) {
 	now := s.nowMs()
 	c := conversationRow{ID: ids.New(), Type: convGroup, Name: name, OwnerID: ownerID, CreatedAtMs: now, LastActivityMs: now}
 	all := uniqueWithout(memberIDs, ownerID)
+	var event *gochatv1.OutboxEvent
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		if err := s.requireUsers(tx, append([]string{ownerID}, all...)); err != nil {
 			return err
@@ -220,12 +222,15 @@ func (s *Store) CreateGroup(ctx context.Context, name, ownerID string, memberIDs
 		if err := tx.CreateInBatches(&rows, 500).Error; err != nil {
 			return fmt.Errorf("add group members: %w", err)
 		}
-		return nil
+		var err error
+		event, err = recordEvent(tx, c.ID, groupEvent(gochatv1.GroupEventKind_GROUP_EVENT_KIND_GROUP_CREATED, c.ID, ownerID, append([]string{ownerID}, all...)), now)
+		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return s.GetConversation(ctx, c.ID, ownerID)
+	conv, err := s.GetConversation(ctx, c.ID, ownerID)
+	return conv, event, err
 }
 
 func uniqueWithout(in []string, drop string) []string {
@@ -265,9 +270,13 @@ func (s *Store) lockGroupMember(tx *gorm.DB, convID, actorID string) (*conversat
 	return &c, &m, nil
 }
 
-// AddMembers adds users to a group; only its owner or an admin may.
-func (s *Store) AddMembers(ctx context.Context, convID, actorID string, userIDs []string) (*gochatv1.Conversation, []string, error) {
-	var added []string
+// AddMembers adds users to a group; only its owner or an admin may. When
+// someone was added it records the members-added event.
+func (s *Store) AddMembers(ctx context.Context, convID, actorID string, userIDs []string) (*gochatv1.Conversation, []string, *gochatv1.OutboxEvent, error) {
+	var (
+		added []string
+		event *gochatv1.OutboxEvent
+	)
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		_, actor, err := s.lockGroupMember(tx, convID, actorID)
 		if err != nil {
@@ -302,20 +311,27 @@ func (s *Store) AddMembers(ctx context.Context, convID, actorID string, userIDs 
 		if err := tx.CreateInBatches(&rows, 500).Error; err != nil {
 			return fmt.Errorf("add members: %w", err)
 		}
-		return bumpMembersVersion(tx, convID)
+		if err := bumpMembersVersion(tx, convID); err != nil {
+			return err
+		}
+		event, err = recordEvent(tx, convID, groupEvent(gochatv1.GroupEventKind_GROUP_EVENT_KIND_MEMBER_ADDED, convID, actorID, added), now)
+		return err
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	conv, err := s.GetConversation(ctx, convID, actorID)
-	return conv, added, err
+	return conv, added, event, err
 }
 
 // RemoveMember removes userID from a group. With leave, the actor removes
 // themselves; otherwise the owner may remove anyone, an admin only plain members.
 // A departing owner hands the group to the oldest admin, else the oldest member.
-func (s *Store) RemoveMember(ctx context.Context, convID, actorID, userID string, leave bool) error {
-	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+// It records the member-removed (or member-left) event, which also reaches
+// the user who is no longer a member.
+func (s *Store) RemoveMember(ctx context.Context, convID, actorID, userID string, leave bool) (*gochatv1.OutboxEvent, error) {
+	var event *gochatv1.OutboxEvent
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		_, actor, err := s.lockGroupMember(tx, convID, actorID)
 		if err != nil {
 			return err
@@ -344,6 +360,14 @@ func (s *Store) RemoveMember(ctx context.Context, convID, actorID, userID string
 		if err := bumpMembersVersion(tx, convID); err != nil {
 			return err
 		}
+		kind := gochatv1.GroupEventKind_GROUP_EVENT_KIND_MEMBER_REMOVED
+		if leave {
+			kind = gochatv1.GroupEventKind_GROUP_EVENT_KIND_MEMBER_LEFT
+		}
+		event, err = recordEvent(tx, convID, groupEvent(kind, convID, actorID, []string{target.UserID}, target.UserID), s.nowMs())
+		if err != nil {
+			return err
+		}
 		if target.Role != roleOwner {
 			return nil
 		}
@@ -360,6 +384,10 @@ func (s *Store) RemoveMember(ctx context.Context, convID, actorID, userID string
 		}
 		return tx.Model(&conversationRow{}).Where("id = ?", convID).Update("owner_id", heir.UserID).Error
 	})
+	if err != nil {
+		return nil, err
+	}
+	return event, nil
 }
 
 // GetConversation returns a conversation as viewerID sees it; NotFound unless a member.
@@ -531,11 +559,13 @@ func (s *Store) ListMessages(ctx context.Context, convID, viewerID string, after
 	return out, hasMore, nil
 }
 
-// UpdateReadSeq moves a member's read pointer forward (never back, never past max_seq).
-func (s *Store) UpdateReadSeq(ctx context.Context, convID, userID string, seq int64) (int64, bool, error) {
+// UpdateReadSeq moves a member's read pointer forward (never back, never
+// past max_seq); when it moved, it records the read event (which skips
+// originSession).
+func (s *Store) UpdateReadSeq(ctx context.Context, convID, userID string, seq int64, originSession string) (int64, *gochatv1.OutboxEvent, error) {
 	var (
 		result int64
-		moved  bool
+		event  *gochatv1.OutboxEvent
 	)
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var m convView
@@ -553,11 +583,17 @@ func (s *Store) UpdateReadSeq(ctx context.Context, convID, userID string, seq in
 		if res.Error != nil {
 			return fmt.Errorf("update read pointer: %w", res.Error)
 		}
-		moved = res.RowsAffected > 0
 		result = max(target, m.ReadSeq)
-		return nil
+		if res.RowsAffected == 0 {
+			return nil
+		}
+		event, err = recordEvent(tx, convID, &gochatv1.DispatchEvent{
+			Event:           &gochatv1.DispatchEvent_Read{Read: &gochatv1.ReadEvent{ConversationId: convID, UserId: userID, Seq: result}},
+			OriginSessionId: originSession,
+		}, s.nowMs())
+		return err
 	})
-	return result, moved, err
+	return result, event, err
 }
 
 // UnreadCounts sums each user's unread messages over all their conversations.

@@ -52,6 +52,7 @@ var Authorization = map[string][]pki.Component{
 	"/gochat.v1.RepoService/ListContacts":       only(pki.Gateway),
 	"/gochat.v1.RepoService/RegisterSessions":   only(pki.Gateway),
 	"/gochat.v1.RepoService/UnregisterSessions": only(pki.Gateway, pki.Task),
+	"/gochat.v1.RepoService/GatewayAlive":       only(pki.Gateway),
 	// Health needs a trusted certificate like everything else; the pods'
 	// probes are HTTP on the metrics port (kubelet gRPC probes cannot do TLS).
 	"/grpc.health.v1.Health/": pki.Components,

@@ -83,6 +83,7 @@ type Task struct {
 	gateways *gatewayConns
 	notifier *notifier
 	order    *pushOrder
+	kafka    kafkaHealth
 }
 
 // New returns a task over an im-repo client.
@@ -122,6 +123,7 @@ func (t *Task) Run(ctx context.Context) error {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.OnPartitionsRevoked(func(context.Context, *kgo.Client, map[string][]int32) { t.order.reset() }),
 		kgo.OnPartitionsLost(func(context.Context, *kgo.Client, map[string][]int32) { t.order.reset() }),
+		kgo.WithHooks(&t.kafka),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {

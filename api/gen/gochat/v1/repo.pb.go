@@ -411,7 +411,9 @@ type ConversationResponse struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Conversation *Conversation          `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
 	// True when this call created the conversation.
-	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	Created bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	// CreateGroup: the group-created event, recorded in the outbox.
+	Event         *OutboxEvent `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -458,6 +460,13 @@ func (x *ConversationResponse) GetCreated() bool {
 		return x.Created
 	}
 	return false
+}
+
+func (x *ConversationResponse) GetEvent() *OutboxEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
 }
 
 type CreateGroupRequest struct {
@@ -584,7 +593,9 @@ type AddMembersResponse struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Conversation *Conversation          `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
 	// The users that were not members before this call.
-	AddedUserIds  []string `protobuf:"bytes,2,rep,name=added_user_ids,json=addedUserIds,proto3" json:"added_user_ids,omitempty"`
+	AddedUserIds []string `protobuf:"bytes,2,rep,name=added_user_ids,json=addedUserIds,proto3" json:"added_user_ids,omitempty"`
+	// The members-added event, recorded in the outbox (unset when nobody was added).
+	Event         *OutboxEvent `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -629,6 +640,13 @@ func (x *AddMembersResponse) GetConversation() *Conversation {
 func (x *AddMembersResponse) GetAddedUserIds() []string {
 	if x != nil {
 		return x.AddedUserIds
+	}
+	return nil
+}
+
+func (x *AddMembersResponse) GetEvent() *OutboxEvent {
+	if x != nil {
+		return x.Event
 	}
 	return nil
 }
@@ -704,7 +722,9 @@ func (x *RemoveMemberRequest) GetLeave() bool {
 }
 
 type RemoveMemberResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member-removed (or member-left) event, recorded in the outbox.
+	Event         *OutboxEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -737,6 +757,13 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
 	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RemoveMemberResponse) GetEvent() *OutboxEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
 }
 
 type GetConversationRequest struct {
@@ -1292,8 +1319,10 @@ type UpdateReadSeqRequest struct {
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
 	UserId         string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	Seq            int64                  `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The session that moved the pointer: its read event skips it.
+	OriginSessionId string `protobuf:"bytes,4,opt,name=origin_session_id,json=originSessionId,proto3" json:"origin_session_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UpdateReadSeqRequest) Reset() {
@@ -1347,11 +1376,20 @@ func (x *UpdateReadSeqRequest) GetSeq() int64 {
 	return 0
 }
 
+func (x *UpdateReadSeqRequest) GetOriginSessionId() string {
+	if x != nil {
+		return x.OriginSessionId
+	}
+	return ""
+}
+
 type UpdateReadSeqResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The read pointer after the call (never lower than before).
-	ReadSeq       int64 `protobuf:"varint,1,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
-	Moved         bool  `protobuf:"varint,2,opt,name=moved,proto3" json:"moved,omitempty"`
+	ReadSeq int64 `protobuf:"varint,1,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
+	Moved   bool  `protobuf:"varint,2,opt,name=moved,proto3" json:"moved,omitempty"`
+	// The read event, recorded in the outbox (unset when the pointer did not move).
+	Event         *OutboxEvent `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1398,6 +1436,13 @@ func (x *UpdateReadSeqResponse) GetMoved() bool {
 		return x.Moved
 	}
 	return false
+}
+
+func (x *UpdateReadSeqResponse) GetEvent() *OutboxEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
 }
 
 type UnreadCountsRequest struct {
@@ -1823,16 +1868,73 @@ func (x *GetPresenceResponse) GetUsers() []*UserPresence {
 	return nil
 }
 
+// OutboxEvent is a group or read event recorded in the outbox in the
+// transaction of its change, until Kafka has it.
+type OutboxEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Grows with each recorded event: a conversation's events in id order are
+	// its events in the order of their changes.
+	Id            string         `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Event         *DispatchEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutboxEvent) Reset() {
+	*x = OutboxEvent{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutboxEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutboxEvent) ProtoMessage() {}
+
+func (x *OutboxEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutboxEvent.ProtoReflect.Descriptor instead.
+func (*OutboxEvent) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *OutboxEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *OutboxEvent) GetEvent() *DispatchEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 type AckDispatchedRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MessageIds    []string               `protobuf:"bytes,1,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
+	EventIds      []string               `protobuf:"bytes,2,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AckDispatchedRequest) Reset() {
 	*x = AckDispatchedRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[34]
+	mi := &file_gochat_v1_repo_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1844,7 +1946,7 @@ func (x *AckDispatchedRequest) String() string {
 func (*AckDispatchedRequest) ProtoMessage() {}
 
 func (x *AckDispatchedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[34]
+	mi := &file_gochat_v1_repo_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1857,12 +1959,19 @@ func (x *AckDispatchedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckDispatchedRequest.ProtoReflect.Descriptor instead.
 func (*AckDispatchedRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{34}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AckDispatchedRequest) GetMessageIds() []string {
 	if x != nil {
 		return x.MessageIds
+	}
+	return nil
+}
+
+func (x *AckDispatchedRequest) GetEventIds() []string {
+	if x != nil {
+		return x.EventIds
 	}
 	return nil
 }
@@ -1875,7 +1984,7 @@ type AckDispatchedResponse struct {
 
 func (x *AckDispatchedResponse) Reset() {
 	*x = AckDispatchedResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[35]
+	mi := &file_gochat_v1_repo_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +1996,7 @@ func (x *AckDispatchedResponse) String() string {
 func (*AckDispatchedResponse) ProtoMessage() {}
 
 func (x *AckDispatchedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[35]
+	mi := &file_gochat_v1_repo_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2009,7 @@ func (x *AckDispatchedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckDispatchedResponse.ProtoReflect.Descriptor instead.
 func (*AckDispatchedResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{35}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{36}
 }
 
 type ListUndispatchedRequest struct {
@@ -1915,7 +2024,7 @@ type ListUndispatchedRequest struct {
 
 func (x *ListUndispatchedRequest) Reset() {
 	*x = ListUndispatchedRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[36]
+	mi := &file_gochat_v1_repo_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +2036,7 @@ func (x *ListUndispatchedRequest) String() string {
 func (*ListUndispatchedRequest) ProtoMessage() {}
 
 func (x *ListUndispatchedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[36]
+	mi := &file_gochat_v1_repo_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +2049,7 @@ func (x *ListUndispatchedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUndispatchedRequest.ProtoReflect.Descriptor instead.
 func (*ListUndispatchedRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{36}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListUndispatchedRequest) GetStoredBeforeMs() int64 {
@@ -1958,15 +2067,17 @@ func (x *ListUndispatchedRequest) GetLimit() int32 {
 }
 
 type ListUndispatchedResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Messages []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// Events still waiting, at most limit of them, in id order.
+	Events        []*OutboxEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListUndispatchedResponse) Reset() {
 	*x = ListUndispatchedResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	mi := &file_gochat_v1_repo_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2089,7 @@ func (x *ListUndispatchedResponse) String() string {
 func (*ListUndispatchedResponse) ProtoMessage() {}
 
 func (x *ListUndispatchedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	mi := &file_gochat_v1_repo_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1991,7 +2102,7 @@ func (x *ListUndispatchedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUndispatchedResponse.ProtoReflect.Descriptor instead.
 func (*ListUndispatchedResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{37}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListUndispatchedResponse) GetMessages() []*Message {
@@ -1999,6 +2110,113 @@ func (x *ListUndispatchedResponse) GetMessages() []*Message {
 		return x.Messages
 	}
 	return nil
+}
+
+func (x *ListUndispatchedResponse) GetEvents() []*OutboxEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type GatewayAliveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gateway's advertised address, as in its sessions.
+	Gateway       string `protobuf:"bytes,1,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	TtlMs         int64  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayAliveRequest) Reset() {
+	*x = GatewayAliveRequest{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayAliveRequest) ProtoMessage() {}
+
+func (x *GatewayAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayAliveRequest.ProtoReflect.Descriptor instead.
+func (*GatewayAliveRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *GatewayAliveRequest) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *GatewayAliveRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type GatewayAliveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the gateway's liveness was recorded before this call. After a
+	// first call, false means Redis lost its data (presence with it): the
+	// gateway registers its sessions again and has them resync.
+	Known         bool `protobuf:"varint,1,opt,name=known,proto3" json:"known,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayAliveResponse) Reset() {
+	*x = GatewayAliveResponse{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayAliveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayAliveResponse) ProtoMessage() {}
+
+func (x *GatewayAliveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayAliveResponse.ProtoReflect.Descriptor instead.
+func (*GatewayAliveResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *GatewayAliveResponse) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
 }
 
 // UserPresence is whether a user has a live session, and when one was last
@@ -2014,7 +2232,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	mi := &file_gochat_v1_repo_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2244,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	mi := &file_gochat_v1_repo_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2257,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{38}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *UserPresence) GetUserId() string {
@@ -2074,7 +2292,7 @@ type ListContactsRequest struct {
 
 func (x *ListContactsRequest) Reset() {
 	*x = ListContactsRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	mi := &file_gochat_v1_repo_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2086,7 +2304,7 @@ func (x *ListContactsRequest) String() string {
 func (*ListContactsRequest) ProtoMessage() {}
 
 func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	mi := &file_gochat_v1_repo_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2099,7 +2317,7 @@ func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsRequest.ProtoReflect.Descriptor instead.
 func (*ListContactsRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListContactsRequest) GetUserId() string {
@@ -2125,7 +2343,7 @@ type ListContactsResponse struct {
 
 func (x *ListContactsResponse) Reset() {
 	*x = ListContactsResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	mi := &file_gochat_v1_repo_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2355,7 @@ func (x *ListContactsResponse) String() string {
 func (*ListContactsResponse) ProtoMessage() {}
 
 func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	mi := &file_gochat_v1_repo_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2368,7 @@ func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsResponse.ProtoReflect.Descriptor instead.
 func (*ListContactsResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListContactsResponse) GetUserIds() []string {
@@ -2185,10 +2403,11 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\rpassword_hash\x18\x02 \x01(\tR\fpasswordHash\"L\n" +
 	"\x18GetOrCreateDirectRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x17\n" +
-	"\apeer_id\x18\x02 \x01(\tR\x06peerId\"m\n" +
+	"\apeer_id\x18\x02 \x01(\tR\x06peerId\"\x9b\x01\n" +
 	"\x14ConversationResponse\x12;\n" +
 	"\fconversation\x18\x01 \x01(\v2\x17.gochat.v1.ConversationR\fconversation\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"b\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\x12,\n" +
+	"\x05event\x18\x03 \x01(\v2\x16.gochat.v1.OutboxEventR\x05event\"b\n" +
 	"\x12CreateGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bowner_id\x18\x02 \x01(\tR\aownerId\x12\x1d\n" +
@@ -2197,16 +2416,18 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x11AddMembersRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x19\n" +
 	"\bactor_id\x18\x02 \x01(\tR\aactorId\x12\x19\n" +
-	"\buser_ids\x18\x03 \x03(\tR\auserIds\"w\n" +
+	"\buser_ids\x18\x03 \x03(\tR\auserIds\"\xa5\x01\n" +
 	"\x12AddMembersResponse\x12;\n" +
 	"\fconversation\x18\x01 \x01(\v2\x17.gochat.v1.ConversationR\fconversation\x12$\n" +
-	"\x0eadded_user_ids\x18\x02 \x03(\tR\faddedUserIds\"\x88\x01\n" +
+	"\x0eadded_user_ids\x18\x02 \x03(\tR\faddedUserIds\x12,\n" +
+	"\x05event\x18\x03 \x01(\v2\x16.gochat.v1.OutboxEventR\x05event\"\x88\x01\n" +
 	"\x13RemoveMemberRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x19\n" +
 	"\bactor_id\x18\x02 \x01(\tR\aactorId\x12\x17\n" +
 	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x14\n" +
-	"\x05leave\x18\x04 \x01(\bR\x05leave\"\x16\n" +
-	"\x14RemoveMemberResponse\"^\n" +
+	"\x05leave\x18\x04 \x01(\bR\x05leave\"D\n" +
+	"\x14RemoveMemberResponse\x12,\n" +
+	"\x05event\x18\x01 \x01(\v2\x16.gochat.v1.OutboxEventR\x05event\"^\n" +
 	"\x16GetConversationRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1b\n" +
 	"\tviewer_id\x18\x02 \x01(\tR\bviewerId\"I\n" +
@@ -2241,14 +2462,16 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x05limit\x18\x05 \x01(\x05R\x05limit\"a\n" +
 	"\x14ListMessagesResponse\x12.\n" +
 	"\bmessages\x18\x01 \x03(\v2\x12.gochat.v1.MessageR\bmessages\x12\x19\n" +
-	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"j\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"\x96\x01\n" +
 	"\x14UpdateReadSeqRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x03R\x03seq\"H\n" +
+	"\x03seq\x18\x03 \x01(\x03R\x03seq\x12*\n" +
+	"\x11origin_session_id\x18\x04 \x01(\tR\x0foriginSessionId\"v\n" +
 	"\x15UpdateReadSeqResponse\x12\x19\n" +
 	"\bread_seq\x18\x01 \x01(\x03R\areadSeq\x12\x14\n" +
-	"\x05moved\x18\x02 \x01(\bR\x05moved\"0\n" +
+	"\x05moved\x18\x02 \x01(\bR\x05moved\x12,\n" +
+	"\x05event\x18\x03 \x01(\v2\x16.gochat.v1.OutboxEventR\x05event\"0\n" +
 	"\x13UnreadCountsRequest\x12\x19\n" +
 	"\buser_ids\x18\x01 \x03(\tR\auserIds\">\n" +
 	"\vUnreadCount\x12\x17\n" +
@@ -2270,16 +2493,26 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\buser_ids\x18\x01 \x03(\tR\auserIds\"t\n" +
 	"\x13GetPresenceResponse\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\x12-\n" +
-	"\x05users\x18\x02 \x03(\v2\x17.gochat.v1.UserPresenceR\x05users\"7\n" +
+	"\x05users\x18\x02 \x03(\v2\x17.gochat.v1.UserPresenceR\x05users\"M\n" +
+	"\vOutboxEvent\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
+	"\x05event\x18\x02 \x01(\v2\x18.gochat.v1.DispatchEventR\x05event\"T\n" +
 	"\x14AckDispatchedRequest\x12\x1f\n" +
 	"\vmessage_ids\x18\x01 \x03(\tR\n" +
-	"messageIds\"\x17\n" +
+	"messageIds\x12\x1b\n" +
+	"\tevent_ids\x18\x02 \x03(\tR\beventIds\"\x17\n" +
 	"\x15AckDispatchedResponse\"Y\n" +
 	"\x17ListUndispatchedRequest\x12(\n" +
 	"\x10stored_before_ms\x18\x01 \x01(\x03R\x0estoredBeforeMs\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\x05R\x05limit\"J\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"z\n" +
 	"\x18ListUndispatchedResponse\x12.\n" +
-	"\bmessages\x18\x01 \x03(\v2\x12.gochat.v1.MessageR\bmessages\"a\n" +
+	"\bmessages\x18\x01 \x03(\v2\x12.gochat.v1.MessageR\bmessages\x12.\n" +
+	"\x06events\x18\x02 \x03(\v2\x16.gochat.v1.OutboxEventR\x06events\"F\n" +
+	"\x13GatewayAliveRequest\x12\x18\n" +
+	"\agateway\x18\x01 \x01(\tR\agateway\x12\x15\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\",\n" +
+	"\x14GatewayAliveResponse\x12\x14\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\"a\n" +
 	"\fUserPresence\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12 \n" +
@@ -2289,7 +2522,7 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"1\n" +
 	"\x14ListContactsResponse\x12\x19\n" +
-	"\buser_ids\x18\x01 \x03(\tR\auserIds2\x90\r\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds2\xe1\r\n" +
 	"\vRepoService\x12I\n" +
 	"\n" +
 	"CreateUser\x12\x1c.gochat.v1.CreateUserRequest\x1a\x1d.gochat.v1.CreateUserResponse\x12@\n" +
@@ -2313,6 +2546,7 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x10RegisterSessions\x12\".gochat.v1.RegisterSessionsRequest\x1a#.gochat.v1.RegisterSessionsResponse\x12a\n" +
 	"\x12UnregisterSessions\x12$.gochat.v1.UnregisterSessionsRequest\x1a%.gochat.v1.UnregisterSessionsResponse\x12L\n" +
 	"\vGetPresence\x12\x1d.gochat.v1.GetPresenceRequest\x1a\x1e.gochat.v1.GetPresenceResponse\x12O\n" +
+	"\fGatewayAlive\x12\x1e.gochat.v1.GatewayAliveRequest\x1a\x1f.gochat.v1.GatewayAliveResponse\x12O\n" +
 	"\fListContacts\x12\x1e.gochat.v1.ListContactsRequest\x1a\x1f.gochat.v1.ListContactsResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
 
 var (
@@ -2327,7 +2561,7 @@ func file_gochat_v1_repo_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_repo_proto_rawDescData
 }
 
-var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_gochat_v1_repo_proto_goTypes = []any{
 	(*CreateUserRequest)(nil),          // 0: gochat.v1.CreateUserRequest
 	(*CreateUserResponse)(nil),         // 1: gochat.v1.CreateUserResponse
@@ -2363,81 +2597,93 @@ var file_gochat_v1_repo_proto_goTypes = []any{
 	(*UnregisterSessionsResponse)(nil), // 31: gochat.v1.UnregisterSessionsResponse
 	(*GetPresenceRequest)(nil),         // 32: gochat.v1.GetPresenceRequest
 	(*GetPresenceResponse)(nil),        // 33: gochat.v1.GetPresenceResponse
-	(*AckDispatchedRequest)(nil),       // 34: gochat.v1.AckDispatchedRequest
-	(*AckDispatchedResponse)(nil),      // 35: gochat.v1.AckDispatchedResponse
-	(*ListUndispatchedRequest)(nil),    // 36: gochat.v1.ListUndispatchedRequest
-	(*ListUndispatchedResponse)(nil),   // 37: gochat.v1.ListUndispatchedResponse
-	(*UserPresence)(nil),               // 38: gochat.v1.UserPresence
-	(*ListContactsRequest)(nil),        // 39: gochat.v1.ListContactsRequest
-	(*ListContactsResponse)(nil),       // 40: gochat.v1.ListContactsResponse
-	(*User)(nil),                       // 41: gochat.v1.User
-	(*Conversation)(nil),               // 42: gochat.v1.Conversation
-	(*Member)(nil),                     // 43: gochat.v1.Member
-	(*Message)(nil),                    // 44: gochat.v1.Message
-	(*Session)(nil),                    // 45: gochat.v1.Session
+	(*OutboxEvent)(nil),                // 34: gochat.v1.OutboxEvent
+	(*AckDispatchedRequest)(nil),       // 35: gochat.v1.AckDispatchedRequest
+	(*AckDispatchedResponse)(nil),      // 36: gochat.v1.AckDispatchedResponse
+	(*ListUndispatchedRequest)(nil),    // 37: gochat.v1.ListUndispatchedRequest
+	(*ListUndispatchedResponse)(nil),   // 38: gochat.v1.ListUndispatchedResponse
+	(*GatewayAliveRequest)(nil),        // 39: gochat.v1.GatewayAliveRequest
+	(*GatewayAliveResponse)(nil),       // 40: gochat.v1.GatewayAliveResponse
+	(*UserPresence)(nil),               // 41: gochat.v1.UserPresence
+	(*ListContactsRequest)(nil),        // 42: gochat.v1.ListContactsRequest
+	(*ListContactsResponse)(nil),       // 43: gochat.v1.ListContactsResponse
+	(*User)(nil),                       // 44: gochat.v1.User
+	(*Conversation)(nil),               // 45: gochat.v1.Conversation
+	(*Member)(nil),                     // 46: gochat.v1.Member
+	(*Message)(nil),                    // 47: gochat.v1.Message
+	(*Session)(nil),                    // 48: gochat.v1.Session
+	(*DispatchEvent)(nil),              // 49: gochat.v1.DispatchEvent
 }
 var file_gochat_v1_repo_proto_depIdxs = []int32{
-	41, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
-	41, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
-	41, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
-	42, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
-	42, // 4: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
-	42, // 5: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
-	43, // 6: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
-	17, // 7: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
-	44, // 8: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
-	44, // 9: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
-	26, // 10: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
-	45, // 11: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	45, // 12: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	45, // 13: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
-	38, // 14: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
-	44, // 15: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
-	0,  // 16: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
-	2,  // 17: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
-	4,  // 18: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
-	6,  // 19: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
-	8,  // 20: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
-	9,  // 21: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
-	11, // 22: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
-	13, // 23: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
-	14, // 24: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
-	16, // 25: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
-	19, // 26: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
-	21, // 27: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
-	23, // 28: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
-	25, // 29: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
-	34, // 30: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
-	36, // 31: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
-	28, // 32: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
-	30, // 33: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
-	32, // 34: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
-	39, // 35: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
-	1,  // 36: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
-	3,  // 37: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
-	5,  // 38: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
-	7,  // 39: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
-	7,  // 40: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
-	10, // 41: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
-	12, // 42: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
-	7,  // 43: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
-	15, // 44: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	18, // 45: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
-	20, // 46: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
-	22, // 47: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	24, // 48: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
-	27, // 49: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
-	35, // 50: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
-	37, // 51: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
-	29, // 52: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
-	31, // 53: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
-	33, // 54: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
-	40, // 55: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
-	36, // [36:56] is the sub-list for method output_type
-	16, // [16:36] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	44, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
+	44, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
+	44, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
+	45, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
+	34, // 4: gochat.v1.ConversationResponse.event:type_name -> gochat.v1.OutboxEvent
+	45, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
+	34, // 6: gochat.v1.AddMembersResponse.event:type_name -> gochat.v1.OutboxEvent
+	34, // 7: gochat.v1.RemoveMemberResponse.event:type_name -> gochat.v1.OutboxEvent
+	45, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
+	46, // 9: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
+	17, // 10: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
+	47, // 11: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
+	47, // 12: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
+	34, // 13: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
+	26, // 14: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
+	48, // 15: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	48, // 16: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	48, // 17: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
+	41, // 18: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
+	49, // 19: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
+	47, // 20: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
+	34, // 21: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
+	0,  // 22: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
+	2,  // 23: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
+	4,  // 24: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
+	6,  // 25: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
+	8,  // 26: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
+	9,  // 27: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
+	11, // 28: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
+	13, // 29: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
+	14, // 30: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
+	16, // 31: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
+	19, // 32: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
+	21, // 33: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
+	23, // 34: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
+	25, // 35: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
+	35, // 36: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
+	37, // 37: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
+	28, // 38: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
+	30, // 39: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
+	32, // 40: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
+	39, // 41: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
+	42, // 42: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
+	1,  // 43: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
+	3,  // 44: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
+	5,  // 45: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
+	7,  // 46: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
+	7,  // 47: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
+	10, // 48: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
+	12, // 49: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
+	7,  // 50: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
+	15, // 51: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	18, // 52: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
+	20, // 53: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
+	22, // 54: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	24, // 55: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
+	27, // 56: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
+	36, // 57: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
+	38, // 58: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
+	29, // 59: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
+	31, // 60: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
+	33, // 61: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
+	40, // 62: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
+	43, // 63: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
+	43, // [43:64] is the sub-list for method output_type
+	22, // [22:43] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_repo_proto_init() }
@@ -2456,7 +2702,7 @@ func file_gochat_v1_repo_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_repo_proto_rawDesc), len(file_gochat_v1_repo_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   41,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

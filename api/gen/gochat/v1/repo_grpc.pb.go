@@ -38,6 +38,7 @@ const (
 	RepoService_RegisterSessions_FullMethodName   = "/gochat.v1.RepoService/RegisterSessions"
 	RepoService_UnregisterSessions_FullMethodName = "/gochat.v1.RepoService/UnregisterSessions"
 	RepoService_GetPresence_FullMethodName        = "/gochat.v1.RepoService/GetPresence"
+	RepoService_GatewayAlive_FullMethodName       = "/gochat.v1.RepoService/GatewayAlive"
 	RepoService_ListContacts_FullMethodName       = "/gochat.v1.RepoService/ListContacts"
 )
 
@@ -67,7 +68,9 @@ type RepoServiceClient interface {
 	// UnreadCounts sums max_seq - read_seq over each user's conversations.
 	UnreadCounts(ctx context.Context, in *UnreadCountsRequest, opts ...grpc.CallOption) (*UnreadCountsResponse, error)
 	// The dispatch outbox: StoreMessage records each new message in it, in the
-	// same transaction. AckDispatched removes messages Kafka has taken;
+	// same transaction, and CreateGroup, AddMembers, RemoveMember and
+	// UpdateReadSeq each record their event (returned as an OutboxEvent).
+	// AckDispatched removes messages and events Kafka has taken;
 	// ListUndispatched returns the ones still waiting, oldest first, so that a
 	// publish lost to a crash or a Kafka outage is made again.
 	AckDispatched(ctx context.Context, in *AckDispatchedRequest, opts ...grpc.CallOption) (*AckDispatchedResponse, error)
@@ -75,8 +78,12 @@ type RepoServiceClient interface {
 	// RegisterSessions adds or renews sessions in presence with a TTL.
 	RegisterSessions(ctx context.Context, in *RegisterSessionsRequest, opts ...grpc.CallOption) (*RegisterSessionsResponse, error)
 	UnregisterSessions(ctx context.Context, in *UnregisterSessionsRequest, opts ...grpc.CallOption) (*UnregisterSessionsResponse, error)
-	// GetPresence returns the live sessions of many users in one call.
+	// GetPresence returns the live sessions of many users in one call. A
+	// session on a gateway whose liveness has lapsed is not live: it is left
+	// out, and its user counts as offline unless they have another session.
 	GetPresence(ctx context.Context, in *GetPresenceRequest, opts ...grpc.CallOption) (*GetPresenceResponse, error)
+	// GatewayAlive renews a gateway's liveness for ttl_ms (0: it is gone now).
+	GatewayAlive(ctx context.Context, in *GatewayAliveRequest, opts ...grpc.CallOption) (*GatewayAliveResponse, error)
 	// ListContacts returns the users who share at least one conversation with
 	// a user: the audience of that user's presence changes.
 	ListContacts(ctx context.Context, in *ListContactsRequest, opts ...grpc.CallOption) (*ListContactsResponse, error)
@@ -280,6 +287,16 @@ func (c *repoServiceClient) GetPresence(ctx context.Context, in *GetPresenceRequ
 	return out, nil
 }
 
+func (c *repoServiceClient) GatewayAlive(ctx context.Context, in *GatewayAliveRequest, opts ...grpc.CallOption) (*GatewayAliveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GatewayAliveResponse)
+	err := c.cc.Invoke(ctx, RepoService_GatewayAlive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *repoServiceClient) ListContacts(ctx context.Context, in *ListContactsRequest, opts ...grpc.CallOption) (*ListContactsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListContactsResponse)
@@ -316,7 +333,9 @@ type RepoServiceServer interface {
 	// UnreadCounts sums max_seq - read_seq over each user's conversations.
 	UnreadCounts(context.Context, *UnreadCountsRequest) (*UnreadCountsResponse, error)
 	// The dispatch outbox: StoreMessage records each new message in it, in the
-	// same transaction. AckDispatched removes messages Kafka has taken;
+	// same transaction, and CreateGroup, AddMembers, RemoveMember and
+	// UpdateReadSeq each record their event (returned as an OutboxEvent).
+	// AckDispatched removes messages and events Kafka has taken;
 	// ListUndispatched returns the ones still waiting, oldest first, so that a
 	// publish lost to a crash or a Kafka outage is made again.
 	AckDispatched(context.Context, *AckDispatchedRequest) (*AckDispatchedResponse, error)
@@ -324,8 +343,12 @@ type RepoServiceServer interface {
 	// RegisterSessions adds or renews sessions in presence with a TTL.
 	RegisterSessions(context.Context, *RegisterSessionsRequest) (*RegisterSessionsResponse, error)
 	UnregisterSessions(context.Context, *UnregisterSessionsRequest) (*UnregisterSessionsResponse, error)
-	// GetPresence returns the live sessions of many users in one call.
+	// GetPresence returns the live sessions of many users in one call. A
+	// session on a gateway whose liveness has lapsed is not live: it is left
+	// out, and its user counts as offline unless they have another session.
 	GetPresence(context.Context, *GetPresenceRequest) (*GetPresenceResponse, error)
+	// GatewayAlive renews a gateway's liveness for ttl_ms (0: it is gone now).
+	GatewayAlive(context.Context, *GatewayAliveRequest) (*GatewayAliveResponse, error)
 	// ListContacts returns the users who share at least one conversation with
 	// a user: the audience of that user's presence changes.
 	ListContacts(context.Context, *ListContactsRequest) (*ListContactsResponse, error)
@@ -395,6 +418,9 @@ func (UnimplementedRepoServiceServer) UnregisterSessions(context.Context, *Unreg
 }
 func (UnimplementedRepoServiceServer) GetPresence(context.Context, *GetPresenceRequest) (*GetPresenceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPresence not implemented")
+}
+func (UnimplementedRepoServiceServer) GatewayAlive(context.Context, *GatewayAliveRequest) (*GatewayAliveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GatewayAlive not implemented")
 }
 func (UnimplementedRepoServiceServer) ListContacts(context.Context, *ListContactsRequest) (*ListContactsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListContacts not implemented")
@@ -762,6 +788,24 @@ func _RepoService_GetPresence_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RepoService_GatewayAlive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GatewayAliveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepoServiceServer).GatewayAlive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepoService_GatewayAlive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepoServiceServer).GatewayAlive(ctx, req.(*GatewayAliveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RepoService_ListContacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListContactsRequest)
 	if err := dec(in); err != nil {
@@ -862,6 +906,10 @@ var RepoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPresence",
 			Handler:    _RepoService_GetPresence_Handler,
+		},
+		{
+			MethodName: "GatewayAlive",
+			Handler:    _RepoService_GatewayAlive_Handler,
 		},
 		{
 			MethodName: "ListContacts",
