@@ -158,6 +158,9 @@ func (g *gochatAdapter) frame(b []byte, ev *frameEvents) {
 		ev.acks++
 	case "error":
 		ev.errors++
+	case "pong":
+	default:
+		ev.other = f.Type
 	}
 }
 
@@ -338,6 +341,8 @@ func (c *centrifugoAdapter) frame(b []byte, ev *frameEvents) {
 				key = r.Push.Pub.Data.N
 			}
 			ev.deliveries = append(ev.deliveries, delivery{group: r.Push.Channel, key: key, sentNs: r.Push.Pub.Data.T})
+		} else if r.Push != nil {
+			ev.other = "push"
 		}
 	}
 }

@@ -194,6 +194,7 @@ type frameEvents struct {
 	deliveries []delivery
 	acks       int
 	errors     int
+	other      string // the type of a frame that is none of the above (GoChat's presence, say)
 	reply      []byte // to write back at once (a keepalive's answer)
 	replyID    uint32 // the answer to a command of ours (Centrifugo's subscribe)
 	replyErr   error
@@ -223,6 +224,8 @@ type session struct {
 	acks    atomic.Int64
 	errors  atomic.Int64
 	frames  atomic.Int64
+	ended   atomic.Bool      // the reader stopped: the connection is gone
+	other   map[string]int64 // frames of other types, by type; read once the reader stopped
 }
 
 func dialSession(rawURL string) (*session, error) {
@@ -321,6 +324,7 @@ func (s *session) readUntil(timeout time.Duration, accept func([]byte) (bool, er
 // unique key and answers keepalives, until the connection ends.
 func (s *session) run(ad adapter, done func()) {
 	defer done()
+	defer s.ended.Store(true)
 	var ev frameEvents
 	buf := make([]byte, 0, 1024)
 	for {
@@ -344,6 +348,12 @@ func (s *session) run(ad adapter, done func()) {
 		}
 		s.acks.Add(int64(ev.acks))
 		s.errors.Add(int64(ev.errors))
+		if ev.other != "" {
+			if s.other == nil {
+				s.other = map[string]int64{}
+			}
+			s.other[ev.other]++
+		}
 		for _, d := range ev.deliveries {
 			if d.group != s.group || d.key <= 0 {
 				continue
@@ -379,6 +389,7 @@ type compareResult struct {
 	RSSBeforeMiB   float64 `json:"rss_before_mib,omitempty"`
 	RSSAfterMiB    float64 `json:"rss_after_mib,omitempty"`
 	RSSPerConnB    float64 `json:"rss_per_conn_bytes,omitempty"`
+	LostInHold     int     `json:"lost_in_hold,omitempty"` // sessions the server closed while they were held
 
 	Members       int     `json:"members,omitempty"`
 	PerUser       int     `json:"sessions_per_user,omitempty"`
@@ -391,10 +402,11 @@ type compareResult struct {
 	DeliverP99Ms  float64 `json:"deliver_p99_ms,omitempty"`
 	DeliveriesSec float64 `json:"deliveries_per_sec,omitempty"`
 
-	ServerCPUPct  float64 `json:"server_cpu_pct,omitempty"` // of one core, over the measured window, summed over --pids
-	ServerPIDs    []int   `json:"server_pids"`
-	ToolFrames    int64   `json:"tool_frames"`
-	ToolCPUUsPerF float64 `json:"tool_cpu_us_per_frame"`
+	ServerCPUPct  float64          `json:"server_cpu_pct,omitempty"` // of one core, over the measured window, summed over --pids
+	ServerPIDs    []int            `json:"server_pids"`
+	ToolFrames    int64            `json:"tool_frames"`
+	OtherFrames   map[string]int64 `json:"other_frames,omitempty"` // frames neither deliveries, acks nor keepalives, by type
+	ToolCPUUsPerF float64          `json:"tool_cpu_us_per_frame"`
 }
 
 func (r compareResult) print(w io.Writer) {
@@ -403,11 +415,14 @@ func (r compareResult) print(w io.Writer) {
 		fmt.Fprintf(w, "  connected %d of %d at %.0f/s, handshake p50 %.1f ms p99 %.1f ms\n", r.Conns-r.Failed, r.Conns, r.ConnectsPerSec, r.HandshakeP50Ms, r.HandshakeP99Ms)
 	}
 	if r.RSSAfterMiB > 0 {
-		fmt.Fprintf(w, "  server RSS (pid %d) %.1f MiB -> %.1f MiB: %.0f bytes per held session\n", r.ServerPIDs[0], r.RSSBeforeMiB, r.RSSAfterMiB, r.RSSPerConnB)
+		fmt.Fprintf(w, "  server RSS (pid %d) %.1f MiB -> %.1f MiB: %.0f bytes per held session (%d closed while held)\n", r.ServerPIDs[0], r.RSSBeforeMiB, r.RSSAfterMiB, r.RSSPerConnB, r.LostInHold)
 	}
 	if r.Expected > 0 {
 		fmt.Fprintf(w, "  published %d, delivered %d of %d expected (unique per session; %d duplicates), %.0f deliveries/s, latency p50 %.1f ms p99 %.1f ms\n",
 			r.Published, r.Delivered, r.Expected, r.Duplicates, r.DeliveriesSec, r.DeliverP50Ms, r.DeliverP99Ms)
+	}
+	if len(r.OtherFrames) > 0 {
+		fmt.Fprintf(w, "  other frames received: %v\n", r.OtherFrames)
 	}
 	fmt.Fprintf(w, "  server CPU %.0f%% of a core (pids %v); load tool %.1f µs CPU per received frame (%d frames)\n", r.ServerCPUPct, r.ServerPIDs, r.ToolCPUUsPerF, r.ToolFrames)
 }
@@ -522,9 +537,16 @@ func runConnect(ad adapter, o compareOpts) (compareResult, error) {
 		if err != nil {
 			return res, err
 		}
+		alive := 0
+		for _, s := range sessions {
+			if s != nil && !s.ended.Load() {
+				alive++
+			}
+		}
+		res.LostInHold = len(lat) - alive
 		res.RSSBeforeMiB, res.RSSAfterMiB = float64(rssBefore)/(1<<20), float64(rssAfter)/(1<<20)
-		if len(lat) > 0 {
-			res.RSSPerConnB = float64(rssAfter-rssBefore) / float64(len(lat))
+		if alive > 0 {
+			res.RSSPerConnB = float64(rssAfter-rssBefore) / float64(alive)
 		}
 	}
 	tool, cpu := m.end()
@@ -542,6 +564,9 @@ func runConnect(ad adapter, o compareOpts) (compareResult, error) {
 	res.ToolCPUUsPerF = float64(tool.Microseconds()) / float64(max(res.ToolFrames, 1))
 	if failed == o.conns {
 		return res, fmt.Errorf("no connection succeeded: %w", firstErr)
+	}
+	if res.LostInHold > 0 {
+		return res, fmt.Errorf("%d of %d sessions were closed while held (keepalives not answered, or the server dropped them)", res.LostInHold, len(lat))
 	}
 	return res, nil
 }
@@ -695,6 +720,12 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 		res.Duplicates += s.dups
 		res.ToolFrames += s.frames.Load()
 		lat = append(lat, s.lat...)
+		for k, n := range s.other {
+			if res.OtherFrames == nil {
+				res.OtherFrames = map[string]int64{}
+			}
+			res.OtherFrames[k] += n
+		}
 	}
 	res.ToolFrames += pub.frames.Load()
 	res.Published, res.Expected = published, expected

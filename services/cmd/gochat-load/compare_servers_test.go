@@ -13,19 +13,21 @@ import (
 	"github.com/gochat/gochat/services/testcluster"
 )
 
-// checkRuns holds what both servers' runs must show, whatever their speed.
+// checkConnect and checkFanout hold what both servers' runs must show, whatever their speed.
 func checkConnect(t *testing.T, res compareResult, conns int) {
 	t.Helper()
+	t.Logf("%+v", res)
 	if res.Failed != 0 || res.Conns != conns || res.ConnectsPerSec <= 0 || res.HandshakeP50Ms <= 0 || res.HandshakeP99Ms < res.HandshakeP50Ms {
 		t.Errorf("connect: %+v", res)
 	}
-	if res.RSSAfterMiB <= 0 || res.RSSBeforeMiB <= 0 {
+	if res.RSSAfterMiB <= 0 || res.RSSBeforeMiB <= 0 || res.LostInHold != 0 {
 		t.Errorf("connect: the server's RSS was not read: %+v", res)
 	}
 }
 
 func checkFanout(t *testing.T, res compareResult, sessions int64) {
 	t.Helper()
+	t.Logf("%+v", res)
 	if res.Published < 1 || res.Expected != res.Published*sessions || res.Delivered != res.Expected || res.Duplicates != 0 {
 		t.Errorf("fan-out: published %d, expected %d (want published x %d sessions), delivered %d, duplicates %d",
 			res.Published, res.Expected, sessions, res.Delivered, res.Duplicates)
@@ -76,7 +78,7 @@ func TestCompareCentrifugo(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "centrifugo.json")
 	err := os.WriteFile(cfg, fmt.Appendf(nil, `{
   "log": {"level": "error"},
-  "http_server": {"address": %q, "port": %q},
+  "http_server": {"address": %q, "port": %s},
   "engine": {"type": "memory"},
   "client": {"token": {"hmac_secret_key": %q}, "allowed_origins": ["*"]},
   "http_api": {"key": %q},

@@ -89,26 +89,28 @@ func TestFrames(t *testing.T) {
 		reply      string
 		replyID    uint32
 		replyErr   bool
+		other      string
 	}{
-		{"centrifugo ping", c, `{}`, nil, 0, 0, "{}", 0, false},
+		{"centrifugo ping", c, `{}`, nil, 0, 0, "{}", 0, false, ""},
 		{"centrifugo batch", c, "{\"push\":{\"channel\":\"chat:a\",\"pub\":{\"data\":{\"n\":3,\"t\":99},\"offset\":7}}}\n{}\n{\"push\":{\"channel\":\"chat:a\",\"pub\":{\"data\":{\"n\":4,\"t\":100},\"offset\":8}}}",
-			[]delivery{{"chat:a", 7, 99}, {"chat:a", 8, 100}}, 0, 0, "{}", 0, false},
-		{"centrifugo without history", c, `{"push":{"channel":"chat:a","pub":{"data":{"n":5,"t":1}}}}`, []delivery{{"chat:a", 5, 1}}, 0, 0, "", 0, false},
-		{"centrifugo subscribe answer", c, `{"id":2,"subscribe":{}}`, nil, 0, 0, "", 2, false},
-		{"centrifugo refused", c, `{"id":2,"error":{"code":103,"message":"permission denied"}}`, nil, 0, 0, "", 2, true},
-		{"centrifugo join push", c, `{"push":{"channel":"chat:a","join":{"info":{"user":"u"}}}}`, nil, 0, 0, "", 0, false},
+			[]delivery{{"chat:a", 7, 99}, {"chat:a", 8, 100}}, 0, 0, "{}", 0, false, ""},
+		{"centrifugo without history", c, `{"push":{"channel":"chat:a","pub":{"data":{"n":5,"t":1}}}}`, []delivery{{"chat:a", 5, 1}}, 0, 0, "", 0, false, ""},
+		{"centrifugo subscribe answer", c, `{"id":2,"subscribe":{}}`, nil, 0, 0, "", 2, false, ""},
+		{"centrifugo refused", c, `{"id":2,"error":{"code":103,"message":"permission denied"}}`, nil, 0, 0, "", 2, true, ""},
+		{"centrifugo join push", c, `{"push":{"channel":"chat:a","join":{"info":{"user":"u"}}}}`, nil, 0, 0, "", 0, false, "push"},
 		{"gochat message", g, `{"type":"message","data":{"id":"m","conversation_id":"c1","seq":12,"sender_id":"u","content":"t:1234","created_at":"x"}}`,
-			[]delivery{{"c1", 12, 1234}}, 0, 0, "", 0, false},
-		{"gochat ack", g, `{"type":"ack","data":{"client_msg_id":"b1","message":{"conversation_id":"c1","seq":12}}}`, nil, 1, 0, "", 0, false},
-		{"gochat error", g, `{"type":"error","data":{"code":"rate_limited","message":"slow down"}}`, nil, 0, 1, "", 0, false},
-		{"gochat presence", g, `{"type":"presence","data":{"user_id":"u","online":true}}`, nil, 0, 0, "", 0, false},
-		{"not json", g, `{"type":`, nil, 0, 0, "", 0, false},
+			[]delivery{{"c1", 12, 1234}}, 0, 0, "", 0, false, ""},
+		{"gochat ack", g, `{"type":"ack","data":{"client_msg_id":"b1","message":{"conversation_id":"c1","seq":12}}}`, nil, 1, 0, "", 0, false, ""},
+		{"gochat error", g, `{"type":"error","data":{"code":"rate_limited","message":"slow down"}}`, nil, 0, 1, "", 0, false, ""},
+		{"gochat presence", g, `{"type":"presence","data":{"user_id":"u","online":true}}`, nil, 0, 0, "", 0, false, "presence"},
+		{"gochat pong", g, `{"type":"pong","data":{}}`, nil, 0, 0, "", 0, false, ""},
+		{"not json", g, `{"type":`, nil, 0, 0, "", 0, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ev frameEvents
 			tc.ad.frame([]byte(tc.frame), &ev)
 			if fmt.Sprint(ev.deliveries) != fmt.Sprint(tc.deliveries) || ev.acks != tc.acks || ev.errors != tc.errs ||
-				string(ev.reply) != tc.reply || ev.replyID != tc.replyID || (ev.replyErr != nil) != tc.replyErr {
+				string(ev.reply) != tc.reply || ev.replyID != tc.replyID || (ev.replyErr != nil) != tc.replyErr || ev.other != tc.other {
 				t.Fatalf("got %+v", ev)
 			}
 		})
