@@ -389,7 +389,9 @@ type compareResult struct {
 	RSSBeforeMiB   float64 `json:"rss_before_mib,omitempty"`
 	RSSAfterMiB    float64 `json:"rss_after_mib,omitempty"`
 	RSSPerConnB    float64 `json:"rss_per_conn_bytes,omitempty"`
-	LostInHold     int     `json:"lost_in_hold,omitempty"` // sessions the server closed while they were held
+	// ServerCPUPerConnUs is the servers' CPU (all of --pids) per connect, over the connects.
+	ServerCPUPerConnUs float64 `json:"server_cpu_us_per_conn,omitempty"`
+	LostInHold         int     `json:"lost_in_hold,omitempty"` // sessions the server closed while they were held
 
 	Members       int     `json:"members,omitempty"`
 	PerUser       int     `json:"sessions_per_user,omitempty"`
@@ -412,7 +414,8 @@ type compareResult struct {
 func (r compareResult) print(w io.Writer) {
 	fmt.Fprintf(w, "%s %s: %s\n", r.Server, r.Scenario, r.Label)
 	if r.Conns > 0 {
-		fmt.Fprintf(w, "  connected %d of %d at %.0f/s, handshake p50 %.1f ms p99 %.1f ms\n", r.Conns-r.Failed, r.Conns, r.ConnectsPerSec, r.HandshakeP50Ms, r.HandshakeP99Ms)
+		fmt.Fprintf(w, "  connected %d of %d at %.0f/s, handshake p50 %.1f ms p99 %.1f ms; server CPU %.0f µs per connect\n",
+			r.Conns-r.Failed, r.Conns, r.ConnectsPerSec, r.HandshakeP50Ms, r.HandshakeP99Ms, r.ServerCPUPerConnUs)
 	}
 	if r.RSSAfterMiB > 0 {
 		fmt.Fprintf(w, "  server RSS (pid %d) %.1f MiB -> %.1f MiB: %.0f bytes per held session (%d closed while held)\n", r.ServerPIDs[0], r.RSSBeforeMiB, r.RSSAfterMiB, r.RSSPerConnB, r.LostInHold)
@@ -424,7 +427,11 @@ func (r compareResult) print(w io.Writer) {
 	if len(r.OtherFrames) > 0 {
 		fmt.Fprintf(w, "  other frames received: %v\n", r.OtherFrames)
 	}
-	fmt.Fprintf(w, "  server CPU %.0f%% of a core (pids %v); load tool %.1f µs CPU per received frame (%d frames)\n", r.ServerCPUPct, r.ServerPIDs, r.ToolCPUUsPerF, r.ToolFrames)
+	per := "received frame"
+	if r.Scenario == "connect" {
+		per = "connection, dialing included"
+	}
+	fmt.Fprintf(w, "  server CPU %.0f%% of a core (pids %v); load tool %.1f µs CPU per %s (%d frames)\n", r.ServerCPUPct, r.ServerPIDs, r.ToolCPUUsPerF, per, r.ToolFrames)
 }
 
 // connectAll opens one session per credential, parallel at a time, starts
@@ -482,17 +489,17 @@ func startMeasure(pids []int) *measure {
 	return m
 }
 
-// end returns the tool's CPU and the servers' CPU as a percentage of one core.
-func (m *measure) end() (tool time.Duration, serverPct float64) {
+// end returns the tool's CPU, the servers' CPU, and the servers' CPU as a
+// percentage of one core over the window.
+func (m *measure) end() (tool, server time.Duration, serverPct float64) {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	tool = time.Duration(ru.Utime.Nano() + ru.Stime.Nano() - m.ru.Utime.Nano() - m.ru.Stime.Nano())
-	var server time.Duration
 	for i, p := range m.pids {
 		d, _ := procCPU(p)
 		server += d - m.server[i]
 	}
-	return tool, 100 * server.Seconds() / time.Since(m.at).Seconds()
+	return tool, server, 100 * server.Seconds() / time.Since(m.at).Seconds()
 }
 
 func runConnect(ad adapter, o compareOpts) (compareResult, error) {
@@ -530,6 +537,14 @@ func runConnect(ad adapter, o compareOpts) (compareResult, error) {
 	}
 	res.ConnectsPerSec = float64(len(lat)) / elapsed.Seconds()
 	res.HandshakeP50Ms, res.HandshakeP99Ms = ms(q(lat, 0.5)), ms(q(lat, 0.99))
+	// CPU is counted over the connects only: the hold costs next to nothing.
+	tool, server, cpu := m.end()
+	res.ServerCPUPct = cpu
+	res.ToolFrames = int64(len(lat)) // one handshake answer per session
+	if len(lat) > 0 {
+		res.ServerCPUPerConnUs = float64(server.Microseconds()) / float64(len(lat))
+		res.ToolCPUUsPerF = float64(tool.Microseconds()) / float64(len(lat))
+	}
 	stopPings := pingLoop(ad, sessions, o.ping)
 	if o.hold > 0 {
 		time.Sleep(o.hold)
@@ -549,19 +564,9 @@ func runConnect(ad adapter, o compareOpts) (compareResult, error) {
 			res.RSSPerConnB = float64(rssAfter-rssBefore) / float64(alive)
 		}
 	}
-	tool, cpu := m.end()
 	stopPings()
-	for _, s := range sessions {
-		if s != nil {
-			res.ToolFrames += s.frames.Load()
-			s.conn.Close()
-		}
-	}
+	closeAll(sessions)
 	wg.Wait()
-	res.ServerCPUPct = cpu
-	// Handshake answers are frames too: without them a connect-only run would divide by nothing.
-	res.ToolFrames += int64(len(lat))
-	res.ToolCPUUsPerF = float64(tool.Microseconds()) / float64(max(res.ToolFrames, 1))
 	if failed == o.conns {
 		return res, fmt.Errorf("no connection succeeded: %w", firstErr)
 	}
@@ -706,7 +711,7 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 		}
 	}
 	window := time.Since(start)
-	tool, cpu := m.end()
+	tool, _, cpu := m.end()
 	stopPings()
 	closeAll(append(sessions, pub))
 	readers.Wait()

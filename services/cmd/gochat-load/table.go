@@ -108,10 +108,14 @@ func writeTable(w io.Writer, results []compareResult) error {
 	}
 	// What the load tool cost, so that it is seen not to be the bottleneck.
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| run | server | load tool CPU per received frame | frames |")
+	fmt.Fprintln(w, "| run | server | load tool CPU | per |")
 	fmt.Fprintln(w, "|---|---|---|---|")
 	for _, r := range results {
-		fmt.Fprintf(w, "| %s | %s | %.1f µs | %d |\n", r.Label, r.Server, r.ToolCPUUsPerF, r.ToolFrames)
+		per := fmt.Sprintf("received frame (%d frames)", r.ToolFrames)
+		if r.Scenario == "connect" {
+			per = fmt.Sprintf("connection, dialing included (%d)", r.ToolFrames)
+		}
+		fmt.Fprintf(w, "| %s | %s | %.1f µs | %s |\n", r.Label, r.Server, r.ToolCPUUsPerF, per)
 	}
 	return nil
 }
@@ -134,6 +138,8 @@ func metricsFor(kind string) []metric {
 				func(r compareResult) string { return fmt.Sprintf("%.1f ms", r.HandshakeP50Ms) }, false},
 			{"handshake p99", func(r compareResult) float64 { return r.HandshakeP99Ms },
 				func(r compareResult) string { return fmt.Sprintf("%.1f ms", r.HandshakeP99Ms) }, false},
+			{"server CPU per connect", func(r compareResult) float64 { return r.ServerCPUPerConnUs },
+				func(r compareResult) string { return fmt.Sprintf("%.0f µs", r.ServerCPUPerConnUs) }, false},
 			{"RSS per held connection", func(r compareResult) float64 { return r.RSSPerConnB },
 				func(r compareResult) string { return fmt.Sprintf("%.1f KB", r.RSSPerConnB/1000) }, false},
 		}
