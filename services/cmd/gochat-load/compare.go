@@ -55,6 +55,7 @@ type compareOpts struct {
 	namespace        string
 	label, out       string
 	drainWait        time.Duration
+	settle           time.Duration
 }
 
 func compareMain(args []string) error {
@@ -74,6 +75,7 @@ func compareMain(args []string) error {
 	fs.Float64Var(&o.rate, "rate", 5, "fanout: messages per second into the group or channel")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "fanout: how long to publish")
 	fs.DurationVar(&o.drainWait, "drain-wait", 30*time.Second, "fanout: after publishing, wait at most this long for the last deliveries")
+	fs.DurationVar(&o.settle, "settle", time.Minute, "fanout: before publishing, wait at most this long for the setup's frames (presence, events) to stop")
 	fs.StringVar(&o.secret, "centrifugo-secret", os.Getenv("CENTRIFUGO_HMAC_SECRET"), "Centrifugo's client.token.hmac_secret_key, to sign connection tokens (env CENTRIFUGO_HMAC_SECRET)")
 	fs.StringVar(&o.apiKey, "centrifugo-api-key", os.Getenv("CENTRIFUGO_API_KEY"), "Centrifugo's http_api.key, to publish (env CENTRIFUGO_API_KEY)")
 	fs.StringVar(&o.namespace, "centrifugo-namespace", "chat", "the Centrifugo channel namespace the fan-out channel is in")
@@ -663,7 +665,22 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	}
 	pub := pubs[0]
 	stopPings := pingLoop(ad, append(sessions, pub), o.ping)
-	fmt.Printf("%s: %d sessions of %d users in %s; publishing %g msg/s for %s\n", ad.name(), len(sessions), o.members, group, o.rate, o.duration)
+	// Let the setup's own traffic (GoChat's presence and group events) pass
+	// before the clock starts: until no frame came for 2s, at most --settle.
+	settled := time.Now()
+	for last, lastAt := int64(-1), time.Now(); time.Since(settled) < o.settle; time.Sleep(200 * time.Millisecond) {
+		var n int64
+		for _, s := range sessions {
+			n += s.frames.Load()
+		}
+		if n != last {
+			last, lastAt = n, time.Now()
+		} else if time.Since(lastAt) >= 2*time.Second {
+			break
+		}
+	}
+	fmt.Printf("%s: %d sessions of %d users in %s, quiet after %s; publishing %g msg/s for %s\n",
+		ad.name(), len(sessions), o.members, group, time.Since(settled).Round(100*time.Millisecond), o.rate, o.duration)
 
 	m := startMeasure(o.pids)
 	start := time.Now()

@@ -55,7 +55,7 @@ func TestCompareGoChat(t *testing.T) {
 	}
 	checkConnect(t, res, 30)
 
-	res, err = runFanout(ad, compareOpts{members: 20, perUser: 2, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, parallel: 8, pids: []int{pid}, ping: 20 * time.Second})
+	res, err = runFanout(ad, compareOpts{members: 20, perUser: 2, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, settle: 10 * time.Second, parallel: 8, pids: []int{pid}, ping: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
