@@ -7,10 +7,15 @@
 // The "roll" scenario holds clients over several gateways while they are
 // drained one after another (--admin) or rolled by someone else, and reports
 // reconnects, messages lost and duplicated, and latency before and during.
+// The "compare" scenario measures GoChat or Centrifugo the same way through an
+// adapter per server (connect rate and idle memory, fan-out, 10,000 sessions);
+// "compare-table" turns its results into the side-by-side table
+// (hack/bench-compare.sh runs both servers).
 //
 //	gochat-load idle --url http://127.0.0.1:8080 --conns 19000 --users 200
 //	gochat-load send --url http://127.0.0.1:8080 --pairs 100 --rate 50 --duration 20s
 //	gochat-load roll --urls http://127.0.0.1:8080,http://127.0.0.1:8081 --admin 127.0.0.1:9000,127.0.0.1:9100 --clients 2000
+//	gochat-load compare --server centrifugo --url http://127.0.0.1:8000 --scenario fanout --members 5000 --rate 5
 package main
 
 import (
@@ -32,15 +37,12 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 2 || (os.Args[1] != "idle" && os.Args[1] != "send" && os.Args[1] != "roll") {
-		fmt.Fprintln(os.Stderr, "usage: gochat-load idle|send|roll [flags]  (gochat-load <scenario> -h for the flags)")
+	scenarios := map[string]func([]string) error{"send": sendMain, "roll": rollMain, "compare": compareMain, "compare-table": compareTableMain}
+	if len(os.Args) < 2 || (os.Args[1] != "idle" && scenarios[os.Args[1]] == nil) {
+		fmt.Fprintln(os.Stderr, "usage: gochat-load idle|send|roll|compare|compare-table [flags]  (gochat-load <scenario> -h for the flags)")
 		os.Exit(2)
 	}
-	if os.Args[1] == "send" || os.Args[1] == "roll" {
-		run := sendMain
-		if os.Args[1] == "roll" {
-			run = rollMain
-		}
+	if run := scenarios[os.Args[1]]; run != nil {
 		if err := run(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "gochat-load:", err)
 			os.Exit(1)

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+func TestParseProc(t *testing.T) {
+	for _, tc := range []struct {
+		name, status string
+		want         int64
+		wantErr      bool
+	}{
+		{"kB", "Name:\tcentrifugo\nVmPeak:\t  900 kB\nVmRSS:\t   51234 kB\nRssAnon:\t 1 kB\n", 51234 << 10, false},
+		{"missing", "Name:\tx\nVmSize:\t1 kB\n", 0, true},
+		{"not kB", "VmRSS:\t12 MB\n", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseVmRSS([]byte(tc.status))
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Fatalf("parseVmRSS = %d, %v; want %d, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+	// utime 150 and stime 50 ticks; the name holds a space and a parenthesis.
+	stat := "4242 (my (prog) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 8 0 100 1000 300 18446744073709551615"
+	got, err := parseStatCPU([]byte(stat))
+	if err != nil || got != 2*time.Second {
+		t.Fatalf("parseStatCPU = %s, %v; want 2s", got, err)
+	}
+	if _, err := parseStatCPU([]byte("4242 (x) S 1")); err == nil {
+		t.Fatal("a short stat line parsed")
+	}
+	// This process's own files read as a live server's would.
+	if rss, err := procRSS(os.Getpid()); err != nil || rss <= 0 {
+		t.Fatalf("procRSS(self) = %d, %v", rss, err)
+	}
+	if _, err := procCPU(os.Getpid()); err != nil {
+		t.Fatalf("procCPU(self): %v", err)
+	}
+}
+
+func TestListenerPID(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	pid, err := listenerPID(port)
+	if err != nil || pid != os.Getpid() {
+		t.Fatalf("listenerPID(%s) = %d, %v; want this process %d", port, pid, err, os.Getpid())
+	}
+	ln.Close()
+	if pid, err := listenerPID(port); err == nil {
+		t.Fatalf("a closed port was found held by %d", pid)
+	}
+}
+
+func TestHS256(t *testing.T) {
+	// The well-known example token of RFC 7519's HS256 tooling.
+	got := hs256([]byte("your-256-bit-secret"), `{"sub":"1234567890","name":"John Doe","iat":1516239022}`)
+	want := "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+	if got != want {
+		t.Fatalf("hs256 = %s\nwant   %s", got, want)
+	}
+}
+
+func TestFrames(t *testing.T) {
+	c := newCentrifugoAdapter("http://x", "s", "k", "chat")
+	g := &gochatAdapter{}
+	for _, tc := range []struct {
+		name       string
+		ad         adapter
+		frame      string
+		deliveries []delivery
+		acks, errs int
+		reply      string
+		replyID    uint32
+		replyErr   bool
+		other      string
+	}{
+		{"centrifugo ping", c, `{}`, nil, 0, 0, "{}", 0, false, ""},
+		{"centrifugo batch", c, "{\"push\":{\"channel\":\"chat:a\",\"pub\":{\"data\":{\"n\":3,\"t\":99},\"offset\":7}}}\n{}\n{\"push\":{\"channel\":\"chat:a\",\"pub\":{\"data\":{\"n\":4,\"t\":100},\"offset\":8}}}",
+			[]delivery{{"chat:a", 7, 99}, {"chat:a", 8, 100}}, 0, 0, "{}", 0, false, ""},
+		{"centrifugo without history", c, `{"push":{"channel":"chat:a","pub":{"data":{"n":5,"t":1}}}}`, []delivery{{"chat:a", 5, 1}}, 0, 0, "", 0, false, ""},
+		{"centrifugo subscribe answer", c, `{"id":2,"subscribe":{}}`, nil, 0, 0, "", 2, false, ""},
+		{"centrifugo refused", c, `{"id":2,"error":{"code":103,"message":"permission denied"}}`, nil, 0, 0, "", 2, true, ""},
+		{"centrifugo join push", c, `{"push":{"channel":"chat:a","join":{"info":{"user":"u"}}}}`, nil, 0, 0, "", 0, false, "push"},
+		{"gochat message", g, `{"type":"message","data":{"id":"m","conversation_id":"c1","seq":12,"sender_id":"u","content":"t:1234","created_at":"x"}}`,
+			[]delivery{{"c1", 12, 1234}}, 0, 0, "", 0, false, ""},
+		{"gochat ack", g, `{"type":"ack","data":{"client_msg_id":"b1","message":{"conversation_id":"c1","seq":12}}}`, nil, 1, 0, "", 0, false, ""},
+		{"gochat error", g, `{"type":"error","data":{"code":"rate_limited","message":"slow down"}}`, nil, 0, 1, "", 0, false, ""},
+		{"gochat presence", g, `{"type":"presence","data":{"user_id":"u","online":true}}`, nil, 0, 0, "", 0, false, "presence"},
+		{"gochat pong", g, `{"type":"pong","data":{}}`, nil, 0, 0, "", 0, false, ""},
+		{"not json", g, `{"type":`, nil, 0, 0, "", 0, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ev frameEvents
+			tc.ad.frame([]byte(tc.frame), &ev)
+			if fmt.Sprint(ev.deliveries) != fmt.Sprint(tc.deliveries) || ev.acks != tc.acks || ev.errors != tc.errs ||
+				string(ev.reply) != tc.reply || ev.replyID != tc.replyID || (ev.replyErr != nil) != tc.replyErr || ev.other != tc.other {
+				t.Fatalf("got %+v", ev)
+			}
+		})
+	}
+}
+
+// TestSessionCountsUniqueKeys drives a session's reader with real WebSocket
+// frames: a delivery repeated is one delivery, another group's message is
+// not counted, control frames are answered, and a frame split in fragments
+// reads whole.
+func TestSessionCountsUniqueKeys(t *testing.T) {
+	client, server := net.Pipe()
+	s := &session{conn: client, br: bufio.NewReader(client), replies: make(chan error, 4), group: "c1"}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go s.run(&gochatAdapter{}, wg.Done)
+
+	msg := func(conv string, seq int) []byte {
+		return fmt.Appendf(nil, `{"type":"message","data":{"conversation_id":%q,"seq":%d,"content":"t:%d"}}`, conv, seq, time.Now().UnixNano())
+	}
+	pong := make(chan ws.OpCode, 1)
+	go func() {
+		// The reader's answer to the server: the pong for the ping below.
+		h, err := ws.ReadHeader(server)
+		if err == nil && h.Length < 125 {
+			_, err = io.ReadFull(server, make([]byte, h.Length))
+		}
+		if err == nil {
+			pong <- h.OpCode
+		}
+	}()
+	writes := [][]byte{msg("c1", 1), msg("c1", 2), msg("c1", 1), msg("other", 3), msg("c1", 200)}
+	for _, w := range writes {
+		if err := wsutil.WriteServerText(server, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ws.WriteFrame(server, ws.NewPingFrame([]byte("hi"))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case op := <-pong:
+		if op != ws.OpPong {
+			t.Fatalf("answer to a ping is %v", op)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the ping was not answered")
+	}
+	// One message in two fragments.
+	m := msg("c1", 3)
+	half := len(m) / 2
+	if err := ws.WriteFrame(server, ws.NewFrame(ws.OpText, false, m[:half])); err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.WriteFrame(server, ws.NewFrame(ws.OpContinuation, true, m[half:])); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.WriteFrame(server, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "")))
+	wg.Wait()
+	server.Close()
+	if got := s.unique.Load(); got != 4 || s.dups != 1 || len(s.lat) != 4 {
+		t.Fatalf("unique %d, duplicates %d, latencies %d; want 4 (seqs 1, 2, 3, 200), 1, 4", got, s.dups, len(s.lat))
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	results := []compareResult{
+		{Server: "centrifugo", Scenario: "connect", Label: "500 connections", Conns: 500, ConnectsPerSec: 4000, HandshakeP50Ms: 10, HandshakeP99Ms: 30, RSSPerConnB: 50000},
+		{Server: "gochat", Scenario: "connect", Label: "500 connections", Conns: 500, Failed: 2, ConnectsPerSec: 2000, HandshakeP50Ms: 20, HandshakeP99Ms: 30, RSSPerConnB: 2500},
+		{Server: "gochat", Scenario: "fanout", Label: "fan-out to 200 members, 5 msg/s", Expected: 100, Delivered: 100, DeliverP50Ms: 40, DeliverP99Ms: 80, ServerCPUPct: 50},
+	}
+	var b bytes.Buffer
+	if err := writeTable(&b, results); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"| 500 connections: connects/s | 4000/s (500 of 500) | 2000/s (498 of 500) | 0.50 |", // higher is better
+		"| 500 connections: handshake p50 | 10.0 ms | 20.0 ms | 0.50 |",                      // lower is better
+		"| 500 connections: RSS per held connection | 50.0 KB | 2.5 KB | 20.00 |",
+		"| fan-out to 200 members, 5 msg/s: latency p99 | not run | 80.0 ms | — |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := readResults(strings.NewReader(`{"server":"nats"}`)); err == nil {
+		t.Error("a result of an unknown server was read")
+	}
+}
+
+// centrifugoBinary is the pinned Centrifugo that make bench-compare installs.
+func centrifugoBinary(t *testing.T) string {
+	if p := os.Getenv("GOCHAT_CENTRIFUGO"); p != "" {
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	p := home + "/.cache/gochat/centrifugo-v6.9.1/centrifugo"
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("no Centrifugo at %s (make bench-compare installs it; or set GOCHAT_CENTRIFUGO)", p)
+	}
+	return p
+}
