@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 // TestRBAC runs the operator as a ServiceAccount bound to nothing but the
@@ -55,7 +56,7 @@ func TestRBAC(t *testing.T) {
 	as := rest.CopyConfig(cfg)
 	as.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + sa.Name}
 
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 	startManagerWith(t, as, ns)
 	cc := newCluster(ns, "demo")
 	cc.Spec.Kafka.DeleteTopicsOnDelete = true
