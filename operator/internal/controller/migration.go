@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -382,7 +383,14 @@ func (r *Reconciler) logTail(ctx context.Context, cc *chatv1.ChatCluster, pod *c
 	lines, limit := int64(logTailLines), int64(64*1024)
 	lctx, cancel := context.WithTimeout(ctx, logTimeout)
 	defer cancel()
-	raw, err := r.PodLogs.Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: resources.Migrate, TailLines: &lines, LimitBytes: &limit}).DoRaw(lctx)
+	// Stream, not DoRaw: its error carries the API server's reason (such as
+	// a refusal), and the reader is bounded whatever the server sends.
+	body, err := r.PodLogs.Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: resources.Migrate, TailLines: &lines, LimitBytes: &limit}).Stream(lctx)
+	if err != nil {
+		return "", fmt.Errorf("read the log of pod %s: %w", pod.Name, err)
+	}
+	defer body.Close()
+	raw, err := io.ReadAll(io.LimitReader(body, limit))
 	if err != nil {
 		return "", fmt.Errorf("read the log of pod %s: %w", pod.Name, err)
 	}

@@ -233,6 +233,24 @@ func TestMigrationJob(t *testing.T) {
 	}
 }
 
+// TestMigrationLogsUnavailable: when the log cannot be read (here the
+// operator's log reader is a user the API server refuses), the failure says
+// so and why, and is reported all the same.
+func TestMigrationLogsUnavailable(t *testing.T) {
+	nobody := rest.CopyConfig(cfg)
+	nobody.Impersonate = rest.ImpersonationConfig{UserName: "no-log-access"}
+	ns, _, _ := setup(t, nil, func(r *controller.Reconciler) {
+		r.MigrationRetryBase = time.Hour
+		r.PodLogs = kubernetes.NewForConfigOrDie(nobody).CoreV1()
+	})
+	failMigration(t, ns)
+	c := condition(getCluster(t, ns, "demo"), chatv1.ConditionDatabaseMigrated)
+	if !strings.Contains(c.Message, "logs unavailable: read the log of pod") || !strings.Contains(c.Message, "forbidden") {
+		t.Fatalf("DatabaseMigrated message %q", c.Message)
+	}
+	waitEvent(t, ns, "MigrationFailed", "logs unavailable")
+}
+
 // TestMigrationRetry: a failed migration runs again at once when the DSN
 // Secret is fixed, and by itself after a backoff that grows.
 func TestMigrationRetry(t *testing.T) {
