@@ -260,7 +260,8 @@ func (r *Reconciler) checkComponentImages(ctx context.Context, cc *chatv1.ChatCl
 	if c == nil {
 		return status.Check{}, nil
 	}
-	if prev := condition(cc.Status.Conditions, chatv1.ConditionReady); prev.Reason != status.ReasonImagePullFailed || prev.Message != c.Err.Error() {
+	// Ready carries the failure once reported: a new one is a new Event.
+	if prev := condition(cc.Status.Conditions, chatv1.ConditionReady); !strings.Contains(prev.Message, c.Err.Error()) {
 		r.event(cc, corev1.EventTypeWarning, status.ReasonImagePullFailed, "Pull", "%v", c.Err)
 	}
 	return *c, nil

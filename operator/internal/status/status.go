@@ -198,6 +198,9 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		for _, t := range []string{chatv1.ConditionDatabaseReachable, chatv1.ConditionDatabaseMigrated, chatv1.ConditionKafkaTopicsReady, chatv1.ConditionRedisReachable} {
 			if c := meta.FindStatusCondition(s.Conditions, t); c != nil && c.Status != metav1.ConditionTrue {
 				reason, msg = c.Reason, c.Message
+				if o.ImagePull.Err != nil {
+					msg += "; " + o.ImagePull.Err.Error() // seen even behind a dependency's failure
+				}
 				break
 			}
 		}

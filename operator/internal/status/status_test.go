@@ -2,6 +2,7 @@ package status
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -137,5 +138,19 @@ func TestComputeFields(t *testing.T) {
 	again := Compute(prev, healthy())
 	if got := meta.FindStatusCondition(again.Conditions, chatv1.ConditionReady).LastTransitionTime; !got.Equal(&old) {
 		t.Fatal("lastTransitionTime moved without a transition")
+	}
+}
+
+// A pod that cannot pull its image is named in Ready whatever its reason.
+func TestImagePullInReady(t *testing.T) {
+	pull := Check{Reason: ReasonImagePullFailed, Err: errors.New(`pod demo-task-1 cannot pull image "img:1" (ErrImagePull)`)}
+	for _, redis := range []Check{{}, {Reason: ReasonUnreachable, Err: errors.New("redis down")}} {
+		o := healthy()
+		o.Deployments["task"] = dep(0)
+		o.ImagePull, o.Redis = pull, redis
+		c := meta.FindStatusCondition(Compute(cluster(chatv1.PhaseRunning), o).Conditions, chatv1.ConditionReady)
+		if c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, pull.Err.Error()) {
+			t.Fatalf("with Redis %v: Ready %+v", redis.Err, c)
+		}
 	}
 }
