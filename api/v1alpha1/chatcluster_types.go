@@ -407,6 +407,7 @@ const (
 	ConditionReady                  = "Ready"
 	ConditionKafkaTopicsReady       = "KafkaTopicsReady"
 	ConditionDatabaseMigrated       = "DatabaseMigrated"
+	ConditionDatabaseReachable      = "DatabaseReachable"
 	ConditionRedisReachable         = "RedisReachable"
 	ConditionGatewayRolloutComplete = "GatewayRolloutComplete"
 )

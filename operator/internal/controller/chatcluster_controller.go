@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -66,6 +68,12 @@ type Reconciler struct {
 	DefaultImage string
 	// TopicDeletionTimeout bounds a deletion's wait for Kafka (0: DefaultTopicDeletionTimeout).
 	TopicDeletionTimeout time.Duration
+	// PodLogs reads a failed migration pod's log; nil: built from the
+	// manager's config by SetupWithManager.
+	PodLogs PodLogs
+	// MigrationRetryBase and MigrationRetryMax bound the wait before a failed
+	// migration is run again (0: DefaultMigrationRetryBase, DefaultMigrationRetryMax).
+	MigrationRetryBase, MigrationRetryMax time.Duration
 }
 
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;update;patch
@@ -74,9 +82,10 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch;delete
+// +kubebuilder:rbac:groups="",resources=pods/log,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
 
 // Reconcile brings one ChatCluster to its spec and reports what it sees.
@@ -145,7 +154,7 @@ func (r *Reconciler) event(cc *chatv1.ChatCluster, kind, reason, action, format 
 
 // converge creates or updates everything the cluster owns, takes one step
 // of the gateway roll, and observes the result. busy > 0 asks to look again
-// that soon: a roll is in progress.
+// that soon: a roll is in progress, or a failed migration waits to run again.
 func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs status.Observed, busy time.Duration, err error) {
 	obs = status.Observed{Deployments: map[string]*appsv1.Deployment{}, MigratedImage: cc.Status.MigratedImage}
 	if err := r.ensureJWTSecret(ctx, cc); err != nil {
@@ -188,22 +197,25 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs 
 	}
 
 	if secretsErr == nil {
-		if err := r.migrate(ctx, cc, in, &obs); err != nil {
+		retry, err := r.migrate(ctx, cc, in, &obs)
+		if err != nil {
 			return obs, 0, err
 		}
-		var repoDep appsv1.Deployment
-		err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: resources.Name(cc, resources.Repo)}, &repoDep)
-		switch {
-		case obs.MigratedImage == resources.Image(cc, resources.Repo):
-			in.RepoImage = obs.MigratedImage
-		case err == nil:
-			in.RepoImage = repoDep.Annotations[resources.AnnotationImage] // keep serving the old schema's image until the new one is migrated
+		busy = retry // a failed migration is looked at again when its backoff ends
+		// Every workload waits for the migration of the spec's repo image.
+		if in.Images, err = r.servedImages(ctx, cc, obs.MigratedImage, roll.sts); err != nil {
+			return obs, 0, err
 		}
-		workloads := []client.Object{resources.Deployment(cc, resources.Logic, in), resources.Deployment(cc, resources.Task, in), resources.GatewayStatefulSet(cc, in)}
-		if in.RepoImage != "" {
-			workloads = append(workloads, resources.Deployment(cc, resources.Repo, in))
-		}
-		for _, o := range workloads {
+		for _, c := range resources.Workloads {
+			if _, ok := in.Images[c]; !ok {
+				continue // not before the first migration
+			}
+			var o client.Object
+			if c == resources.Gateway {
+				o = resources.GatewayStatefulSet(cc, in)
+			} else {
+				o = resources.Deployment(cc, c, in)
+			}
 			if err := r.apply(ctx, cc, o); err != nil {
 				return obs, 0, err
 			}
@@ -212,13 +224,27 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs 
 			return obs, 0, err
 		}
 	}
+	if obs.ImagePull, err = r.checkComponentImages(ctx, cc); err != nil {
+		return obs, 0, err
+	}
 	obs.Sessions, obs.Draining, obs.StuckGateway = roll.sessions(), gatewayroll.DrainingStatus(roll.view), step.Stuck
 	if step.Busy {
-		busy = max(step.RequeueAfter, 200*time.Millisecond)
+		rollBusy := max(step.RequeueAfter, 200*time.Millisecond)
+		if busy == 0 || rollBusy < busy {
+			busy = rollBusy
+		}
 	}
 
 	r.ensureTopics(ctx, cc, &obs)
+	// MySQL and Redis are probed at once: each may take its timeout.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		obs.Database = r.checkMySQL(ctx, cc)
+	}()
 	obs.Redis = r.checkRedis(ctx, cc)
+	wg.Wait()
 	return obs, busy, r.observe(ctx, cc, &obs)
 }
 
@@ -327,46 +353,6 @@ func dedupe(errs []error) []error {
 	return out
 }
 
-// migrate runs the migration Job of the spec's image and records success.
-func (r *Reconciler) migrate(ctx context.Context, cc *chatv1.ChatCluster, in resources.Inputs, obs *status.Observed) error {
-	want := resources.Image(cc, resources.Migrate)
-	if obs.MigratedImage == want {
-		return nil
-	}
-	job := resources.MigrationJob(cc, in)
-	var cur batchv1.Job
-	err := r.Get(ctx, client.ObjectKeyFromObject(job), &cur)
-	if apierrors.IsNotFound(err) {
-		if err := r.Create(ctx, job); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create migration job: %w", err)
-		}
-		r.event(cc, corev1.EventTypeNormal, "MigrationStarted", "Migrate", "migrating the schema for %s (Job %s)", want, job.Name)
-		obs.Migration = job
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("get migration job: %w", err)
-	}
-	obs.Migration = &cur
-	if status.JobFailed(&cur) {
-		r.event(cc, corev1.EventTypeWarning, status.ReasonMigrationFailed, "Migrate", "migration Job %s failed: see its logs; delete the Job to try again", cur.Name)
-	}
-	if status.JobSucceeded(&cur) {
-		obs.MigratedImage = want
-		r.event(cc, corev1.EventTypeNormal, "MigrationSucceeded", "Migrate", "schema migrated for %s", want)
-		// The Jobs of earlier images are done with.
-		var jobs batchv1.JobList
-		if err := r.List(ctx, &jobs, client.InNamespace(cc.Namespace), client.MatchingLabels(resources.SelectorLabels(cc, resources.Migrate))); err == nil {
-			for i := range jobs.Items {
-				if jobs.Items[i].Name != cur.Name {
-					_ = r.Delete(ctx, &jobs.Items[i], client.PropagationPolicy(metav1.DeletePropagationBackground))
-				}
-			}
-		}
-	}
-	return nil
-}
-
 func (r *Reconciler) ensureTopics(ctx context.Context, cc *chatv1.ChatCluster, obs *status.Observed) {
 	fail := func(err error) {
 		var ke *kafka.Error
@@ -462,6 +448,13 @@ func (r *Reconciler) observe(ctx context.Context, cc *chatv1.ChatCluster, obs *s
 
 // SetupWithManager watches ChatClusters, what they own, and the Secrets they read.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.PodLogs == nil {
+		cs, err := kubernetes.NewForConfigAndClient(mgr.GetConfig(), mgr.GetHTTPClient())
+		if err != nil {
+			return fmt.Errorf("pod log client: %w", err)
+		}
+		r.PodLogs = cs.CoreV1()
+	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &chatv1.ChatCluster{}, secretIndex, func(o client.Object) []string {
 		return resources.SecretNames(o.(*chatv1.ChatCluster))
 	}); err != nil {

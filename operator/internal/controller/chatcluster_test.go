@@ -32,6 +32,7 @@ import (
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
 	"github.com/gochat/gochat/operator/internal/resources"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 var bg = context.Background()
@@ -93,11 +94,12 @@ func getCluster(t *testing.T, ns, name string) *chatv1.ChatCluster {
 	return get(t, ns, name, &chatv1.ChatCluster{})
 }
 
-// setup makes a namespace with the MySQL Secret, starts a manager and creates a cluster.
+// setup makes a namespace with the MySQL Secret (the test MariaDB, which the
+// operator probes), starts a manager and creates a cluster.
 func setup(t *testing.T, mutate func(*chatv1.ChatCluster), opts ...func(*controller.Reconciler)) (string, *chatv1.ChatCluster, func()) {
 	t.Helper()
 	ns := newNamespace(t)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:s3cret-pw@tcp(mysql:3306)/gochat"})
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 	stop := startManager(t, ns, opts...)
 	cc := newCluster(ns, "demo")
 	if mutate != nil {
@@ -137,24 +139,36 @@ func ownedBy(t *testing.T, obj client.Object, cc *chatv1.ChatCluster) {
 func TestCreate(t *testing.T) {
 	ns, cc, _ := setup(t, nil)
 	cc = getCluster(t, ns, "demo")
-	eventually(t, 30*time.Second, "every object created", func() error {
-		for _, o := range []struct {
-			name string
-			obj  client.Object
-		}{
-			{"demo-config", &corev1.ConfigMap{}}, {"demo-gochat", &corev1.ServiceAccount{}}, {"demo-jwt", &corev1.Secret{}},
-			{"demo-gateway", &corev1.Service{}}, {"demo-gateway-pods", &corev1.Service{}}, {"demo-logic", &corev1.Service{}}, {"demo-repo", &corev1.Service{}},
-			{"demo-logic", &appsv1.Deployment{}}, {"demo-task", &appsv1.Deployment{}}, {"demo-gateway", &appsv1.StatefulSet{}},
-			{resources.MigrationJobName(cc), &batchv1.Job{}},
-			{"demo-gateway", &policyv1.PodDisruptionBudget{}}, {"demo-logic", &policyv1.PodDisruptionBudget{}}, {"demo-repo", &policyv1.PodDisruptionBudget{}}, {"demo-task", &policyv1.PodDisruptionBudget{}},
-		} {
-			if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: o.name}, o.obj); err != nil {
-				return fmt.Errorf("%T %s: %w", o.obj, o.name, err)
+	type object struct {
+		name string
+		obj  client.Object
+	}
+	created := func(objs ...object) func() error {
+		return func() error {
+			for _, o := range objs {
+				if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: o.name}, o.obj); err != nil {
+					return fmt.Errorf("%T %s: %w", o.obj, o.name, err)
+				}
+				ownedBy(t, o.obj, cc)
 			}
-			ownedBy(t, o.obj, cc)
+			return nil
 		}
-		return nil
-	})
+	}
+	eventually(t, 30*time.Second, "every object but the workloads created", created(
+		object{"demo-config", &corev1.ConfigMap{}}, object{"demo-gochat", &corev1.ServiceAccount{}}, object{"demo-jwt", &corev1.Secret{}},
+		object{"demo-gateway", &corev1.Service{}}, object{"demo-gateway-pods", &corev1.Service{}}, object{"demo-logic", &corev1.Service{}}, object{"demo-repo", &corev1.Service{}},
+		object{resources.MigrationJobName(cc), &batchv1.Job{}},
+		object{"demo-gateway", &policyv1.PodDisruptionBudget{}}, object{"demo-logic", &policyv1.PodDisruptionBudget{}}, object{"demo-repo", &policyv1.PodDisruptionBudget{}}, object{"demo-task", &policyv1.PodDisruptionBudget{}},
+	))
+	// Every workload waits for the first migration.
+	for _, o := range []object{{"demo-logic", &appsv1.Deployment{}}, {"demo-task", &appsv1.Deployment{}}, {"demo-repo", &appsv1.Deployment{}}, {"demo-gateway", &appsv1.StatefulSet{}}} {
+		if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: o.name}, o.obj); !apierrors.IsNotFound(err) {
+			t.Fatalf("%T %s exists before the migration ran: %v", o.obj, o.name, err)
+		}
+	}
+	passMigration(t, ns)
+	eventually(t, 30*time.Second, "the workloads created once migrated", created(
+		object{"demo-logic", &appsv1.Deployment{}}, object{"demo-task", &appsv1.Deployment{}}, object{"demo-repo", &appsv1.Deployment{}}, object{"demo-gateway", &appsv1.StatefulSet{}}))
 
 	cm := get(t, ns, "demo-config", &corev1.ConfigMap{})
 	for k, v := range cm.Data {
@@ -207,10 +221,6 @@ func TestCreate(t *testing.T) {
 	sts := get(t, ns, "demo-gateway", &appsv1.StatefulSet{})
 	if sts.Spec.UpdateStrategy.Type != appsv1.OnDeleteStatefulSetStrategyType || *sts.Spec.Replicas != 2 {
 		t.Fatalf("gateway statefulset %+v replicas %d", sts.Spec.UpdateStrategy, *sts.Spec.Replicas)
-	}
-	// im-repo waits for its migration.
-	if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo-repo"}, &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
-		t.Fatalf("repo deployment exists before the migration ran: %v", err)
 	}
 	eventually(t, 10*time.Second, "events recorded", func() error {
 		evs, err := kubernetes.NewForConfigOrDie(cfg).EventsV1().Events(ns).List(bg, metav1.ListOptions{})
@@ -284,8 +294,7 @@ func condition(cc *chatv1.ChatCluster, typ string) metav1.Condition {
 // bringUp plays the kubelet until the cluster is Running.
 func bringUp(t *testing.T, ns string) *chatv1.ChatCluster {
 	t.Helper()
-	waitPods(t, ns, resources.Migrate, 1)
-	playKubelet(t, ns, resources.Migrate)
+	passMigration(t, ns)
 	var cc *chatv1.ChatCluster
 	eventually(t, 60*time.Second, "phase Running", func() error {
 		for _, c := range []string{resources.Logic, resources.Repo, resources.Task, resources.Gateway} {
@@ -363,9 +372,9 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("row %v", row)
 	}
 
-	// A new image: the gateways are drained and replaced (no admin client
-	// here, so each drained pod waits out its 2s deadline), the repo waits
-	// for its migration.
+	// A new image: every workload waits for its migration, then the
+	// gateways are drained and replaced (no admin client here, so each
+	// drained pod waits out its 2s deadline).
 	patch := client.MergeFrom(cc.DeepCopy())
 	cc.Spec.Image = "ghcr.io/gochat/gochat:0.2.0"
 	cc.Spec.Gateway.Drain.Timeout = &metav1.Duration{Duration: 2 * time.Second}
@@ -374,26 +383,15 @@ func TestStatus(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "upgrading", func() error {
 		cc = getCluster(t, ns, "demo")
-		repo := get(t, ns, "demo-repo", &appsv1.Deployment{})
-		if c := container(t, repo.Spec.Template.Spec); c.Image != image {
-			return fmt.Errorf("repo moved to %s before its migration", c.Image)
-		}
-		if c := condition(cc, chatv1.ConditionGatewayRolloutComplete); c.Status != metav1.ConditionFalse {
-			return fmt.Errorf("GatewayRolloutComplete %+v", c)
-		}
 		if cc.Status.Phase != chatv1.PhaseUpgrading {
 			return fmt.Errorf("phase %s", cc.Status.Phase)
 		}
 		return nil
 	})
-	waitPods(t, ns, resources.Migrate, 1)
-	eventually(t, 30*time.Second, "repo on the new image once migrated", func() error {
-		playKubelet(t, ns, resources.Migrate)
-		repo := get(t, ns, "demo-repo", &appsv1.Deployment{})
-		if c := container(t, repo.Spec.Template.Spec); c.Image != "ghcr.io/gochat/gochat:0.2.0" {
-			return fmt.Errorf("repo on %s", c.Image)
-		}
-		return nil
+	assertImages(t, ns, image)
+	passMigration(t, ns)
+	eventually(t, 30*time.Second, "every workload on the new image once migrated", func() error {
+		return workloadImages(t, ns, "ghcr.io/gochat/gochat:0.2.0")
 	})
 	rollWithFakeKubelet(t, ns, "ghcr.io/gochat/gochat:0.2.0")
 	// No gateway answered (no admin client, no processes): each was removed
@@ -438,6 +436,7 @@ func rollWithFakeKubelet(t *testing.T, ns, image string) {
 
 func TestUpdate(t *testing.T) {
 	ns, _, _ := setup(t, nil)
+	passMigration(t, ns)
 	eventually(t, 30*time.Second, "logic deployment", func() error {
 		return k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo-logic"}, &appsv1.Deployment{})
 	})
@@ -609,6 +608,7 @@ func TestValidation(t *testing.T) {
 
 func TestScale(t *testing.T) {
 	ns, cc, _ := setup(t, nil)
+	passMigration(t, ns)
 	eventually(t, 30*time.Second, "gateway statefulset", func() error {
 		return k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo-gateway"}, &appsv1.StatefulSet{})
 	})
@@ -761,6 +761,7 @@ func TestDelete(t *testing.T) {
 				c.Spec.Kafka.TopicPrefix = fmt.Sprintf("del-%v-%d", deleteTopics, time.Now().UnixNano())
 			})
 			topic := cc.Spec.Kafka.TopicPrefix + ".messages"
+			passMigration(t, ns)
 			eventually(t, 30*time.Second, "created", func() error {
 				if topics, _ := kafkaTopics(t); !topics.Has(topic) {
 					return errors.New("no topic yet")

@@ -56,6 +56,7 @@ func TestFinalizerFollowsSpec(t *testing.T) {
 		c.Finalizers = []string{foreignFinalizer}
 		c.Spec.Kafka.TopicPrefix = fmt.Sprintf("fin-%d", time.Now().UnixNano())
 	})
+	passMigration(t, ns)
 	eventually(t, 30*time.Second, "reconciled", func() error {
 		return k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo-logic"}, &appsv1.Deployment{})
 	})
@@ -89,6 +90,7 @@ func TestDeleteNeverHangs(t *testing.T) {
 			c.Spec.Kafka.DeleteTopicsOnDelete = true
 			c.Spec.Kafka.BootstrapServers = []string{closedPort(t)}
 		}, func(r *controller.Reconciler) { r.TopicDeletionTimeout = bound })
+		passMigration(t, ns)
 		eventually(t, 30*time.Second, "workloads", func() error {
 			return k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo-logic"}, &appsv1.Deployment{})
 		})

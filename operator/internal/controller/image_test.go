@@ -19,6 +19,7 @@ func TestDefaultImage(t *testing.T) {
 	const release = "registry.example/gochat:9.9.9"
 	ns, _, _ := setup(t, func(c *chatv1.ChatCluster) { c.Spec.Image = "" },
 		func(r *controller.Reconciler) { r.DefaultImage = release })
+	passMigration(t, ns)
 	imageOf := func(want string) func() error {
 		return func() error {
 			var d appsv1.Deployment
@@ -38,6 +39,7 @@ func TestDefaultImage(t *testing.T) {
 	waitEvent(t, ns, "ImageDefaulted", release)
 
 	edit(t, ns, "demo", &chatv1.ChatCluster{}, func(c *chatv1.ChatCluster) { c.Spec.Image = image })
+	passMigration(t, ns)
 	eventually(t, 30*time.Second, "logic on spec.image", imageOf(image))
 	eventually(t, 10*time.Second, "annotation dropped", func() error {
 		if got, ok := getCluster(t, ns, "demo").Annotations[resources.AnnotationDefaultImage]; ok {

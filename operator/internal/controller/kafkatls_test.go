@@ -47,6 +47,7 @@ func TestKafkaSASLWithoutCA(t *testing.T) {
 		c.Spec.Kafka.CredentialsSecretRef = &corev1.LocalObjectReference{Name: "kafka-creds"}
 	})
 	createSecret(t, ns, "kafka-creds", map[string]string{"username": "u", "password": "p"})
+	passMigration(t, ns)
 	for _, comp := range []string{"demo-logic", "demo-task"} {
 		eventually(t, 30*time.Second, comp+" configured for SASL over TLS with the system roots", func() error {
 			env, sasl, vol, err := kafkaPodConfig(t, ns, comp)
@@ -93,6 +94,7 @@ func TestKafkaTLSSpec(t *testing.T) {
 		c.Spec.Kafka.TLS.CASecretRef = secretKey("kafka-ca", "bundle.pem")
 	})
 	createSecret(t, ns, "kafka-ca", map[string]string{"bundle.pem": "-----BEGIN CERTIFICATE-----"})
+	passMigration(t, ns)
 	eventually(t, 30*time.Second, "CA mounted from tls.caSecretRef", func() error {
 		env, sasl, vol, err := kafkaPodConfig(t, ns, "demo-task")
 		switch {

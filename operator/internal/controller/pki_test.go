@@ -90,6 +90,7 @@ func signedBy(leaf *x509.Certificate, ca *pki.CA) bool {
 
 func TestCertificates(t *testing.T) {
 	ns, cc, _ := setup(t, nil)
+	passMigration(t, ns)
 	eventually(t, 30*time.Second, "CA Secret", func() error {
 		return k8s.Get(bg, client.ObjectKey{Namespace: ns, Name: resources.CASecretName(cc)}, &corev1.Secret{})
 	})

@@ -29,6 +29,7 @@ func TestPlatformSettings(t *testing.T) {
 			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal, LoadBalancerClass: &class,
 			Annotations: map[string]string{"service.beta.kubernetes.io/aws-load-balancer-connection-idle-timeout": "3600"}}
 	})
+	passMigration(t, ns)
 	eventually(t, 30*time.Second, "settings applied", func() error {
 		var logic, task appsv1.Deployment
 		var sts appsv1.StatefulSet

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 // TestRBAC runs the operator as a ServiceAccount bound to nothing but the
@@ -24,6 +26,49 @@ import (
 // cluster to Running: a missing permission fails a reconcile and the test.
 func TestRBAC(t *testing.T) {
 	ns := newNamespace(t)
+	as := asOperator(t, ns)
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
+	startManagerWith(t, as, ns)
+	cc := newCluster(ns, "demo")
+	cc.Spec.Kafka.DeleteTopicsOnDelete = true
+	cc.Spec.Kafka.TopicPrefix = "rbac-" + ns
+	if err := k8s.Create(bg, cc); err != nil {
+		t.Fatal(err)
+	}
+	// A failed migration: its pod's log is read (pods/log), the failure is
+	// recorded on the Job (patch), and a fixed Secret reruns it (delete).
+	failMigration(t, ns)
+	if c := condition(getCluster(t, ns, "demo"), chatv1.ConditionDatabaseMigrated); !strings.Contains(c.Message, "'s log is empty") {
+		t.Fatalf("the log was not read: %s", c.Message)
+	}
+	edit(t, ns, "mysql", &corev1.Secret{}, func(s *corev1.Secret) { s.Data["dsn"] = []byte(tc.MySQLServerDSN() + "?timeout=5s") })
+	waitEvent(t, ns, "MigrationStarted", "a Secret it reads changed")
+	bringUp(t, ns)
+	// The roll patches (drain annotations) and deletes gateway pods.
+	cc = getCluster(t, ns, "demo")
+	patch := client.MergeFrom(cc.DeepCopy())
+	cc.Spec.Gateway.Image = "ghcr.io/gochat/gochat:0.1.1"
+	cc.Spec.Gateway.Drain.Timeout = &metav1.Duration{Duration: time.Second}
+	if err := k8s.Patch(bg, cc, patch); err != nil {
+		t.Fatal(err)
+	}
+	rollWithFakeKubelet(t, ns, "ghcr.io/gochat/gochat:0.1.1")
+	// Deleting goes through the finalizer (topic deletion, then its removal).
+	if err := k8s.Delete(bg, getCluster(t, ns, "demo")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "deleted", func() error {
+		if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo"}, &chatv1.ChatCluster{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
+}
+
+// asOperator is cfg acting as a ServiceAccount bound to nothing but the
+// generated ClusterRole.
+func asOperator(t *testing.T, ns string) *rest.Config {
+	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(repoRoot(), "config", "rbac", "role.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -54,33 +99,5 @@ func TestRBAC(t *testing.T) {
 	})
 	as := rest.CopyConfig(cfg)
 	as.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + sa.Name}
-
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
-	startManagerWith(t, as, ns)
-	cc := newCluster(ns, "demo")
-	cc.Spec.Kafka.DeleteTopicsOnDelete = true
-	cc.Spec.Kafka.TopicPrefix = "rbac-" + ns
-	if err := k8s.Create(bg, cc); err != nil {
-		t.Fatal(err)
-	}
-	bringUp(t, ns)
-	// The roll patches (drain annotations) and deletes gateway pods.
-	cc = getCluster(t, ns, "demo")
-	patch := client.MergeFrom(cc.DeepCopy())
-	cc.Spec.Gateway.Image = "ghcr.io/gochat/gochat:0.1.1"
-	cc.Spec.Gateway.Drain.Timeout = &metav1.Duration{Duration: time.Second}
-	if err := k8s.Patch(bg, cc, patch); err != nil {
-		t.Fatal(err)
-	}
-	rollWithFakeKubelet(t, ns, "ghcr.io/gochat/gochat:0.1.1")
-	// Deleting goes through the finalizer (topic deletion, then its removal).
-	if err := k8s.Delete(bg, getCluster(t, ns, "demo")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 30*time.Second, "deleted", func() error {
-		if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo"}, &chatv1.ChatCluster{}); !apierrors.IsNotFound(err) {
-			return fmt.Errorf("still there: %v", err)
-		}
-		return nil
-	})
+	return as
 }

@@ -823,7 +823,7 @@ func TestGatewayRoll(t *testing.T) {
 	}
 	createSecret(t, ns, "demo-ca", map[string]string{resources.CACertKey: string(ca.CertPEM()), resources.CAKeyKey: string(caKey)})
 	be := startBackends(t, ca)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 	createSecret(t, ns, "jwt", map[string]string{"secret": be.secret})
 	k := startKubelet(t, ns, be, 3)
 	tune := func(r *controller.Reconciler) {

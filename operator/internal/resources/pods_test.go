@@ -18,7 +18,7 @@ func podOf(cc *chatv1.ChatCluster, component string) corev1.PodTemplateSpec {
 	if component == Migrate {
 		return MigrationJob(cc, Inputs{}).Spec.Template
 	}
-	return Deployment(cc, component, Inputs{RepoImage: "gochat:1"}).Spec.Template
+	return Deployment(cc, component, Inputs{Images: map[string]string{Repo: "gochat:1"}}).Spec.Template
 }
 
 func TestPodSettings(t *testing.T) {

@@ -58,7 +58,7 @@ func TestImageAndNames(t *testing.T) {
 func TestSecretsOnlyByReference(t *testing.T) {
 	cc := cluster()
 	cc.Spec.Notifications = chatv1.NotificationsSpec{WebhookURL: "https://relay", WebhookSecretRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "relay"}, Key: "k"}}
-	in := Inputs{SecretHash: map[string]string{Logic: "h1"}, RepoImage: "gochat:1"}
+	in := Inputs{SecretHash: map[string]string{Logic: "h1"}, Images: map[string]string{Repo: "gochat:1"}}
 	tests := []struct {
 		component string
 		wantEnv   []string
@@ -103,7 +103,7 @@ func TestSecretsOnlyByReference(t *testing.T) {
 
 func TestWorkloads(t *testing.T) {
 	cc := cluster()
-	in := Inputs{SecretHash: map[string]string{Gateway: "g", Logic: "l"}, RepoImage: "gochat:0"}
+	in := Inputs{SecretHash: map[string]string{Gateway: "g", Logic: "l"}, Images: map[string]string{Repo: "gochat:0"}}
 	sts := GatewayStatefulSet(cc, in)
 	if sts.Spec.UpdateStrategy.Type != "OnDelete" || *sts.Spec.Replicas != 3 || sts.Spec.PodManagementPolicy != "Parallel" {
 		t.Fatalf("statefulset %+v", sts.Spec)

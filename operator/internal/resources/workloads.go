@@ -4,7 +4,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -16,14 +15,18 @@ import (
 type Inputs struct {
 	// SecretHash per component: hash of the Secret values it reads.
 	SecretHash map[string]string
-	// RepoImage is the image the repo Deployment runs: the spec's image once
-	// its migration succeeded, the previous one until then.
-	RepoImage string
+	// Images is the image each workload runs (ServedImages): the spec's once
+	// the spec's repo image is migrated, the one it ran until then. A
+	// component missing here runs its spec image.
+	Images map[string]string
 	// GatewayReplicas is the gateway StatefulSet's replicas while a
 	// scale-down drains the gateways it removes; nil: spec.gateway.replicas.
 	GatewayReplicas *int32
 	// KafkaCredentialsCA says the Kafka credentials Secret holds ca.crt.
 	KafkaCredentialsCA bool
+	// MigrationAttempt numbers the migration Job among those run for one
+	// image with the same inputs (0 or 1: the first).
+	MigrationAttempt int
 }
 
 // KafkaCA is the Secret key holding the brokers' CA: tls.caSecretRef, else
@@ -186,10 +189,7 @@ func int64Ptr(i int64) *int64 { return &i }
 // Deployment runs logic, repo or task.
 func Deployment(cc *chatv1.ChatCluster, component string, in Inputs) *appsv1.Deployment {
 	spec := map[string]chatv1.ComponentSpec{Logic: cc.Spec.Logic, Repo: cc.Spec.Repo, Task: cc.Spec.Task}[component]
-	image := Image(cc, component)
-	if component == Repo {
-		image = in.RepoImage
-	}
+	image := in.image(cc, component)
 	d := &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: meta(cc, Name(cc, component), component),
@@ -206,9 +206,7 @@ func Deployment(cc *chatv1.ChatCluster, component string, in Inputs) *appsv1.Dep
 			Template: podTemplate(cc, component, image, in, spec.Resources),
 		},
 	}
-	if component == Repo {
-		d.Annotations = map[string]string{AnnotationImage: image}
-	}
+	d.Annotations = map[string]string{AnnotationImage: image}
 	return d
 }
 
@@ -249,7 +247,8 @@ func GatewayDrainWindow(cc *chatv1.ChatCluster) time.Duration {
 // operator replaces gateway pods itself, so that it can empty each one
 // before it goes (docs/operator.md).
 func GatewayStatefulSet(cc *chatv1.ChatCluster, in Inputs) *appsv1.StatefulSet {
-	tpl := podTemplate(cc, Gateway, Image(cc, Gateway), in, cc.Spec.Gateway.Resources)
+	image := in.image(cc, Gateway)
+	tpl := podTemplate(cc, Gateway, image, in, cc.Spec.Gateway.Resources)
 	grace := int64(GatewayGracePeriod(cc) / time.Second)
 	tpl.Spec.TerminationGracePeriodSeconds = &grace
 	c := &tpl.Spec.Containers[0]
@@ -263,7 +262,7 @@ func GatewayStatefulSet(cc *chatv1.ChatCluster, in Inputs) *appsv1.StatefulSet {
 	if in.GatewayReplicas != nil {
 		reps = in.GatewayReplicas
 	}
-	return &appsv1.StatefulSet{
+	sts := &appsv1.StatefulSet{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "StatefulSet"},
 		ObjectMeta: meta(cc, Name(cc, Gateway), Gateway),
 		Spec: appsv1.StatefulSetSpec{
@@ -275,19 +274,14 @@ func GatewayStatefulSet(cc *chatv1.ChatCluster, in Inputs) *appsv1.StatefulSet {
 			Template:            tpl,
 		},
 	}
+	sts.Annotations = map[string]string{AnnotationImage: image}
+	return sts
 }
 
-// MigrationJob migrates the schema for the spec's repo image, once.
-func MigrationJob(cc *chatv1.ChatCluster, in Inputs) *batchv1.Job {
-	tpl := podTemplate(cc, Migrate, Image(cc, Migrate), in, cc.Spec.Repo.Resources)
-	tpl.Spec.RestartPolicy = corev1.RestartPolicyOnFailure
-	backoff := int32(4)
-	return &batchv1.Job{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "batch/v1", Kind: "Job"},
-		ObjectMeta: meta(cc, MigrationJobName(cc), Migrate),
-		Spec: batchv1.JobSpec{
-			BackoffLimit: &backoff,
-			Template:     tpl,
-		},
+// image is the image a workload runs: the one decided for it, else its spec's.
+func (in Inputs) image(cc *chatv1.ChatCluster, component string) string {
+	if img, ok := in.Images[component]; ok {
+		return img
 	}
+	return Image(cc, component)
 }

@@ -27,6 +27,9 @@ const (
 	ReasonMigrated           = "Migrated"
 	ReasonMigrating          = "Migrating"
 	ReasonMigrationFailed    = "MigrationFailed"
+	ReasonImagePullFailed    = "ImagePullFailed"
+	ReasonInvalidDSN         = "InvalidDSN"
+	ReasonAccessDenied       = "AccessDenied"
 	ReasonRolloutComplete    = "RolloutComplete"
 	ReasonRollingOut         = "RollingOut"
 	ReasonDraining           = "Draining"
@@ -49,12 +52,19 @@ type Observed struct {
 	ClientService *corev1.Service
 	Migration     *batchv1.Job // the Job for the spec's repo image
 	MigratedImage string       // the image whose migration succeeded before
-	Secrets       Check        // every referenced Secret key exists
-	Kafka         Check
-	Topics        []string
-	Partitions    int32
-	Redis         Check
-	Sessions      int64
+	// MigrationCheck is why the migration does not succeed (MigrationFailed
+	// with the failed pod's log tail, ImagePullFailed); zero while it runs.
+	MigrationCheck Check
+	// Database is the MySQL probe; its Message says where it answered.
+	Database Check
+	// ImagePull is a workload's pod that cannot pull its image (ImagePullFailed).
+	ImagePull  Check
+	Secrets    Check // every referenced Secret key exists
+	Kafka      Check
+	Topics     []string
+	Partitions int32
+	Redis      Check
+	Sessions   int64
 	// Draining are the gateway pods being emptied.
 	Draining []chatv1.DrainingGateway
 	// StuckGateway is a replacement gateway that did not become Ready in
@@ -139,6 +149,8 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		switch {
 		case o.MigratedImage == want:
 			set(chatv1.ConditionDatabaseMigrated, true, ReasonMigrated, "schema migrated for "+want)
+		case o.MigrationCheck.Err != nil:
+			set(chatv1.ConditionDatabaseMigrated, false, o.MigrationCheck.Reason, o.MigrationCheck.Err.Error())
 		case o.Migration != nil && JobFailed(o.Migration):
 			set(chatv1.ConditionDatabaseMigrated, false, ReasonMigrationFailed, "migration Job "+o.Migration.Name+" failed: see its logs")
 		default:
@@ -160,6 +172,11 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		s.Kafka = prev.Kafka
 	}
 	redisOK := check(chatv1.ConditionRedisReachable, o.Redis, ReasonReachable, "Redis answers at "+cc.Spec.Redis.Address)
+	dbMsg := o.Database.Message
+	if dbMsg == "" {
+		dbMsg = "MySQL answers"
+	}
+	dbOK := check(chatv1.ConditionDatabaseReachable, o.Database, ReasonReachable, dbMsg)
 	migrated := meta.IsStatusConditionTrue(s.Conditions, chatv1.ConditionDatabaseMigrated)
 
 	// Ready and phase.
@@ -170,14 +187,20 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		}
 	}
 	sort.Strings(notReady)
-	ready := len(notReady) == 0 && kafkaOK && redisOK && migrated && o.Secrets.Err == nil
+	ready := len(notReady) == 0 && kafkaOK && redisOK && dbOK && migrated && o.Secrets.Err == nil
 	if ready {
 		set(chatv1.ConditionReady, true, ReasonReady, "every component is ready")
 	} else {
 		reason, msg := ReasonComponentsNotReady, "not ready: "+strings.Join(notReady, ", ")
-		for _, t := range []string{chatv1.ConditionDatabaseMigrated, chatv1.ConditionKafkaTopicsReady, chatv1.ConditionRedisReachable} {
+		if o.ImagePull.Err != nil {
+			reason, msg = o.ImagePull.Reason, msg+"; "+o.ImagePull.Err.Error()
+		}
+		for _, t := range []string{chatv1.ConditionDatabaseReachable, chatv1.ConditionDatabaseMigrated, chatv1.ConditionKafkaTopicsReady, chatv1.ConditionRedisReachable} {
 			if c := meta.FindStatusCondition(s.Conditions, t); c != nil && c.Status != metav1.ConditionTrue {
 				reason, msg = c.Reason, c.Message
+				if o.ImagePull.Err != nil {
+					msg += "; " + o.ImagePull.Err.Error() // seen even behind a dependency's failure
+				}
 				break
 			}
 		}

@@ -2,6 +2,7 @@ package status
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -77,6 +78,21 @@ func TestCompute(t *testing.T) {
 			o.MigratedImage = ""
 			o.Migration = &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "demo-migrate-x"}, Status: batchv1.JobStatus{Conditions: []batchv1.JobCondition{{Type: batchv1.JobFailed, Status: corev1.ConditionTrue}}}}
 		}, chatv1.PhaseProvisioning, ReasonMigrationFailed, chatv1.ConditionDatabaseMigrated, ReasonMigrationFailed},
+		{"the migration's image cannot be pulled", chatv1.PhaseRunning, func(o *Observed) {
+			o.MigratedImage = "img:0"
+			o.Migration = &batchv1.Job{}
+			o.MigrationCheck = Check{Reason: ReasonImagePullFailed, Err: errors.New(`pod demo-migrate-x-1 cannot pull image "img:1" (ImagePullBackOff)`)}
+		}, chatv1.PhaseUpgrading, ReasonImagePullFailed, chatv1.ConditionDatabaseMigrated, ReasonImagePullFailed},
+		{"running, then MySQL goes", chatv1.PhaseRunning, func(o *Observed) {
+			o.Database = Check{Reason: ReasonUnreachable, Err: errors.New("mysql at db:3306: connection refused")}
+		}, chatv1.PhaseDegraded, ReasonUnreachable, chatv1.ConditionDatabaseReachable, ReasonUnreachable},
+		{"a logic pod cannot pull its image", chatv1.PhaseRunning, func(o *Observed) {
+			o.Deployments["logic"] = dep(0)
+			o.ImagePull = Check{Reason: ReasonImagePullFailed, Err: errors.New(`pod demo-logic-1 cannot pull image "img:1" (ErrImagePull)`)}
+		}, chatv1.PhaseDegraded, ReasonImagePullFailed, "", ""},
+		{"MySQL refuses the credentials", "", func(o *Observed) {
+			o.Database = Check{Reason: ReasonAccessDenied, Err: errors.New("mysql at db:3306: Error 1045")}
+		}, chatv1.PhaseProvisioning, ReasonAccessDenied, chatv1.ConditionDatabaseReachable, ReasonAccessDenied},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,5 +138,19 @@ func TestComputeFields(t *testing.T) {
 	again := Compute(prev, healthy())
 	if got := meta.FindStatusCondition(again.Conditions, chatv1.ConditionReady).LastTransitionTime; !got.Equal(&old) {
 		t.Fatal("lastTransitionTime moved without a transition")
+	}
+}
+
+// A pod that cannot pull its image is named in Ready whatever its reason.
+func TestImagePullInReady(t *testing.T) {
+	pull := Check{Reason: ReasonImagePullFailed, Err: errors.New(`pod demo-task-1 cannot pull image "img:1" (ErrImagePull)`)}
+	for _, redis := range []Check{{}, {Reason: ReasonUnreachable, Err: errors.New("redis down")}} {
+		o := healthy()
+		o.Deployments["task"] = dep(0)
+		o.ImagePull, o.Redis = pull, redis
+		c := meta.FindStatusCondition(Compute(cluster(chatv1.PhaseRunning), o).Conditions, chatv1.ConditionReady)
+		if c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, pull.Err.Error()) {
+			t.Fatalf("with Redis %v: Ready %+v", redis.Err, c)
+		}
 	}
 }

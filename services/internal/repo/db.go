@@ -74,6 +74,11 @@ func OpenDB(cfg DBConfig) (*gorm.DB, error) {
 func redactDSN(dsn string) string {
 	at := strings.LastIndex(dsn, "@")
 	if at < 0 {
+		// No credentials in a DSN that parses; one that does not may be
+		// anything, a bare password included, so it is not shown.
+		if _, err := gomysql.ParseDSN(dsn); err != nil {
+			return "not shown: it does not parse"
+		}
 		return dsn
 	}
 	creds := dsn[:at]
