@@ -172,6 +172,35 @@ kind: Secret
 metadata: {name: `+cluster+`-jwt, namespace: `+appNS+`}
 stringData: {secret: "`+randomHex(32)+`"}`)
 
+	utils.Apply(t, sampleCluster(t, cluster, nil))
+	// A second cluster starts now, so that its migration fails while the
+	// other scenarios run (scenario 8 fixes and deletes it).
+	startScratch(t)
+	waitPhase(t, "Running", 5*time.Minute)
+
+	// The printer columns, once the status has caught up with the spec
+	// (on a reused cluster an earlier run may have left more gateways).
+	utils.Eventually(t, 3*time.Minute, "kubectl get chat", func() error {
+		table := k.Must(t, "-n", appNS, "get", "chat", cluster)
+		lines := strings.Split(strings.TrimSpace(table), "\n")
+		if len(lines) != 2 {
+			return fmt.Errorf("kubectl get chat:\n%s", table)
+		}
+		if h := strings.Fields(lines[0]); strings.Join(h, " ") != "NAME PHASE GATEWAYS SESSIONS IMAGE AGE" {
+			return fmt.Errorf("columns %v", h)
+		}
+		row := strings.Fields(lines[1])
+		if len(row) < 5 || row[0] != cluster || row[1] != "Running" || row[2] != "1/1" || row[3] != "0" || row[4] != gochatImage {
+			return fmt.Errorf("row %v: want demo Running 1/1 0 %s", row, gochatImage)
+		}
+		return nil
+	})
+}
+
+// sampleCluster is the contract's sample (config/samples) named name and
+// adapted to the test cluster, then changed by adapt (when not nil).
+func sampleCluster(t *testing.T, name string, adapt func(spec map[string]any)) string {
+	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(repoRoot(), "config", "samples", "chat_v1alpha1_chatcluster.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -198,31 +227,48 @@ stringData: {secret: "`+randomHex(32)+`"}`)
 	delete(spec, "notifications")
 	kafka["replicationFactor"], kafka["partitions"] = 1, 4
 	spec["redis"] = map[string]any{"address": "redis." + backendsNS + ".svc:6379"}
-	cc["metadata"].(map[string]any)["namespace"] = appNS
+	md := cc["metadata"].(map[string]any)
+	md["namespace"], md["name"] = appNS, name
+	if adapt != nil {
+		adapt(spec)
+	}
 	out, err := yaml.Marshal(cc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	utils.Apply(t, string(out))
-	waitPhase(t, "Running", 5*time.Minute)
+	return string(out)
+}
 
-	// The printer columns, once the status has caught up with the spec
-	// (on a reused cluster an earlier run may have left more gateways).
-	utils.Eventually(t, 3*time.Minute, "kubectl get chat", func() error {
-		table := k.Must(t, "-n", appNS, "get", "chat", cluster)
-		lines := strings.Split(strings.TrimSpace(table), "\n")
-		if len(lines) != 2 {
-			return fmt.Errorf("kubectl get chat:\n%s", table)
-		}
-		if h := strings.Fields(lines[0]); strings.Join(h, " ") != "NAME PHASE GATEWAYS SESSIONS IMAGE AGE" {
-			return fmt.Errorf("columns %v", h)
-		}
-		row := strings.Fields(lines[1])
-		if len(row) < 5 || row[0] != cluster || row[1] != "Running" || row[2] != "1/1" || row[3] != "0" || row[4] != gochatImage {
-			return fmt.Errorf("row %v: want demo Running 1/1 0 %s", row, gochatImage)
-		}
-		return nil
-	})
+// scratch is the second ChatCluster: its own topics, deleted with it, and a
+// DSN Secret with a wrong password, so its first migration fails.
+const scratch = "scratch"
+
+func startScratch(t *testing.T) {
+	k := utils.Kubectl()
+	k.Must(t, "-n", appNS, "delete", "chat", scratch, "--ignore-not-found", "--timeout=3m")
+	utils.Apply(t, `apiVersion: v1
+kind: Secret
+metadata: {name: scratch-mysql, namespace: `+appNS+`}
+stringData: {dsn: "gochat:not-the-password@tcp(mysql.`+backendsNS+`.svc:3306)/gochat"}`)
+	utils.Apply(t, sampleCluster(t, scratch, func(spec map[string]any) {
+		spec["repo"] = map[string]any{"replicas": 1, "resources": map[string]any{"requests": map[string]any{"cpu": "20m", "memory": "32Mi"}}}
+		spec["task"] = spec["repo"]
+		kafka := spec["kafka"].(map[string]any)
+		kafka["topicPrefix"], kafka["deleteTopicsOnDelete"] = scratch, true
+		spec["mysql"] = map[string]any{"dsnSecretRef": map[string]any{"name": "scratch-mysql", "key": "dsn"}}
+		delete(spec, "auth") // the operator makes its token secret
+	}))
+}
+
+// chatCondition is one condition of a ChatCluster: status, reason, message.
+func chatCondition(t testing.TB, name, typ string) (status, reason, message string) {
+	out := utils.Kubectl().Must(t, "-n", appNS, "get", "chat", name, "-o",
+		`jsonpath={.status.conditions[?(@.type=="`+typ+`")].status}{"\n"}{.status.conditions[?(@.type=="`+typ+`")].reason}{"\n"}{.status.conditions[?(@.type=="`+typ+`")].message}`)
+	f := strings.SplitN(out, "\n", 3)
+	for len(f) < 3 {
+		f = append(f, "")
+	}
+	return f[0], f[1], f[2]
 }
 
 func phase(t testing.TB) string {
@@ -727,10 +773,12 @@ func testFailure(t *testing.T) {
 	}
 }
 
-// 8. Delete the ChatCluster: every object it owns goes, its topics stay
+// 8. Delete the ChatClusters: the second one (deleteTopicsOnDelete) takes
+// its topics with it; the first one's objects all go, its topics stay
 // (deleteTopicsOnDelete is off), and helm uninstall keeps the CRD.
 func testTeardown(t *testing.T) {
 	k := utils.Kubectl()
+	testScratch(t)
 	topicsBefore := topics(t)
 	var status struct {
 		Kafka struct {
@@ -769,6 +817,68 @@ func testTeardown(t *testing.T) {
 	for _, ns := range []string{appNS, operatorNS} {
 		k.Must(t, "delete", "namespace", ns, "--wait=false")
 	}
+}
+
+// testScratch: the second cluster's migration failed on the wrong password,
+// and its condition carries the failed pod's log; with the Secret fixed the
+// migration runs again and succeeds; deleting the cluster (with
+// deleteTopicsOnDelete) deletes its topics and leaves the other cluster's.
+func testScratch(t *testing.T) {
+	k := utils.Kubectl()
+	utils.Eventually(t, 6*time.Minute, "scratch: the failed migration reported with its log", func() error {
+		st, reason, msg := chatCondition(t, scratch, "DatabaseMigrated")
+		if st != "False" || reason != "MigrationFailed" || !strings.Contains(msg, "Access denied") {
+			return fmt.Errorf("DatabaseMigrated %s/%s: %s", st, reason, msg)
+		}
+		return nil
+	})
+	if st, reason, msg := chatCondition(t, scratch, "DatabaseReachable"); st != "False" || reason != "AccessDenied" {
+		t.Errorf("scratch DatabaseReachable %s/%s (%s), want False/AccessDenied", st, reason, msg)
+	}
+	_, _, msg := chatCondition(t, scratch, "DatabaseMigrated")
+	if strings.Contains(msg, "not-the-password") {
+		t.Errorf("the DSN's password is in the condition: %s", msg)
+	}
+	// Nothing rolls ahead of a migration that has not succeeded.
+	if out := strings.TrimSpace(k.Must(t, "-n", appNS, "get", "deployments,statefulsets", "-l", "app.kubernetes.io/instance="+scratch, "-o", "name")); out != "" {
+		t.Errorf("workloads created before the migration succeeded: %s", out)
+	}
+	var scratchTopics []string
+	utils.Eventually(t, 2*time.Minute, "scratch: its topics", func() error {
+		scratchTopics = strings.Fields(k.Must(t, "-n", appNS, "get", "chat", scratch, "-o", "jsonpath={.status.kafka.topics[*]}"))
+		if len(scratchTopics) == 0 {
+			return fmt.Errorf("no topics in status")
+		}
+		return nil
+	})
+
+	utils.Apply(t, `apiVersion: v1
+kind: Secret
+metadata: {name: scratch-mysql, namespace: `+appNS+`}
+stringData: {dsn: "gochat:gochat@tcp(mysql.`+backendsNS+`.svc:3306)/gochat"}`)
+	utils.Eventually(t, 3*time.Minute, "scratch: migrated after the Secret fix", func() error {
+		if st, reason, msg := chatCondition(t, scratch, "DatabaseMigrated"); st != "True" {
+			return fmt.Errorf("DatabaseMigrated %s/%s: %s", st, reason, msg)
+		}
+		return nil
+	})
+
+	onBroker := topics(t)
+	for _, tp := range scratchTopics {
+		if !onBroker[tp] {
+			t.Fatalf("scratch topic %s is not on the broker", tp)
+		}
+	}
+	k.Must(t, "-n", appNS, "delete", "chat", scratch, "--timeout=3m")
+	utils.Eventually(t, time.Minute, "scratch's topics deleted with it", func() error {
+		after := topics(t)
+		for _, tp := range scratchTopics {
+			if after[tp] {
+				return fmt.Errorf("topic %s is still on the broker", tp)
+			}
+		}
+		return nil
+	})
 }
 
 // topics lists the broker's topics. The broker listens on its pod IP only
