@@ -43,6 +43,11 @@ const (
 	// AnnotationImage on the repo Deployment is the image it runs: it only
 	// moves to a new image once that image's migration has succeeded.
 	AnnotationImage = "chat.gochat.io/image"
+	// AnnotationRestartedAt on a ChatCluster (kubectl chat restart sets it)
+	// is copied onto every component's pod template, so a new value rolls
+	// every Deployment and the gateways, which go through their drain roll
+	// like any other template change.
+	AnnotationRestartedAt = "chat.gochat.io/restartedAt"
 	FieldManager    = "gochat-operator"
 )
 
