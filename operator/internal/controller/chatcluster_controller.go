@@ -68,16 +68,23 @@ type Reconciler struct {
 	TopicDeletionTimeout time.Duration
 }
 
-// +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;delete
-// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
+
+// RBAC: objects are written by server-side apply (create, patch: an apply
+// that creates needs create) and removed by the garbage collector through
+// owner references, so there is no update and no delete except where the
+// operator itself deletes: workloads before topic deletion (deletion.go),
+// drained gateway pods, old migration Jobs. Secrets are updated (the CA and
+// certificates, pki.go) and ChatCluster status is written.
 
 // Reconcile brings one ChatCluster to its spec and reports what it sees.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
