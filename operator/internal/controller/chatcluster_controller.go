@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,6 +31,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/gatewayadmin"
@@ -66,6 +68,8 @@ type Reconciler struct {
 	DefaultImage string
 	// TopicDeletionTimeout bounds a deletion's wait for Kafka (0: DefaultTopicDeletionTimeout).
 	TopicDeletionTimeout time.Duration
+
+	applied applied // what the last applies returned (cache.go)
 }
 
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;patch
@@ -243,8 +247,10 @@ func (r *Reconciler) apply(ctx context.Context, cc *chatv1.ChatCluster, obj clie
 	u := &unstructured.Unstructured{Object: raw}
 	kind := u.GetKind()
 
-	before := &unstructured.Unstructured{}
-	before.SetGroupVersionKind(u.GroupVersionKind())
+	// The cached copy, not a live GET: the cache holds what the operator
+	// made (CacheOptions), and r.applied covers the cache's lag behind the
+	// operator's own last apply.
+	before := reflect.New(reflect.TypeOf(obj).Elem()).Interface().(client.Object)
 	getErr := r.Get(ctx, client.ObjectKeyFromObject(u), before)
 	if getErr != nil && !apierrors.IsNotFound(getErr) {
 		return fmt.Errorf("get %s %s: %w", kind, u.GetName(), getErr)
@@ -252,10 +258,11 @@ func (r *Reconciler) apply(ctx context.Context, cc *chatv1.ChatCluster, obj clie
 	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(resources.FieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("apply %s %s: %w", kind, u.GetName(), err)
 	}
+	created, updated := r.applied.outcome(getErr == nil, before.GetResourceVersion(), u.GetUID(), u.GetResourceVersion())
 	switch {
-	case apierrors.IsNotFound(getErr):
+	case created:
 		r.event(cc, corev1.EventTypeNormal, "Created", "Create", "created %s %s", kind, u.GetName())
-	case before.GetResourceVersion() != u.GetResourceVersion():
+	case updated:
 		r.event(cc, corev1.EventTypeNormal, "Updated", "Update", "updated %s %s", kind, u.GetName())
 	}
 	return nil
@@ -474,6 +481,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}); err != nil {
 		return fmt.Errorf("index secrets: %w", err)
 	}
+	// The users' Secrets are watched by their metadata alone (cache.go).
+	secrets, err := secretMetadata(mgr)
+	if err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&chatv1.ChatCluster{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&corev1.ConfigMap{}).
@@ -483,12 +495,12 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&batchv1.Job{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersReadingSecret)).
+		WatchesRawSource(source.Kind(secrets, secretWatchObject(), handler.TypedEnqueueRequestsFromMapFunc(r.clustersReadingSecret))).
 		Named("chatcluster").
 		Complete(r)
 }
 
-func (r *Reconciler) clustersReadingSecret(ctx context.Context, o client.Object) []reconcile.Request {
+func (r *Reconciler) clustersReadingSecret(ctx context.Context, o *metav1.PartialObjectMetadata) []reconcile.Request {
 	var list chatv1.ChatClusterList
 	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{secretIndex: o.GetName()}); err != nil {
 		logf.FromContext(ctx).Error(err, "list clusters reading a secret", "secret", o.GetName())

@@ -48,7 +48,7 @@ const (
 	// every Deployment and the gateways, which go through their drain roll
 	// like any other template change.
 	AnnotationRestartedAt = "chat.gochat.io/restartedAt"
-	FieldManager    = "gochat-operator"
+	FieldManager          = "gochat-operator"
 )
 
 // Name of the object of a component: "<cluster>-<component>".
@@ -71,10 +71,17 @@ func MigrationJobName(cc *chatv1.ChatCluster) string {
 	return cc.Name + "-migrate-" + ShortHash(Image(cc, Repo))
 }
 
+// Every object the operator makes carries LabelManagedBy=ManagedBy: the
+// operator's cache holds only those (controller.CacheOptions).
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "gochat-operator"
+)
+
 // Labels of a component's objects.
 func Labels(cc *chatv1.ChatCluster, component string) map[string]string {
 	l := SelectorLabels(cc, component)
-	l["app.kubernetes.io/managed-by"] = "gochat-operator"
+	l[LabelManagedBy] = ManagedBy
 	l["app.kubernetes.io/part-of"] = "gochat"
 	return l
 }
