@@ -4,7 +4,9 @@
 // --secrets unrelated Secrets and --configmaps unrelated ConfigMaps of
 // --size bytes each, adds one ChatCluster (so that the operator reconciles
 // and reads its Secrets), then runs each operator binary given with -bin in
-// turn as a real process against it and samples its VmRSS from /proc.
+// turn as a real process against it and samples its VmRSS from /proc. It
+// also counts the GET requests the API server served while it sampled (its
+// apiserver_request_total metric): the operator is the only client then.
 //
 //	go build -o /tmp/operator-after ./operator/cmd
 //	go run ./operator/test/memory -assets $(hack/envtest/build.sh) -bin after=/tmp/operator-after
@@ -27,7 +29,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -136,17 +140,18 @@ func run(bins []string, assets, crds string, secrets, configMaps, size int, sett
 	}
 
 	fmt.Printf("%d Secrets and %d ConfigMaps of %d bytes in namespace noise; one ChatCluster in namespace chat\n", secrets, configMaps, size)
-	fmt.Printf("%-12s %12s %12s %12s\n", "binary", "RSS median", "RSS max", "VmHWM")
+	metrics := func() (map[string]float64, error) { return getRequests(ctx, cfg) }
+	fmt.Printf("%-12s %12s %12s %12s  %s\n", "binary", "RSS median", "RSS max", "VmHWM", "GETs/min by resource while sampling")
 	for _, b := range bins {
 		name, bin, ok := strings.Cut(b, "=")
 		if !ok {
 			return fmt.Errorf("-bin %q: want NAME=PATH", b)
 		}
-		median, highest, hwm, err := measure(bin, path, settle, sample)
+		median, highest, hwm, gets, err := measure(bin, path, settle, sample, metrics)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		fmt.Printf("%-12s %9.1f MiB %9.1f MiB %9.1f MiB\n", name, mib(median), mib(highest), mib(hwm))
+		fmt.Printf("%-12s %9.1f MiB %9.1f MiB %9.1f MiB  %s\n", name, mib(median), mib(highest), mib(hwm), perMinute(gets, sample))
 	}
 	return nil
 }
@@ -156,12 +161,12 @@ func mib(kb int64) float64 { return float64(kb) / 1024 }
 // measure runs one operator binary and samples its VmRSS (KiB) once a
 // second after settle, for sample; it returns the median, the highest
 // sample and the process's VmHWM (the peak).
-func measure(bin, kubeconfig string, settle, sample time.Duration) (median, highest, hwm int64, err error) {
+func measure(bin, kubeconfig string, settle, sample time.Duration, metrics func() (map[string]float64, error)) (median, highest, hwm int64, gets map[string]float64, err error) {
 	cmd := exec.Command(bin, "--leader-elect=false", "--metrics-bind-address=0", "--health-probe-bind-address=0", "--kubeconfig="+kubeconfig)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, nil, err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -172,20 +177,73 @@ func measure(bin, kubeconfig string, settle, sample time.Duration) (median, high
 	select {
 	case err := <-exited:
 		exited <- err
-		return 0, 0, 0, fmt.Errorf("exited during settle (%v): %s", err, logs.String())
+		return 0, 0, 0, nil, fmt.Errorf("exited during settle (%v): %s", err, logs.String())
 	case <-time.After(settle):
+	}
+	start, err := metrics()
+	if err != nil {
+		return 0, 0, 0, nil, err
 	}
 	var samples []int64
 	for end := time.Now().Add(sample); time.Now().Before(end); time.Sleep(time.Second) {
 		rss, peak, err := procStatus(cmd.Process.Pid)
 		if err != nil {
-			return 0, 0, 0, err
+			return 0, 0, 0, nil, err
 		}
 		samples = append(samples, rss)
 		highest, hwm = max(highest, rss), peak
 	}
+	end, err := metrics()
+	if err != nil {
+		return 0, 0, 0, nil, err
+	}
+	gets = map[string]float64{}
+	for r, n := range end {
+		if d := n - start[r]; d > 0 {
+			gets[r] = d
+		}
+	}
 	slices.Sort(samples)
-	return samples[len(samples)/2], highest, hwm, nil
+	return samples[len(samples)/2], highest, hwm, gets, nil
+}
+
+// getRequests reads the API server's GET counts by resource.
+func getRequests(ctx context.Context, cfg *rest.Config) (map[string]float64, error) {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := cs.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("api server metrics: %w", err)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `verb="GET"`) {
+			continue
+		}
+		labels, value, _ := strings.Cut(line[len("apiserver_request_total{"):], "} ")
+		resource := "?"
+		for _, l := range strings.Split(labels, ",") {
+			if k, v, ok := strings.Cut(l, "="); ok && k == "resource" {
+				resource = strings.Trim(v, `"`)
+			}
+		}
+		n, _ := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		out[resource] += n
+	}
+	return out, nil
+}
+
+func perMinute(gets map[string]float64, over time.Duration) string {
+	var parts []string
+	total := 0.0
+	for r, n := range gets {
+		total += n
+		parts = append(parts, fmt.Sprintf("%s %.0f", r, n*float64(time.Minute)/float64(over)))
+	}
+	slices.Sort(parts)
+	return fmt.Sprintf("%.0f: %s", total*float64(time.Minute)/float64(over), strings.Join(parts, ", "))
 }
 
 func procStatus(pid int) (rss, hwm int64, err error) {
