@@ -255,7 +255,9 @@ func render(out io.Writer, v *view, maxEvents int) error {
 			live += gp.stats.Sessions
 			answered++
 		case gp.err != nil:
-			sessions = "unreachable: " + oneLine(gp.err.Error())
+			// The row names the pod already.
+			msg := strings.TrimPrefix(gp.err.Error(), "stats of gateway "+gp.pod.Name+": ")
+			sessions = "unreachable: " + oneLine(msg)
 		}
 		p("%s\t%s\t%s\t%s\t%s\n", gp.pod.Name, podReady(gp.pod), rev, sessions, drainState(v.now, gp))
 	}

@@ -90,7 +90,7 @@ func TestRender(t *testing.T) {
 	for _, want := range []string{
 		"Phase:", "Upgrading", "Ready", "RollingOut", "line one | line two",
 		"r2 (rolling from r1)", "logic", "(no Deployment yet)",
-		"demo-gateway-0", "demo-gateway-1", "r1 (outdated)", "unreachable: stats of gateway demo-gateway-1: connection refused",
+		"demo-gateway-0", "demo-gateway-1", "r1 (outdated)", "unreachable: connection refused",
 		"Live sessions:", "7 over 1 of 2 gateway pod(s)",
 		"p.events", "p.messages", "12",
 		"Middle note", "Newest note",

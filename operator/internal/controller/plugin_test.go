@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -136,14 +137,23 @@ func TestKubectlChatRestart(t *testing.T) {
 		t.Fatalf("%d DrainStarted events for 2 gateways restarted", n)
 	}
 
-	// The pods' IPs here lead nowhere: each says it is unreachable.
-	status := kubectlChat(t, "status", "demo", "-n", ns, "--timeout", "20s")
+	// Nothing listens where the gateway pods are (loopback, a closed port):
+	// each says it is unreachable.
+	for _, p := range gatewayPods(t, ns) {
+		p.Status.PodIP = "127.0.0.1"
+		if err := k8s.Status().Update(bg, &p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closed := strconv.Itoa(port(t, tc.FreePort(t)))
+	status := kubectlChat(t, "status", "demo", "-n", ns, "--admin-port", closed, "--timeout", "20s")
+	t.Logf("kubectl chat status demo:\n%s", status)
 	cc := getCluster(t, ns, "demo")
 	for _, want := range []string{
 		"ChatCluster:", ns + "/demo", "Phase:", "Running", "Restart requested:", at,
 		"Conditions:", chatv1.ConditionReady, chatv1.ConditionGatewayRolloutComplete,
 		"Components:", "gateway", "logic", "repo", "task", revision,
-		"Gateway pods:", "demo-gateway-0", "demo-gateway-1", "unreachable:",
+		"Gateway pods:", "demo-gateway-0", "demo-gateway-1", "unreachable: rpc error: code = Unavailable",
 		"Kafka topics:", cc.Status.Kafka.Topics[0], cc.Status.Kafka.Topics[1],
 		"Events:", "DrainStarted", "GatewayReplaced",
 	} {
