@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -115,34 +116,54 @@ func secretWatchObject() *metav1.PartialObjectMetadata {
 // apply yet, and the latter is what the object is: without this, an apply
 // soon after another (a roll looks again within a second) would report a
 // change, or a creation, that did not happen. An entry goes at the first
-// apply that changes nothing, so only objects changed lately are remembered.
+// apply that finds the cache in step, or after appliedMemory (the cache
+// lags by milliseconds, not minutes; objects deleted meanwhile are
+// forgotten this way).
 type applied struct {
-	mu sync.Mutex
-	rv map[types.UID][2]string
+	mu  sync.Mutex
+	rv  map[types.UID]appliedRV
+	now func() time.Time // nil: time.Now
 }
+
+type appliedRV struct {
+	cached, returned string
+	at               time.Time
+}
+
+// appliedMemory is how long an apply is remembered.
+const appliedMemory = time.Minute
 
 // outcome says what an apply that returned afterRV for uid did, given the
 // cached copy's resourceVersion before it (cached false: the cache had none).
 func (a *applied) outcome(cached bool, cachedRV string, uid types.UID, afterRV string) (created, updated bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	now := time.Now()
+	if a.now != nil {
+		now = a.now()
+	}
 	if a.rv == nil {
-		a.rv = map[types.UID][2]string{}
+		a.rv = map[types.UID]appliedRV{}
+	}
+	for k, e := range a.rv {
+		if now.Sub(e.at) > appliedMemory {
+			delete(a.rv, k)
+		}
 	}
 	if !cached {
 		cachedRV = ""
 	}
 	was := cachedRV
 	p, known := a.rv[uid]
-	if known && p[0] == cachedRV {
-		was = p[1]
+	if known && p.cached == cachedRV {
+		was = p.returned
 	}
 	created = !cached && !known
 	updated = !created && was != afterRV
-	if was == afterRV && cached && cachedRV == afterRV {
+	if cached && cachedRV == afterRV {
 		delete(a.rv, uid)
 	} else {
-		a.rv[uid] = [2]string{cachedRV, afterRV}
+		a.rv[uid] = appliedRV{cached: cachedRV, returned: afterRV, at: now}
 	}
 	return created, updated
 }

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -37,6 +38,15 @@ func TestAppliedOutcome(t *testing.T) {
 	a.outcome(true, "10", types.UID("u2"), "10")
 	a.outcome(true, "5", types.UID("u1"), "5")
 	if len(a.rv) != 0 {
+		t.Errorf("still remembered: %v", a.rv)
+	}
+	// So are objects not applied for a while (deleted ones, for instance).
+	now := time.Now()
+	a.now = func() time.Time { return now }
+	a.outcome(false, "", types.UID("gone"), "1")
+	now = now.Add(appliedMemory + time.Second)
+	a.outcome(true, "7", types.UID("other"), "7")
+	if _, ok := a.rv["gone"]; ok || len(a.rv) != 0 {
 		t.Errorf("still remembered: %v", a.rv)
 	}
 }
