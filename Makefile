@@ -25,9 +25,10 @@ all: build
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-build: ## build the gochat binary and the gochat-load tool into bin/
+build: ## build the gochat binary, the gochat-load tool and the kubectl-chat plugin into bin/
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/gochat ./services/cmd/gochat
 	$(GO) build -o $(BIN)/gochat-load ./services/cmd/gochat-load
+	$(GO) build -o $(BIN)/kubectl-chat ./operator/cmd/kubectl-chat
 
 build-operator: ## build the operator binary into bin/
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/operator ./operator/cmd

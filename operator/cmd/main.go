@@ -65,6 +65,10 @@ func main() {
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme: scheme,
+		// Only what the operator made is cached, users' Secrets by their
+		// metadata alone (docs/operator.md, "Memory and API load").
+		Cache:     controller.CacheOptions(nil),
+		NewClient: controller.NewClient,
 		Metrics: metricsserver.Options{
 			BindAddress: metricsAddr, SecureServing: true,
 			// Only callers the API server authenticates and authorizes (RBAC

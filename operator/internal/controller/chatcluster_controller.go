@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"time"
 
@@ -32,6 +33,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/gatewayadmin"
@@ -74,19 +76,29 @@ type Reconciler struct {
 	// MigrationRetryBase and MigrationRetryMax bound the wait before a failed
 	// migration is run again (0: DefaultMigrationRetryBase, DefaultMigrationRetryMax).
 	MigrationRetryBase, MigrationRetryMax time.Duration
+
+	applied applied // what the last applies returned (cache.go)
 }
 
-// +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps;services;serviceaccounts,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch;delete
 // +kubebuilder:rbac:groups="",resources=pods/log,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;patch;delete
-// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
+
+// RBAC: objects are written by server-side apply (create, patch: an apply
+// that creates needs create) and removed by the garbage collector through
+// owner references, so there is no update and no delete except where the
+// operator itself deletes: workloads before topic deletion (deletion.go),
+// drained gateway pods, old migration Jobs. Secrets are updated (the CA and
+// certificates, pki.go) and ChatCluster status is written. Migration Jobs
+// are patched with their failure report (migration.go).
 
 // Reconcile brings one ChatCluster to its spec and reports what it sees.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -262,8 +274,10 @@ func (r *Reconciler) apply(ctx context.Context, cc *chatv1.ChatCluster, obj clie
 	u := &unstructured.Unstructured{Object: raw}
 	kind := u.GetKind()
 
-	before := &unstructured.Unstructured{}
-	before.SetGroupVersionKind(u.GroupVersionKind())
+	// The cached copy, not a live GET: the cache holds what the operator
+	// made (CacheOptions), and r.applied covers the cache's lag behind the
+	// operator's own last apply.
+	before := reflect.New(reflect.TypeOf(obj).Elem()).Interface().(client.Object)
 	getErr := r.Get(ctx, client.ObjectKeyFromObject(u), before)
 	if getErr != nil && !apierrors.IsNotFound(getErr) {
 		return fmt.Errorf("get %s %s: %w", kind, u.GetName(), getErr)
@@ -271,10 +285,11 @@ func (r *Reconciler) apply(ctx context.Context, cc *chatv1.ChatCluster, obj clie
 	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(resources.FieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("apply %s %s: %w", kind, u.GetName(), err)
 	}
+	created, updated := r.applied.outcome(getErr == nil, before.GetResourceVersion(), u.GetUID(), u.GetResourceVersion())
 	switch {
-	case apierrors.IsNotFound(getErr):
+	case created:
 		r.event(cc, corev1.EventTypeNormal, "Created", "Create", "created %s %s", kind, u.GetName())
-	case before.GetResourceVersion() != u.GetResourceVersion():
+	case updated:
 		r.event(cc, corev1.EventTypeNormal, "Updated", "Update", "updated %s %s", kind, u.GetName())
 	}
 	return nil
@@ -460,6 +475,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}); err != nil {
 		return fmt.Errorf("index secrets: %w", err)
 	}
+	// The users' Secrets are watched by their metadata alone (cache.go).
+	secrets, err := secretMetadata(mgr)
+	if err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&chatv1.ChatCluster{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&corev1.ConfigMap{}).
@@ -469,12 +489,12 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&batchv1.Job{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersReadingSecret)).
+		WatchesRawSource(source.Kind(secrets, secretWatchObject(), handler.TypedEnqueueRequestsFromMapFunc(r.clustersReadingSecret))).
 		Named("chatcluster").
 		Complete(r)
 }
 
-func (r *Reconciler) clustersReadingSecret(ctx context.Context, o client.Object) []reconcile.Request {
+func (r *Reconciler) clustersReadingSecret(ctx context.Context, o *metav1.PartialObjectMetadata) []reconcile.Request {
 	var list chatv1.ChatClusterList
 	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{secretIndex: o.GetName()}); err != nil {
 		logf.FromContext(ctx).Error(err, "list clusters reading a secret", "secret", o.GetName())

@@ -22,13 +22,16 @@ import (
 )
 
 // TestRBAC runs the operator as a ServiceAccount bound to nothing but the
-// ClusterRole in config/rbac/role.yaml (what the install ships), and brings a
-// cluster to Running: a missing permission fails a reconcile and the test.
+// ClusterRole in config/rbac/role.yaml and the leader election Role in
+// config/rbac/leader_election_role.yaml (what the install ships), with
+// leader election on, and brings a cluster to Running: a missing permission
+// fails a reconcile and the test, and the election's own core/v1 Event must
+// be recorded.
 func TestRBAC(t *testing.T) {
 	ns := newNamespace(t)
 	as := asOperator(t, ns)
 	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
-	startManagerWith(t, as, ns)
+	startElectingManager(t, as, ns)
 	cc := newCluster(ns, "demo")
 	cc.Spec.Kafka.DeleteTopicsOnDelete = true
 	cc.Spec.Kafka.TopicPrefix = "rbac-" + ns
@@ -63,6 +66,18 @@ func TestRBAC(t *testing.T) {
 		}
 		return nil
 	})
+	// client-go's leader election records a core/v1 Event: without the
+	// Role's grant it is refused ("events is forbidden") and only logged.
+	var evs corev1.EventList
+	if err := k8s.List(bg, &evs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs.Items {
+		if e.Reason == "LeaderElection" && e.InvolvedObject.Name == leaseName {
+			return
+		}
+	}
+	t.Fatal("no LeaderElection event: the leader election Role does not let the operator record it")
 }
 
 // asOperator is cfg acting as a ServiceAccount bound to nothing but the
@@ -91,6 +106,25 @@ func asOperator(t *testing.T, ns string) *rest.Config {
 		t.Fatal(err)
 	}
 	if err := k8s.Create(bg, binding); err != nil {
+		t.Fatal(err)
+	}
+	raw, err = os.ReadFile(filepath.Join(repoRoot(), "config", "rbac", "leader_election_role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var election rbacv1.Role
+	if err := yaml.UnmarshalStrict(raw, &election); err != nil {
+		t.Fatal(err)
+	}
+	election.ObjectMeta = metav1.ObjectMeta{Namespace: ns, Name: "leader-election"}
+	if err := k8s.Create(bg, &election); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(bg, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "leader-election"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: election.Name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: sa.Name}},
+	}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -171,7 +171,8 @@ func startManagerWith(t *testing.T, cfg *rest.Config, ns string, opts ...func(*c
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:     scheme,
 		Metrics:    metricsserver.Options{BindAddress: "0"},
-		Cache:      cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
+		Cache:      controller.CacheOptions(map[string]cache.Config{ns: {}}),
+		NewClient:  controller.NewClient,
 		Controller: ctrlConfig(),
 	})
 	if err != nil {

@@ -43,7 +43,12 @@ const (
 	// AnnotationImage on the repo Deployment is the image it runs: it only
 	// moves to a new image once that image's migration has succeeded.
 	AnnotationImage = "chat.gochat.io/image"
-	FieldManager    = "gochat-operator"
+	// AnnotationRestartedAt on a ChatCluster (kubectl chat restart sets it)
+	// is copied onto every component's pod template, so a new value rolls
+	// every Deployment and the gateways, which go through their drain roll
+	// like any other template change.
+	AnnotationRestartedAt = "chat.gochat.io/restartedAt"
+	FieldManager          = "gochat-operator"
 )
 
 // Name of the object of a component: "<cluster>-<component>".
@@ -66,10 +71,17 @@ func MigrationJobName(cc *chatv1.ChatCluster) string {
 	return cc.Name + "-migrate-" + ShortHash(Image(cc, Repo))
 }
 
+// Every object the operator makes carries LabelManagedBy=ManagedBy: the
+// operator's cache holds only those (controller.CacheOptions).
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "gochat-operator"
+)
+
 // Labels of a component's objects.
 func Labels(cc *chatv1.ChatCluster, component string) map[string]string {
 	l := SelectorLabels(cc, component)
-	l["app.kubernetes.io/managed-by"] = "gochat-operator"
+	l[LabelManagedBy] = ManagedBy
 	l["app.kubernetes.io/part-of"] = "gochat"
 	return l
 }

@@ -184,3 +184,34 @@ func TestHashData(t *testing.T) {
 		t.Fatal("hash ignores a value")
 	}
 }
+
+// A restart request on the cluster reaches every rolling pod template, and
+// only a new request changes them.
+func TestRestartAnnotation(t *testing.T) {
+	cc := cluster()
+	templates := func(cc *chatv1.ChatCluster) map[string]map[string]string {
+		in := Inputs{}
+		return map[string]map[string]string{
+			Gateway: GatewayStatefulSet(cc, in).Spec.Template.Annotations,
+			Logic:   Deployment(cc, Logic, in).Spec.Template.Annotations,
+			Repo:    Deployment(cc, Repo, in).Spec.Template.Annotations,
+			Task:    Deployment(cc, Task, in).Spec.Template.Annotations,
+			Migrate: MigrationJob(cc, in).Spec.Template.Annotations,
+		}
+	}
+	for c, a := range templates(cc) {
+		if _, ok := a[AnnotationRestartedAt]; ok {
+			t.Errorf("%s: restart annotation without a request", c)
+		}
+	}
+	cc.Annotations = map[string]string{AnnotationRestartedAt: "2026-11-30T01:00:00Z"}
+	for c, a := range templates(cc) {
+		got, want := a[AnnotationRestartedAt], "2026-11-30T01:00:00Z"
+		if c == Migrate {
+			want = "" // created once per image, never rolled
+		}
+		if got != want {
+			t.Errorf("%s: restartedAt %q, want %q", c, got, want)
+		}
+	}
+}

@@ -175,6 +175,11 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 			SecurityContext:              &corev1.PodSecurityContext{RunAsNonRoot: boolPtr(true), RunAsUser: int64Ptr(nonRootID), RunAsGroup: int64Ptr(nonRootID), FSGroup: int64Ptr(nonRootID)},
 		},
 	}
+	// The migration Job is created once per image and never updated, so a
+	// restart has nothing to roll there.
+	if at := cc.Annotations[AnnotationRestartedAt]; at != "" && component != Migrate {
+		tpl.Annotations[AnnotationRestartedAt] = at
+	}
 	applyPodSettings(&tpl, PodSettings(cc, component))
 	return tpl
 }
