@@ -314,7 +314,7 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster, obs *
 		}
 	}
 	obs.Sessions, obs.Draining, obs.StuckGateway = roll.sessions(), gatewayroll.DrainingStatus(roll.view), step.Stuck
-	obs.GatewayOutdated = roll.outdated()
+	obs.GatewayOutdated, obs.GatewayImages = roll.outdated(), roll.images()
 	if step.Busy {
 		busy = max(step.RequeueAfter, 200*time.Millisecond)
 	}

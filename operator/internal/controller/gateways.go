@@ -122,6 +122,17 @@ func (g *gatewayRoll) outdated() int32 {
 	return n
 }
 
+// images are the images the gateway pods run, terminating ones included.
+func (g *gatewayRoll) images() []string {
+	var out []string
+	for _, p := range g.pods {
+		if len(p.Spec.Containers) > 0 {
+			out = append(out, p.Spec.Containers[0].Image)
+		}
+	}
+	return out
+}
+
 // plan decides this pass of the roll.
 func (g *gatewayRoll) plan(cc *chatv1.ChatCluster, now time.Time, readyTimeout time.Duration) gatewayroll.Step {
 	desired := int32(2)

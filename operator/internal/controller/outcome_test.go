@@ -224,16 +224,29 @@ func TestReadyUpdatedScaling(t *testing.T) {
 	const next = "ghcr.io/gochat/gochat:0.2.0"
 	edit(t, ns, "demo", &chatv1.ChatCluster{}, func(c *chatv1.ChatCluster) {
 		c.Spec.Gateway.Image = next
-		c.Spec.Gateway.Drain.Timeout = &metav1.Duration{Duration: 5 * time.Second}
+		// The first gateway drains at once and stays Ready until its
+		// deadline: long enough to look, short enough for the roll below.
+		c.Spec.Gateway.Drain.Timeout = &metav1.Duration{Duration: 20 * time.Second}
 	})
+	seen := map[string]bool{}
 	eventually(t, 30*time.Second, "upgrading, Ready with the outdated gateways", func() error {
 		cc = getCluster(t, ns, "demo")
 		roll, ready := condition(cc, chatv1.ConditionGatewayRolloutComplete), condition(cc, chatv1.ConditionReady)
+		if st := fmt.Sprintf("%s %s %s %s", cc.Status.Phase, roll.Reason, ready.Reason, ready.Message); !seen[st] {
+			seen[st] = true
+			t.Logf("status: %s", st)
+		}
 		if cc.Status.ObservedGeneration != cc.Generation || roll.Status != metav1.ConditionFalse || cc.Status.Phase != chatv1.PhaseUpgrading {
 			return fmt.Errorf("phase %s, GatewayRolloutComplete %+v", cc.Status.Phase, roll)
 		}
 		if ready.Status != metav1.ConditionTrue || ready.Reason != "Ready" {
-			return fmt.Errorf("Ready %+v with every gateway Ready on the old revision", ready)
+			var pods corev1.PodList
+			_ = k8s.List(bg, &pods, client.InNamespace(ns), client.MatchingLabels{"app.kubernetes.io/component": resources.Gateway})
+			var desc []string
+			for _, p := range pods.Items {
+				desc = append(desc, fmt.Sprintf("%s rev=%s phase=%s conds=%v del=%v ann=%v", p.Name, p.Labels["controller-revision-hash"], p.Status.Phase, p.Status.Conditions, p.DeletionTimestamp, p.Annotations))
+			}
+			return fmt.Errorf("Ready %+v with every gateway Ready on the old revision; pods %v", ready, desc)
 		}
 		if cc.Status.Image != image || cc.Status.Gateway.Image != image {
 			return fmt.Errorf("image %q, gateway %q: still the old one runs", cc.Status.Image, cc.Status.Gateway.Image)

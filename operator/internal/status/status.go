@@ -71,6 +71,9 @@ type Observed struct {
 	// GatewayOutdated counts the gateway pods not on the StatefulSet's
 	// update revision (not yet replaced by the roll).
 	GatewayOutdated int32
+	// GatewayImages are the images the gateway pods run, one per pod; nil
+	// when the pods were not read in this pass.
+	GatewayImages []string
 	// Draining are the gateway pods being emptied.
 	Draining []chatv1.DrainingGateway
 	// StuckGateway is a replacement gateway that did not become Ready in
@@ -145,12 +148,14 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		gw.ReadyReplicas, gw.UpdatedReplicas = sts.Status.ReadyReplicas, sts.Status.UpdatedReplicas
 		observed := sts.Status.ObservedGeneration >= sts.Generation
 		gwRolled = observed && o.GatewayOutdated == 0 && len(o.Draining) == 0 && o.StuckGateway == ""
-		if gwRolled {
-			gw.Image = templateImage(sts.Spec.Template.Spec)
-		}
 		gwp.ready = gw.ReadyReplicas >= gw.Replicas
 		gwp.rolling = o.GatewayOutdated > 0
 		gwp.lost = gw.ReadyReplicas < gw.Replicas && gw.ReadyReplicas < prev.Gateway.ReadyReplicas
+	}
+	// The pods say what runs: the template may already name an image that
+	// no gateway runs yet.
+	if img := sameImage(o.GatewayImages); img != "" {
+		gw.Image = img
 	}
 	comps = append(comps, gwp)
 	s.Gateway = gw
@@ -171,6 +176,8 @@ func Compute(cc *chatv1.ChatCluster, o Observed) chatv1.ChatClusterStatus {
 		set(chatv1.ConditionGatewayRolloutComplete, true, ReasonRolloutComplete, fmt.Sprintf("every gateway runs the current revision (%d of %d desired Ready)", gw.ReadyReplicas, gw.Replicas))
 	case o.Gateway == nil:
 		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonRollingOut, "the gateway StatefulSet does not exist yet")
+	case o.Gateway.Status.ObservedGeneration < o.Gateway.Generation:
+		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonRollingOut, fmt.Sprintf("the StatefulSet controller has not yet seen generation %d of the gateways", o.Gateway.Generation))
 	default:
 		set(chatv1.ConditionGatewayRolloutComplete, false, ReasonRollingOut, fmt.Sprintf("%d gateway(s) on an earlier revision, to be drained and replaced", o.GatewayOutdated))
 	}
@@ -308,6 +315,20 @@ func templateImage(spec corev1.PodSpec) string {
 		return ""
 	}
 	return spec.Containers[0].Image
+}
+
+// sameImage is the image every one of images names, or "" when they
+// differ or there are none.
+func sameImage(images []string) string {
+	if len(images) == 0 {
+		return ""
+	}
+	for _, img := range images[1:] {
+		if img != images[0] {
+			return ""
+		}
+	}
+	return images[0]
 }
 
 // runningImage is the components' images: one when they agree.

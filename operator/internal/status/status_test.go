@@ -39,6 +39,7 @@ func healthy() Observed {
 		Deployments:   map[string]*appsv1.Deployment{"logic": dep(1), "repo": dep(1), "task": dep(1)},
 		Gateway:       &appsv1.StatefulSet{Spec: appsv1.StatefulSetSpec{Template: podSpec("img:1")}, Status: appsv1.StatefulSetStatus{Replicas: 2, ReadyReplicas: 2, UpdatedReplicas: 2, CurrentRevision: "r1", UpdateRevision: "r1"}},
 		ClientService: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "demo-gateway", Namespace: "ns"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer}, Status: corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: "203.0.113.7"}}}}},
+		GatewayImages: []string{"img:1", "img:1"},
 		MigratedImage: "img:1", Topics: []string{"a", "b"}, Partitions: 12, Sessions: 42,
 	}
 }
@@ -160,11 +161,20 @@ func TestComputeSequences(t *testing.T) {
 		image  string // status.image
 		rolled bool   // GatewayRolloutComplete
 	}
+	// gw: the outdated pods run img:1, the others image (the template's).
 	gw := func(replicas, ready, updated, outdated int32, image string) func(*Observed) {
 		return func(o *Observed) {
 			o.Gateway.Status.Replicas, o.Gateway.Status.ReadyReplicas, o.Gateway.Status.UpdatedReplicas = replicas, ready, updated
 			o.GatewayOutdated = outdated
 			o.Gateway.Spec.Template = podSpec(image)
+			o.GatewayImages = nil
+			for i := range replicas {
+				if i < outdated {
+					o.GatewayImages = append(o.GatewayImages, "img:1")
+				} else {
+					o.GatewayImages = append(o.GatewayImages, image)
+				}
+			}
 		}
 	}
 	scale := func(n int32) func(*chatv1.ChatCluster) {
