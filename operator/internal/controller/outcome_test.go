@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -322,7 +323,8 @@ func tableRow(t *testing.T, ns string) []any {
 }
 
 // TestRefusedStepsReachTheCluster: an apply the API server refuses (an
-// admission policy forbids the ConfigMap) and an object of the operator's
+// admission policy forbids the ConfigMap, a ResourceQuota has no room for
+// it) and an object of the operator's
 // name that another controller owns each become the Reconciled condition,
 // a Warning event naming the object, and Ready false. Once the cause is
 // gone, the backoff's next retry recovers.
@@ -351,6 +353,30 @@ func TestRefusedStepsReachTheCluster(t *testing.T) {
 		// The other objects were still applied.
 		get(t, ns, "demo-logic", &appsv1.Deployment{})
 		if err := k8s.Delete(bg, foreign); err != nil {
+			t.Fatal(err)
+		}
+		expectRecovered(t, ns)
+	})
+
+	t.Run("over quota", func(t *testing.T) {
+		ns := newNamespace(t)
+		createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+		none := corev1.ResourceList{"count/configmaps": resource.MustParse("0")}
+		quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "no-configmaps"}, Spec: corev1.ResourceQuotaSpec{Hard: none}}
+		if err := k8s.Create(bg, quota); err != nil {
+			t.Fatal(err)
+		}
+		// What the quota controller (not run here) would record.
+		quota.Status = corev1.ResourceQuotaStatus{Hard: none, Used: none}
+		if err := k8s.Status().Update(bg, quota); err != nil {
+			t.Fatal(err)
+		}
+		startManager(t, ns)
+		if err := k8s.Create(bg, newCluster(ns, "demo")); err != nil {
+			t.Fatal(err)
+		}
+		expectRefused(t, ns, "QuotaExceeded", "ConfigMap", "demo-config", "exceeded quota: no-configmaps")
+		if err := k8s.Delete(bg, quota); err != nil {
 			t.Fatal(err)
 		}
 		expectRecovered(t, ns)
