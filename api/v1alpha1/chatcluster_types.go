@@ -295,20 +295,35 @@ const (
 
 // ComponentStatus counts a component's pods.
 type ComponentStatus struct {
+	// Replicas is the desired count (the spec's).
 	// +optional
 	Replicas int32 `json:"replicas,omitempty"`
+	// ReadyReplicas are the Ready pods, on any revision.
 	// +optional
 	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// UpdatedReplicas are the pods on the current revision.
+	// +optional
+	UpdatedReplicas int32 `json:"updatedReplicas,omitempty"`
+	// Image is what the component's pods run: the image of its last
+	// complete rollout (a rollout in progress does not change it).
+	// +optional
+	Image string `json:"image,omitempty"`
 }
 
 // GatewayStatus counts the gateways.
 type GatewayStatus struct {
+	// Replicas is the desired count (spec.gateway.replicas).
 	// +optional
 	Replicas int32 `json:"replicas,omitempty"`
+	// ReadyReplicas are the Ready gateway pods, on any revision; the scale
+	// subresource reports them as its status.replicas.
 	// +optional
 	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
 	// +optional
 	UpdatedReplicas int32 `json:"updatedReplicas,omitempty"`
+	// Image is what the gateway pods run: the image of the last complete roll.
+	// +optional
+	Image string `json:"image,omitempty"`
 	// Draining lists the gateway pods being emptied, with when their drain
 	// began and the sessions they still hold.
 	// +listType=map
@@ -365,6 +380,11 @@ type ChatClusterStatus struct {
 	Task ComponentStatus `json:"task,omitempty"`
 	// +optional
 	Kafka KafkaStatus `json:"kafka,omitempty"`
+	// Image is what the cluster runs: the components' images (each the image
+	// of its last complete rollout), one when they agree, else the distinct
+	// ones sorted and comma-separated (mid-upgrade, or per-component overrides).
+	// +optional
+	Image string `json:"image,omitempty"`
 	// MigratedImage is the image whose schema migration last succeeded.
 	// +optional
 	MigratedImage string `json:"migratedImage,omitempty"`
@@ -377,12 +397,12 @@ type ChatClusterStatus struct {
 // ChatCluster is one GoChat installation: four services, their topics and settings.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:subresource:scale:specpath=.spec.gateway.replicas,statuspath=.status.gateway.replicas,selectorpath=.status.gateway.selector
+// +kubebuilder:subresource:scale:specpath=.spec.gateway.replicas,statuspath=.status.gateway.readyReplicas,selectorpath=.status.gateway.selector
 // +kubebuilder:resource:shortName=chat,categories=gochat
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Gateways",type=string,JSONPath=`.status.gatewaysReady`
 // +kubebuilder:printcolumn:name="Sessions",type=integer,JSONPath=`.status.sessions`
-// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.image`
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.status.image`
 // +kubebuilder:printcolumn:name="Updated",type=integer,JSONPath=`.status.gateway.updatedReplicas`,priority=1,description="gateways on the current revision"
 // +kubebuilder:printcolumn:name="Draining",type=string,JSONPath=`.status.gateway.draining[*].pod`,priority=1,description="gateways being emptied"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
@@ -410,6 +430,10 @@ const (
 	ConditionDatabaseReachable      = "DatabaseReachable"
 	ConditionRedisReachable         = "RedisReachable"
 	ConditionGatewayRolloutComplete = "GatewayRolloutComplete"
+	// ConditionReconciled is False when the API server refused a step of
+	// the reconcile (forbidden, over quota, an immutable field, an object
+	// owned by someone else): the reason and message say which and why.
+	ConditionReconciled = "Reconciled"
 )
 
 // DefaultDrainTimeout applies when spec.gateway.drain.timeout is unset.

@@ -45,6 +45,8 @@ func main() {
 		leaderElect            bool
 		resync, readyTimeout   time.Duration
 		topicDeletion          time.Duration
+		ioTimeout              time.Duration
+		concurrency            int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the metrics endpoint (HTTPS, authenticated); 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
@@ -52,6 +54,8 @@ func main() {
 	flag.DurationVar(&resync, "resync", 30*time.Second, "how often a running cluster is checked again (topics, Redis, sessions)")
 	flag.DurationVar(&readyTimeout, "gateway-ready-timeout", gatewayroll.DefaultReadyTimeout, "how long a replacement gateway may take to become Ready before the roll halts (RolloutStuck)")
 	flag.DurationVar(&topicDeletion, "topic-deletion-timeout", controller.DefaultTopicDeletionTimeout, "longest a ChatCluster's deletion waits for its topics to be deleted before it lets go with a Warning")
+	flag.IntVar(&concurrency, "max-concurrent-reconciles", controller.DefaultMaxConcurrentReconciles, "how many ChatClusters reconcile at once, so that one waiting on its Kafka or Redis does not hold up the others")
+	flag.DurationVar(&ioTimeout, "io-timeout", controller.DefaultIOTimeout, "bound of each call to a cluster's Kafka and Redis during a reconcile")
 	flag.StringVar(&defaultImage, "default-image", releaseImage(), "GoChat image of clusters without spec.image (default: this release's image; empty in a dev build)")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -91,6 +95,7 @@ func main() {
 		APIReader: mgr.GetAPIReader(),
 		Resync:    resync, ReadyTimeout: readyTimeout,
 		DefaultImage: defaultImage, TopicDeletionTimeout: topicDeletion,
+		MaxConcurrentReconciles: concurrency, IOTimeout: ioTimeout,
 	}
 	// Every call to a gateway is mutual TLS with the operator's certificate
 	// from that cluster's CA.

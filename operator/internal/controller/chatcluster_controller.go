@@ -29,6 +29,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crcontroller "sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -76,8 +77,17 @@ type Reconciler struct {
 	// MigrationRetryBase and MigrationRetryMax bound the wait before a failed
 	// migration is run again (0: DefaultMigrationRetryBase, DefaultMigrationRetryMax).
 	MigrationRetryBase, MigrationRetryMax time.Duration
+	// MaxConcurrentReconciles is how many ChatClusters reconcile at once
+	// (0: DefaultMaxConcurrentReconciles), so that one cluster waiting on
+	// its Kafka or Redis never holds up the others.
+	MaxConcurrentReconciles int
+	// IOTimeout bounds each call to a cluster's Kafka, Redis and MySQL (0: DefaultIOTimeout).
+	IOTimeout time.Duration
 
 	applied applied // what the last applies returned (cache.go)
+
+	backoffMu sync.Mutex
+	backoff   map[types.NamespacedName]backoffState
 }
 
 // +kubebuilder:rbac:groups=chat.gochat.io,resources=chatclusters,verbs=get;list;watch;patch
@@ -101,45 +111,117 @@ type Reconciler struct {
 // are patched with their failure report (migration.go).
 
 // Reconcile brings one ChatCluster to its spec and reports what it sees.
+// Every step the API server refuses reaches the cluster (the Reconciled
+// condition, a Warning event, Ready false) rather than only the log; states
+// only a person can end are retried with a growing backoff and woken early by
+// the watches (the spec, a Secret, an owned object changed).
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var cc chatv1.ChatCluster
 	if err := r.Get(ctx, req.NamespacedName, &cc); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forgetBackoff(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !cc.DeletionTimestamp.IsZero() {
+		r.forgetBackoff(req.NamespacedName)
 		return r.finalize(ctx, &cc)
 	}
-	if err := r.syncMetadata(ctx, &cc); err != nil {
+	obs := status.Observed{Deployments: map[string]*appsv1.Deployment{}, MigratedImage: cc.Status.MigratedImage,
+		Sessions: cc.Status.Sessions, Draining: cc.Status.Gateway.Draining}
+	// Kafka and Redis answer (or time out) while the objects are applied.
+	deps := r.checkDependencies(ctx, &cc)
+	var busy time.Duration
+	err := r.syncMetadata(ctx, &cc)
+	if err == nil {
+		busy, err = r.converge(ctx, &cc, &obs)
+	}
+	deps(&obs)
+	conflicted := err != nil && onlyConflicts(err)
+	if err != nil && !conflicted {
+		obs.Reconcile = r.refused(&cc, err)
+	}
+	if err := r.observe(ctx, &cc, &obs); err != nil {
 		return ctrl.Result{}, err
 	}
-	obs, busy, err := r.converge(ctx, &cc)
+	st, err := r.writeStatus(ctx, &cc, obs)
+	if errors.Is(err, errStale) {
+		// The spec changed, or the status kept changing under this pass:
+		// the next pass starts from the current version.
+		return ctrl.Result{RequeueAfter: time.Second}, nil
+	}
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	st := status.Compute(&cc, obs)
-	if !equality.Semantic.DeepEqual(st, cc.Status) {
-		if cc.Status.Phase != st.Phase {
-			r.event(&cc, corev1.EventTypeNormal, "Phase"+string(st.Phase), "UpdateStatus", "phase %s -> %s", orNone(string(cc.Status.Phase)), st.Phase)
-		}
-		was, now := condition(cc.Status.Conditions, chatv1.ConditionGatewayRolloutComplete), condition(st.Conditions, chatv1.ConditionGatewayRolloutComplete)
-		if now.Reason == status.ReasonRolloutStuck && was.Reason != status.ReasonRolloutStuck {
-			r.event(&cc, corev1.EventTypeWarning, status.ReasonRolloutStuck, "Roll", "%s", now.Message)
-		}
-		// A full update rather than a patch: zero counts (0 sessions) are
-		// written too, and a conflict means someone changed the cluster since
-		// it was read, so the next reconcile starts over from the new version.
-		cc.Status = st
-		if err := r.Status().Update(ctx, &cc); err != nil {
-			return ctrl.Result{}, fmt.Errorf("update status: %w", err)
-		}
+	if conflicted {
+		return ctrl.Result{RequeueAfter: time.Second}, nil
 	}
-	if busy > 0 {
-		return ctrl.Result{RequeueAfter: busy}, nil
+	return ctrl.Result{RequeueAfter: r.requeueAfter(req.NamespacedName, st, busy)}, nil
+}
+
+// errStale: the cluster changed under this pass.
+var errStale = errors.New("the ChatCluster changed during the reconcile")
+
+// statusAttempts bounds the re-reads after a conflicting status write.
+const statusAttempts = 3
+
+// writeStatus computes the status and, when it changed, writes it with a
+// merge patch that carries the resourceVersion it was computed from. A
+// conflict means the read was stale (the cache lags, or someone changed
+// the cluster): the current version is read around the cache and the status
+// computed again on it, so that a transition is judged against what the
+// server holds. Phase events follow a successful write only, so a write
+// that does not happen never reports a transition, and no transition is
+// reported twice.
+func (r *Reconciler) writeStatus(ctx context.Context, cc *chatv1.ChatCluster, obs status.Observed) (chatv1.ChatClusterStatus, error) {
+	for attempt := 1; ; attempt++ {
+		st := status.Compute(cc, obs)
+		if equality.Semantic.DeepEqual(st, cc.Status) {
+			return st, nil
+		}
+		base := cc.DeepCopy()
+		// sessions has no omitempty, so a status the server stored without
+		// it reads back as 0: the -1 makes the patch always carry the count,
+		// and a zero is written as a zero.
+		base.Status.Sessions = -1
+		next := cc.DeepCopy()
+		next.Status = st
+		err := r.Status().Patch(ctx, next, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}))
+		if err == nil {
+			r.statusEvents(cc, cc.Status, st)
+			*cc = *next
+			return st, nil
+		}
+		if !apierrors.IsConflict(err) {
+			return st, fmt.Errorf("patch status: %w", err)
+		}
+		if attempt == statusAttempts {
+			return st, errStale
+		}
+		var fresh chatv1.ChatCluster
+		if err := r.reader().Get(ctx, client.ObjectKeyFromObject(cc), &fresh); apierrors.IsNotFound(err) {
+			return st, errStale
+		} else if err != nil {
+			return st, fmt.Errorf("read the cluster again after a conflict: %w", err)
+		}
+		if fresh.Generation != cc.Generation || !fresh.DeletionTimestamp.IsZero() {
+			return st, errStale
+		}
+		*cc = fresh
 	}
-	if st.Phase != chatv1.PhaseRunning {
-		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+}
+
+// statusEvents reports what a written status changed that a person acts on.
+func (r *Reconciler) statusEvents(cc *chatv1.ChatCluster, was, now chatv1.ChatClusterStatus) {
+	if was.Phase != now.Phase {
+		// The previous phase is in the action, so that Running -> Degraded
+		// and Upgrading -> Degraded are two series, each with its own note.
+		r.event(cc, corev1.EventTypeNormal, "Phase"+string(now.Phase), "TransitionFrom"+string(orNone(string(was.Phase))), "phase %s -> %s", orNone(string(was.Phase)), now.Phase)
 	}
-	return ctrl.Result{RequeueAfter: r.Resync}, nil
+	wasRoll, nowRoll := condition(was.Conditions, chatv1.ConditionGatewayRolloutComplete), condition(now.Conditions, chatv1.ConditionGatewayRolloutComplete)
+	if nowRoll.Reason == status.ReasonRolloutStuck && wasRoll.Reason != status.ReasonRolloutStuck {
+		r.event(cc, corev1.EventTypeWarning, status.ReasonRolloutStuck, "Roll", "%s", nowRoll.Message)
+	}
 }
 
 func condition(conds []metav1.Condition, typ string) metav1.Condition {
@@ -153,27 +235,42 @@ func condition(conds []metav1.Condition, typ string) metav1.Condition {
 
 func orNone(s string) string {
 	if s == "" {
-		return "(none)"
+		return "None"
 	}
 	return s
 }
 
+// event records an Event about the cluster itself.
 func (r *Reconciler) event(cc *chatv1.ChatCluster, kind, reason, action, format string, args ...any) {
-	if r.Recorder != nil {
-		r.Recorder.Eventf(cc, nil, kind, reason, action, format, args...)
-	}
+	r.eventAbout(cc, nil, kind, reason, action, format, args...)
 }
 
-// converge creates or updates everything the cluster owns, takes one step
-// of the gateway roll, and observes the result. busy > 0 asks to look again
-// that soon: a roll is in progress, or a failed migration waits to run again.
-func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs status.Observed, busy time.Duration, err error) {
-	obs = status.Observed{Deployments: map[string]*appsv1.Deployment{}, MigratedImage: cc.Status.MigratedImage}
+// eventAbout records an Event on the cluster naming the object it is about.
+// The related object is part of an event series' key: without it, the
+// Events of one pass with one reason (a Created per object) fold into one
+// series that keeps only the first note.
+func (r *Reconciler) eventAbout(cc *chatv1.ChatCluster, related runtime.Object, kind, reason, action, format string, args ...any) {
+	if r.Recorder == nil {
+		return
+	}
+	if related == nil || reflect.ValueOf(related).IsNil() {
+		r.Recorder.Eventf(cc, nil, kind, reason, action, format, args...)
+		return
+	}
+	r.Recorder.Eventf(cc, related, kind, reason, action, format, args...)
+}
+
+// converge creates or updates everything the cluster owns and takes one
+// step of the gateway roll, recording what it saw in obs. busy > 0 asks to
+// look again that soon: a roll is in progress, or a failed migration waits
+// to run again. An error stops the pass at
+// the step that failed; the applies of independent objects still all run.
+func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster, obs *status.Observed) (busy time.Duration, err error) {
 	if err := r.ensureJWTSecret(ctx, cc); err != nil {
-		return obs, 0, err
+		return 0, err
 	}
 	if err := r.ensurePKI(ctx, cc); err != nil {
-		return obs, 0, err
+		return 0, err
 	}
 	hashes, secretsErr := r.secretHashes(ctx, cc)
 	if secretsErr != nil {
@@ -187,7 +284,7 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs 
 	now := time.Now()
 	roll, err := r.observeGateways(ctx, cc)
 	if err != nil {
-		return obs, 0, err
+		return 0, err
 	}
 	step := roll.plan(cc, now, r.readyTimeout())
 	if roll.sts != nil {
@@ -202,21 +299,22 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs 
 	for _, p := range resources.PodDisruptionBudgets(cc) {
 		objs = append(objs, p)
 	}
+	var applyErrs []error
 	for _, o := range objs {
 		if err := r.apply(ctx, cc, o); err != nil {
-			return obs, 0, err
+			applyErrs = append(applyErrs, err)
 		}
 	}
 
 	if secretsErr == nil {
-		retry, err := r.migrate(ctx, cc, in, &obs)
+		retry, err := r.migrate(ctx, cc, in, obs)
 		if err != nil {
-			return obs, 0, err
+			return 0, errors.Join(append(applyErrs, err)...)
 		}
 		busy = retry // a failed migration is looked at again when its backoff ends
 		// Every workload waits for the migration of the spec's repo image.
 		if in.Images, err = r.servedImages(ctx, cc, obs.MigratedImage, roll.sts); err != nil {
-			return obs, 0, err
+			return 0, errors.Join(append(applyErrs, err)...)
 		}
 		for _, c := range resources.Workloads {
 			if _, ok := in.Images[c]; !ok {
@@ -229,40 +327,33 @@ func (r *Reconciler) converge(ctx context.Context, cc *chatv1.ChatCluster) (obs 
 				o = resources.Deployment(cc, c, in)
 			}
 			if err := r.apply(ctx, cc, o); err != nil {
-				return obs, 0, err
+				applyErrs = append(applyErrs, err)
 			}
 		}
-		if err := r.rollGateways(ctx, cc, roll, step, now); err != nil {
-			return obs, 0, err
+		if len(applyErrs) == 0 {
+			if err := r.rollGateways(ctx, cc, roll, step, now); err != nil {
+				return 0, err
+			}
 		}
 	}
 	if obs.ImagePull, err = r.checkComponentImages(ctx, cc); err != nil {
-		return obs, 0, err
+		return 0, errors.Join(append(applyErrs, err)...)
 	}
 	obs.Sessions, obs.Draining, obs.StuckGateway = roll.sessions(), gatewayroll.DrainingStatus(roll.view), step.Stuck
+	obs.GatewayOutdated, obs.GatewayImages = roll.outdated(), roll.images()
 	if step.Busy {
 		rollBusy := max(step.RequeueAfter, 200*time.Millisecond)
 		if busy == 0 || rollBusy < busy {
 			busy = rollBusy
 		}
 	}
-
-	r.ensureTopics(ctx, cc, &obs)
-	// MySQL and Redis are probed at once: each may take its timeout.
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		obs.Database = r.checkMySQL(ctx, cc)
-	}()
-	obs.Redis = r.checkRedis(ctx, cc)
-	wg.Wait()
-	return obs, busy, r.observe(ctx, cc, &obs)
+	return busy, errors.Join(applyErrs...)
 }
 
 // apply server-side applies a built object as the operator's field manager:
 // fields the operator sets are put back if someone edits them, and fields it
-// does not set (defaults, other controllers') are left alone.
+// does not set (defaults, other controllers') are left alone. An object of
+// that name controlled by someone else is never taken over.
 func (r *Reconciler) apply(ctx context.Context, cc *chatv1.ChatCluster, obj client.Object) error {
 	raw, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
 	if err != nil {
@@ -280,17 +371,23 @@ func (r *Reconciler) apply(ctx context.Context, cc *chatv1.ChatCluster, obj clie
 	before := reflect.New(reflect.TypeOf(obj).Elem()).Interface().(client.Object)
 	getErr := r.Get(ctx, client.ObjectKeyFromObject(u), before)
 	if getErr != nil && !apierrors.IsNotFound(getErr) {
-		return fmt.Errorf("get %s %s: %w", kind, u.GetName(), getErr)
+		return &stepError{action: "Apply", related: u, err: fmt.Errorf("get %s %s: %w", kind, u.GetName(), getErr)}
+	}
+	if getErr == nil {
+		if owner := metav1.GetControllerOf(before); owner != nil && owner.UID != cc.UID {
+			return &stepError{reason: status.ReasonOwnedByOther, action: "Apply", related: before,
+				err: fmt.Errorf("%s %s is controlled by %s %s, not by this ChatCluster: delete or rename it, the operator does not take it over", kind, u.GetName(), owner.Kind, owner.Name)}
+		}
 	}
 	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(resources.FieldManager), client.ForceOwnership); err != nil {
-		return fmt.Errorf("apply %s %s: %w", kind, u.GetName(), err)
+		return &stepError{action: "Apply", related: u, err: fmt.Errorf("apply %s %s: %w", kind, u.GetName(), err)}
 	}
 	created, updated := r.applied.outcome(getErr == nil, before.GetResourceVersion(), u.GetUID(), u.GetResourceVersion())
 	switch {
 	case created:
-		r.event(cc, corev1.EventTypeNormal, "Created", "Create", "created %s %s", kind, u.GetName())
+		r.eventAbout(cc, u, corev1.EventTypeNormal, "Created", "Create", "created %s %s", kind, u.GetName())
 	case updated:
-		r.event(cc, corev1.EventTypeNormal, "Updated", "Update", "updated %s %s", kind, u.GetName())
+		r.eventAbout(cc, u, corev1.EventTypeNormal, "Updated", "Update", "updated %s %s", kind, u.GetName())
 	}
 	return nil
 }
@@ -368,6 +465,52 @@ func dedupe(errs []error) []error {
 	return out
 }
 
+// DefaultIOTimeout bounds each call to a cluster's Kafka and Redis.
+const DefaultIOTimeout = 5 * time.Second
+
+func (r *Reconciler) ioTimeout() time.Duration {
+	if r.IOTimeout > 0 {
+		return r.IOTimeout
+	}
+	return DefaultIOTimeout
+}
+
+// checkDependencies ensures the topics and probes Redis and MySQL
+// concurrently, each bounded by the I/O timeout, and returns a wait that
+// records them in obs. A dependency that does not answer costs one timeout,
+// never the sum, and only this cluster's worker: the others reconcile
+// meanwhile.
+func (r *Reconciler) checkDependencies(ctx context.Context, cc *chatv1.ChatCluster) func(*status.Observed) {
+	cc = cc.DeepCopy()
+	var (
+		wg    sync.WaitGroup
+		topic status.Observed
+		rds   status.Check
+		db    status.Check
+	)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		r.ensureTopics(ctx, cc, &topic)
+	}()
+	go func() {
+		defer wg.Done()
+		rds = r.checkRedis(ctx, cc)
+	}()
+	go func() {
+		defer wg.Done()
+		db = r.checkMySQL(ctx, cc)
+	}()
+	return func(obs *status.Observed) {
+		wg.Wait()
+		obs.Kafka, obs.Topics, obs.Partitions, obs.Redis, obs.Database = topic.Kafka, topic.Topics, topic.Partitions, rds, db
+	}
+}
+
+// topicAction names an Event's action after its topic, so that the Events
+// of two topics are two series.
+var topicAction = map[string]string{"TopicCreated": "CreateTopic", "PartitionsRaised": "RaisePartitions", "RetentionChanged": "SetRetention"}
+
 func (r *Reconciler) ensureTopics(ctx context.Context, cc *chatv1.ChatCluster, obs *status.Observed) {
 	fail := func(err error) {
 		var ke *kafka.Error
@@ -394,14 +537,14 @@ func (r *Reconciler) ensureTopics(ctx context.Context, cc *chatv1.ChatCluster, o
 		return
 	}
 	defer closeAdm()
-	kctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	kctx, cancel := context.WithTimeout(ctx, r.ioTimeout())
 	defer cancel()
 	actions, partitions, err := kafka.Ensure(kctx, adm, kafka.Want{
 		Topics: resources.Topics(cc), Partitions: cc.Spec.Kafka.Partitions,
 		ReplicationFactor: int16(cc.Spec.Kafka.ReplicationFactor), Retention: retention,
 	})
 	for _, a := range actions {
-		r.event(cc, corev1.EventTypeNormal, a.Reason, "EnsureTopics", "%s", a.Message)
+		r.event(cc, corev1.EventTypeNormal, a.Reason, topicAction[a.Reason]+" "+a.Topic, "%s", a.Message)
 	}
 	if err != nil {
 		fail(err)
@@ -419,7 +562,8 @@ func (quietRedis) Printf(context.Context, string, ...any) {}
 func init() { redis.SetLogger(quietRedis{}) }
 
 func (r *Reconciler) checkRedis(ctx context.Context, cc *chatv1.ChatCluster) status.Check {
-	opts := &redis.Options{Addr: cc.Spec.Redis.Address, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1, PoolSize: 1}
+	timeout := r.ioTimeout()
+	opts := &redis.Options{Addr: cc.Spec.Redis.Address, DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout, MaxRetries: -1, PoolSize: 1}
 	if ref := cc.Spec.Redis.PasswordSecretRef; ref != nil {
 		var s corev1.Secret
 		if err := r.Get(ctx, types.NamespacedName{Namespace: cc.Namespace, Name: ref.Name}, &s); err != nil {
@@ -429,7 +573,7 @@ func (r *Reconciler) checkRedis(ctx context.Context, cc *chatv1.ChatCluster) sta
 	}
 	c := redis.NewClient(opts)
 	defer c.Close()
-	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := c.Ping(pctx).Err(); err != nil {
 		return status.Check{Reason: status.ReasonUnreachable, Err: fmt.Errorf("redis at %s: %w", cc.Spec.Redis.Address, err)}
@@ -481,6 +625,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
+		WithOptions(crcontroller.Options{MaxConcurrentReconciles: r.maxConcurrentReconciles()}).
 		For(&chatv1.ChatCluster{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.Service{}).

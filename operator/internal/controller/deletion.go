@@ -18,6 +18,7 @@ import (
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/kafka"
 	"github.com/gochat/gochat/operator/internal/resources"
+	"github.com/gochat/gochat/operator/internal/status"
 )
 
 // AnnotationSkipTopicDeletion set to "true" on a ChatCluster lets its
@@ -41,9 +42,8 @@ func (r *Reconciler) syncMetadata(ctx context.Context, cc *chatv1.ChatCluster) e
 	wantImage := ""
 	if cc.Spec.Image == "" {
 		if r.DefaultImage == "" {
-			err := errors.New("spec.image is empty and this operator has no default image (--default-image): set spec.image")
-			r.event(cc, corev1.EventTypeWarning, "NoImage", "ResolveImage", "%v", err)
-			return err
+			return &stepError{reason: status.ReasonNoImage, action: "ResolveImage",
+				err: errors.New("spec.image is empty and this operator has no default image (--default-image): set spec.image")}
 		}
 		wantImage = r.DefaultImage
 	}
@@ -148,7 +148,7 @@ func (r *Reconciler) stopWorkloads(ctx context.Context, cc *chatv1.ChatCluster) 
 	}
 	for _, o := range objs {
 		if err := r.Delete(ctx, o, client.PropagationPolicy(metav1.DeletePropagationBackground)); err == nil {
-			r.event(cc, corev1.EventTypeNormal, "WorkloadStopped", "Delete", "deleted %s %s before the topics", kindOf(o), o.GetName())
+			r.eventAbout(cc, o, corev1.EventTypeNormal, "WorkloadStopped", "Delete", "deleted %s %s before the topics", kindOf(o), o.GetName())
 		} else if !apierrors.IsNotFound(err) {
 			return 0, fmt.Errorf("delete %s: %w", o.GetName(), err)
 		}

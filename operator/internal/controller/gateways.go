@@ -110,6 +110,29 @@ func (g *gatewayRoll) sessions() int64 {
 	return n
 }
 
+// outdated counts the gateway pods not on the update revision, terminating
+// ones included: until its replacement exists, the roll is not done.
+func (g *gatewayRoll) outdated() int32 {
+	var n int32
+	for _, p := range g.view {
+		if p.Outdated {
+			n++
+		}
+	}
+	return n
+}
+
+// images are the images the gateway pods run, terminating ones included.
+func (g *gatewayRoll) images() []string {
+	var out []string
+	for _, p := range g.pods {
+		if len(p.Spec.Containers) > 0 {
+			out = append(out, p.Spec.Containers[0].Image)
+		}
+	}
+	return out
+}
+
 // plan decides this pass of the roll.
 func (g *gatewayRoll) plan(cc *chatv1.ChatCluster, now time.Time, readyTimeout time.Duration) gatewayroll.Step {
 	desired := int32(2)
@@ -164,7 +187,7 @@ func (r *Reconciler) rollGateways(ctx context.Context, cc *chatv1.ChatCluster, g
 				g.view[i].DrainStarted, g.view[i].DrainDeadline = now, deadline
 			}
 		}
-		r.event(cc, corev1.EventTypeNormal, "DrainStarted", "Drain", "draining gateway pod %s (%s) until %s", name, sessionsText(sessions), deadline.UTC().Format(time.RFC3339))
+		r.eventAbout(cc, pod, corev1.EventTypeNormal, "DrainStarted", "Drain", "draining gateway pod %s (%s) until %s", name, sessionsText(sessions), deadline.UTC().Format(time.RFC3339))
 	}
 	removing := map[string]bool{}
 	for _, rm := range step.Remove {
@@ -202,15 +225,15 @@ func (r *Reconciler) rollGateways(ctx context.Context, cc *chatv1.ChatCluster, g
 		}
 		atStart := pod.Annotations[gatewayroll.AnnotationDrainSessions]
 		if rm.TimedOut {
-			r.event(cc, corev1.EventTypeWarning, "DrainTimedOut", "Drain", "gateway pod %s still held %s at its deadline after %s (%s sessions at the start); removing it",
+			r.eventAbout(cc, pod, corev1.EventTypeWarning, "DrainTimedOut", "Drain", "gateway pod %s still held %s at its deadline after %s (%s sessions at the start); removing it",
 				rm.Pod, sessionsText(rm.Sessions), rm.Took.Round(time.Millisecond), atStart)
 		} else {
-			r.event(cc, corev1.EventTypeNormal, "DrainCompleted", "Drain", "gateway pod %s emptied in %s (%s sessions at the start)", rm.Pod, rm.Took.Round(time.Millisecond), atStart)
+			r.eventAbout(cc, pod, corev1.EventTypeNormal, "DrainCompleted", "Drain", "gateway pod %s emptied in %s (%s sessions at the start)", rm.Pod, rm.Took.Round(time.Millisecond), atStart)
 		}
 		if rm.ScaleDown {
-			r.event(cc, corev1.EventTypeNormal, "GatewayRemoved", "ScaleDown", "gateway pod %s leaves with the scale-down to %d", rm.Pod, step.Replicas)
+			r.eventAbout(cc, pod, corev1.EventTypeNormal, "GatewayRemoved", "ScaleDown", "gateway pod %s leaves with the scale-down to %d", rm.Pod, step.Replicas)
 		} else {
-			r.event(cc, corev1.EventTypeNormal, "GatewayReplaced", "Delete", "deleted gateway pod %s; the StatefulSet recreates it on revision %s", rm.Pod, g.sts.Status.UpdateRevision)
+			r.eventAbout(cc, pod, corev1.EventTypeNormal, "GatewayReplaced", "Delete", "deleted gateway pod %s; the StatefulSet recreates it on revision %s", rm.Pod, g.sts.Status.UpdateRevision)
 		}
 	}
 	return nil

@@ -102,7 +102,7 @@ func (r *Reconciler) migrate(ctx context.Context, cc *chatv1.ChatCluster, in res
 	obs.Migration = &cur
 	if status.JobSucceeded(&cur) {
 		obs.MigratedImage = want
-		r.event(cc, corev1.EventTypeNormal, "MigrationSucceeded", "Migrate", "schema migrated for %s by Job %s", want, cur.Name)
+		r.eventAbout(cc, &cur, corev1.EventTypeNormal, "MigrationSucceeded", "Migrate", "schema migrated for %s by Job %s", want, cur.Name)
 		return 0, nil
 	}
 	if !cur.DeletionTimestamp.IsZero() {
@@ -138,7 +138,7 @@ func (r *Reconciler) migrate(ctx context.Context, cc *chatv1.ChatCluster, in res
 	case pull != nil:
 		obs.MigrationCheck = *pull
 		if prev := condition(cc.Status.Conditions, chatv1.ConditionDatabaseMigrated); prev.Reason != status.ReasonImagePullFailed || prev.Message != pull.Err.Error() {
-			r.event(cc, corev1.EventTypeWarning, status.ReasonImagePullFailed, "Migrate", "migration Job %s: %v", cur.Name, pull.Err)
+			r.eventAbout(cc, &cur, corev1.EventTypeWarning, status.ReasonImagePullFailed, "Migrate", "migration Job %s: %v", cur.Name, pull.Err)
 		}
 	}
 	return 0, nil
@@ -158,7 +158,7 @@ func (r *Reconciler) startMigration(ctx context.Context, cc *chatv1.ChatCluster,
 	if why != "" {
 		msg += ": " + why
 	}
-	r.event(cc, corev1.EventTypeNormal, "MigrationStarted", "Migrate", "%s", msg)
+	r.eventAbout(cc, job, corev1.EventTypeNormal, "MigrationStarted", "Migrate", "%s", msg)
 	obs.Migration = job
 	return nil
 }
@@ -197,7 +197,7 @@ func (r *Reconciler) deleteAbandonedJobs(ctx context.Context, cc *chatv1.ChatClu
 		if err != nil {
 			return fmt.Errorf("delete migration job %s: %w", j.Name, err)
 		}
-		r.event(cc, corev1.EventTypeNormal, "MigrationJobDeleted", "Delete", "deleted migration Job %s: the image it migrates is no longer wanted", j.Name)
+		r.eventAbout(cc, j, corev1.EventTypeNormal, "MigrationJobDeleted", "Delete", "deleted migration Job %s: the image it migrates is no longer wanted", j.Name)
 	}
 	return nil
 }
@@ -324,7 +324,7 @@ func (r *Reconciler) failureReport(ctx context.Context, cc *chatv1.ChatCluster, 
 	if err := r.Patch(ctx, job, patch); err != nil && !apierrors.IsNotFound(err) {
 		return "", fmt.Errorf("record the failure on migration job %s: %w", job.Name, err)
 	}
-	r.event(cc, corev1.EventTypeWarning, status.ReasonMigrationFailed, "Migrate", "%s", eventNote(summary, tail))
+	r.eventAbout(cc, job, corev1.EventTypeWarning, status.ReasonMigrationFailed, "Migrate", "%s", eventNote(summary, tail))
 	return report, nil
 }
 

@@ -318,7 +318,7 @@ func (r *Reconciler) ensureLeaf(ctx context.Context, cc *chatv1.ChatCluster, st 
 		if err := r.Update(ctx, existing); err != nil {
 			return false, fmt.Errorf("update secret %s: %w", existing.Name, err)
 		}
-		r.event(cc, corev1.EventTypeNormal, "CABundleUpdated", "UpdateCertificate", "Secret %s now trusts %d CA(s)", existing.Name, 1+btoi(st.previous != nil))
+		r.eventAbout(cc, existing, corev1.EventTypeNormal, "CABundleUpdated", "UpdateCertificate", "Secret %s now trusts %d CA(s)", existing.Name, 1+btoi(st.previous != nil))
 		return true, nil
 	}
 	signer := st.signer(now)
@@ -337,7 +337,11 @@ func (r *Reconciler) ensureLeaf(ctx context.Context, cc *chatv1.ChatCluster, st 
 			return false, fmt.Errorf("update secret %s: %w", existing.Name, err)
 		}
 	}
-	r.event(cc, corev1.EventTypeNormal, "CertificateIssued", "IssueCertificate", "%s certificate %s (fingerprint %s, CA %s, expires %s) in Secret %s",
+	issued := want
+	if existing != nil {
+		issued = existing
+	}
+	r.eventAbout(cc, issued, corev1.EventTypeNormal, "CertificateIssued", "IssueCertificate", "%s certificate %s (fingerprint %s, CA %s, expires %s) in Secret %s",
 		component, reason, pki.Fingerprint(kp.Cert), pki.Fingerprint(signer.Cert), kp.Cert.NotAfter.Format(time.RFC3339), want.Name)
 	return rebundled, nil
 }

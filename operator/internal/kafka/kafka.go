@@ -54,6 +54,7 @@ type Want struct {
 // Action is something Ensure changed, for an Event.
 type Action struct {
 	Reason  string // TopicCreated, PartitionsRaised, RetentionChanged
+	Topic   string
 	Message string
 }
 
@@ -122,7 +123,7 @@ func Ensure(ctx context.Context, adm *kadm.Client, w Want) ([]Action, int32, err
 			if err != nil {
 				return actions, 0, &Error{ReasonTopicError, fmt.Errorf("raise partitions of %s to %d: %w", t, w.Partitions, err)}
 			}
-			actions = append(actions, Action{"PartitionsRaised", fmt.Sprintf("topic %s: partitions %d -> %d", t, n, w.Partitions)})
+			actions = append(actions, Action{"PartitionsRaised", t, fmt.Sprintf("topic %s: partitions %d -> %d", t, n, w.Partitions)})
 			n = w.Partitions
 		}
 		have = min(have, n)
@@ -140,7 +141,7 @@ func Ensure(ctx context.Context, adm *kadm.Client, w Want) ([]Action, int32, err
 				}
 				return actions, 0, &Error{reason, fmt.Errorf("create topic %s: %w %s", r.Topic, r.Err, r.ErrMessage)}
 			}
-			actions = append(actions, Action{"TopicCreated", fmt.Sprintf("topic %s: %d partitions, replication factor %d, retention %s", r.Topic, w.Partitions, w.ReplicationFactor, w.Retention)})
+			actions = append(actions, Action{"TopicCreated", r.Topic, fmt.Sprintf("topic %s: %d partitions, replication factor %d, retention %s", r.Topic, w.Partitions, w.ReplicationFactor, w.Retention)})
 		}
 	}
 	configs, err := adm.DescribeTopicConfigs(ctx, w.Topics...)
@@ -171,7 +172,7 @@ func Ensure(ctx context.Context, adm *kadm.Client, w Want) ([]Action, int32, err
 			if r.Err != nil {
 				return actions, 0, &Error{ReasonTopicError, fmt.Errorf("set retention of %s: %w", r.Name, r.Err)}
 			}
-			actions = append(actions, Action{"RetentionChanged", fmt.Sprintf("topic %s: retention %s", r.Name, w.Retention)})
+			actions = append(actions, Action{"RetentionChanged", r.Name, fmt.Sprintf("topic %s: retention %s", r.Name, w.Retention)})
 		}
 	}
 	return actions, have, nil
