@@ -55,7 +55,7 @@ func TestCompareGoChat(t *testing.T) {
 	}
 	checkConnect(t, res, 30)
 
-	res, err = runFanout(ad, compareOpts{members: 20, perUser: 2, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, settle: 10 * time.Second, parallel: 8, pids: []int{pid}, ping: 20 * time.Second})
+	res, err = runFanout(ad, compareOpts{members: 20, perUser: 2, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, warmup: 2, settle: 10 * time.Second, parallel: 8, pids: []int{pid}, ping: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestCompareCentrifugo(t *testing.T) {
 	}
 	checkConnect(t, res, 30)
 
-	res, err = runFanout(newCentrifugoAdapter(base, secret, key, "chat"), compareOpts{members: 20, perUser: 2, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, parallel: 8, pids: pids})
+	res, err = runFanout(newCentrifugoAdapter(base, secret, key, "chat"), compareOpts{members: 20, perUser: 2, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, warmup: 2, parallel: 8, pids: pids})
 	if err != nil {
 		t.Fatal(err)
 	}
