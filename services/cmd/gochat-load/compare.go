@@ -34,8 +34,9 @@ import (
 //   - fanout: --members users, each with --sessions-per-user sessions, in
 //     one GoChat group or Centrifugo channel; --rate messages per second for
 //     --duration, published by a GoChat member over WebSocket or through
-//     Centrifugo's HTTP API. Each receiving session counts deliveries by
-//     unique (conversation_id, seq) for GoChat and by channel offset for
+//     Centrifugo's HTTP API, after a few warm-up messages that are not
+//     counted. Each receiving session counts deliveries by unique
+//     (conversation_id, seq) for GoChat and by channel offset for
 //     Centrifugo, never by frames.
 //   - sessions: fanout with 1,000 users of 10 sessions each.
 //
@@ -416,7 +417,7 @@ type compareResult struct {
 	ServerCPUPct  float64          `json:"server_cpu_pct,omitempty"` // of one core, over the measured window, summed over --pids
 	ServerPIDs    []int            `json:"server_pids"`
 	ToolFrames    int64            `json:"tool_frames"`
-	OtherFrames   map[string]int64 `json:"other_frames,omitempty"` // frames neither deliveries, acks nor keepalives, by type
+	OtherFrames   map[string]int64 `json:"other_frames,omitempty"` // frames neither deliveries, acks nor keepalives, by type, setup included
 	ToolCPUUsPerF float64          `json:"tool_cpu_us_per_frame"`
 }
 
@@ -700,6 +701,11 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 		ad.name(), len(sessions), o.members, group, time.Since(settled).Round(100*time.Millisecond), o.rate, o.duration)
 
 	ackBase := pub.acks.Load() // the warm-up's
+	// The tool's CPU is counted over the window, so are the frames it is divided by.
+	framesBase := pub.frames.Load()
+	for _, s := range sessions {
+		framesBase += s.frames.Load()
+	}
 	m := startMeasure(o.pids)
 	start := time.Now()
 	for _, s := range sessions {
@@ -770,7 +776,7 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 			res.OtherFrames[k] += n
 		}
 	}
-	res.ToolFrames += pub.frames.Load()
+	res.ToolFrames += pub.frames.Load() - framesBase
 	res.Published, res.Expected = published, expected
 	res.DeliverP50Ms, res.DeliverP99Ms = ms(q(lat, 0.5)), ms(q(lat, 0.99))
 	res.DeliveriesSec = float64(res.Delivered) / window.Seconds()
