@@ -156,6 +156,10 @@ func compareMain(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The machine's load at the end of the run: a busy machine's figures are not comparisons.
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		res.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
 	res.print(os.Stdout)
 	if o.out != "" {
 		f, err := os.OpenFile(o.out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -390,6 +394,7 @@ type compareResult struct {
 	Scenario string `json:"scenario"`
 	Label    string `json:"label"`
 	When     string `json:"when"`
+	LoadAvg  string `json:"load_avg"` // 1, 5 and 15 minutes, at the end of the run
 
 	Conns          int     `json:"conns,omitempty"`
 	Failed         int     `json:"failed,omitempty"`
