@@ -682,6 +682,7 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	// producer's first batch) out of the measurement; they are not counted.
 	for n := int64(1); n <= int64(o.warmup); n++ {
 		if err := ad.publish(pub, group, n); err != nil {
+			stopPings()
 			closeAll(append(sessions, pub))
 			return res, fmt.Errorf("warm-up publish: %w", err)
 		}
