@@ -62,10 +62,18 @@ fi
 
 pids=()
 db=""
+redis_prefix=""
+dropgochat() { # the run's database and its keys in the shared Redis (last-seen keys live 90 days)
+  if [ -n "$db" ]; then $MYSQL -e "DROP DATABASE IF EXISTS $db" || true; db=""; fi
+  if [ -n "$redis_prefix" ] && command -v redis-cli >/dev/null; then
+    redis-cli --scan --pattern "$redis_prefix*" | xargs -r -n 500 redis-cli del >/dev/null || true
+  fi
+  redis_prefix=""
+}
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ -n "$db" ]; then $MYSQL -e "DROP DATABASE IF EXISTS $db" || true; fi
+  dropgochat
   echo "logs and results in $work"
 }
 trap cleanup EXIT
@@ -147,12 +155,13 @@ run_gochat() {
   db=bench_compare_$RANDOM$RANDOM
   $MYSQL -e "CREATE DATABASE $db"
   local topics=benchcmp$RANDOM
+  redis_prefix=benchcmp$RANDOM$RANDOM:
   local members=0
   for f in $FANOUT; do members=$(( ${f%@*} > members ? ${f%@*} : members )); done
   export GOCHAT_JWT_SECRET=$(openssl rand -hex 32) GOCHAT_KAFKA_BROKERS=127.0.0.1:19392 GOCHAT_KAFKA_TOPIC_PREFIX=$topics GOCHAT_KAFKA_PARTITIONS=6
   local kafka repo logic task gw
   kafka=$(start kafka "$work/gochat" dev-kafka --addr 127.0.0.1:19392); pids+=("$kafka"); waitport 19392 kafka
-  repo=$(start repo env $(as repo) GOCHAT_MYSQL_DSN="root@tcp(127.0.0.1:3306)/$db" GOCHAT_REDIS_PREFIX=benchcmp$RANDOM: \
+  repo=$(start repo env $(as repo) GOCHAT_MYSQL_DSN="root@tcp(127.0.0.1:3306)/$db" GOCHAT_REDIS_PREFIX=$redis_prefix \
     "$work/gochat" repo --grpc-addr 127.0.0.1:19302 --metrics-addr 127.0.0.1:19312 --migrate); pids+=("$repo"); waitport 19302 repo
   # The group is the members plus the one who sends.
   logic=$(start logic env $(as logic) "$work/gochat" logic --grpc-addr 127.0.0.1:19301 --metrics-addr 127.0.0.1:19311 \
@@ -169,7 +178,7 @@ run_gochat() {
   # with the rest of the machine and not counted).
   scenarios gochat "http://127.0.0.1:$GW_HTTP" "$gw,$logic,$repo,$task,$kafka"
   stopall
-  $MYSQL -e "DROP DATABASE IF EXISTS $db"; db=""
+  dropgochat
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg); $(go version | cut -d' ' -f3); Centrifugo $CENTRIFUGO_VERSION"

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -33,8 +34,9 @@ import (
 //   - fanout: --members users, each with --sessions-per-user sessions, in
 //     one GoChat group or Centrifugo channel; --rate messages per second for
 //     --duration, published by a GoChat member over WebSocket or through
-//     Centrifugo's HTTP API. Each receiving session counts deliveries by
-//     unique (conversation_id, seq) for GoChat and by channel offset for
+//     Centrifugo's HTTP API, after a few warm-up messages that are not
+//     counted. Each receiving session counts deliveries by unique
+//     (conversation_id, seq) for GoChat and by channel offset for
 //     Centrifugo, never by frames.
 //   - sessions: fanout with 1,000 users of 10 sessions each.
 //
@@ -56,6 +58,7 @@ type compareOpts struct {
 	label, out       string
 	drainWait        time.Duration
 	settle           time.Duration
+	warmup           int
 }
 
 func compareMain(args []string) error {
@@ -75,6 +78,7 @@ func compareMain(args []string) error {
 	fs.Float64Var(&o.rate, "rate", 5, "fanout: messages per second into the group or channel")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "fanout: how long to publish")
 	fs.DurationVar(&o.drainWait, "drain-wait", 30*time.Second, "fanout: after publishing, wait at most this long for the last deliveries")
+	fs.IntVar(&o.warmup, "warmup", 5, "fanout: messages published (at --rate) and delivered before the clock starts, not counted")
 	fs.DurationVar(&o.settle, "settle", time.Minute, "fanout: before publishing, wait at most this long for the setup's frames (presence, events) to stop")
 	fs.StringVar(&o.secret, "centrifugo-secret", os.Getenv("CENTRIFUGO_HMAC_SECRET"), "Centrifugo's client.token.hmac_secret_key, to sign connection tokens (env CENTRIFUGO_HMAC_SECRET)")
 	fs.StringVar(&o.apiKey, "centrifugo-api-key", os.Getenv("CENTRIFUGO_API_KEY"), "Centrifugo's http_api.key, to publish (env CENTRIFUGO_API_KEY)")
@@ -152,6 +156,10 @@ func compareMain(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The machine's load at the end of the run: a busy machine's figures are not comparisons.
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		res.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
 	res.print(os.Stdout)
 	if o.out != "" {
 		f, err := os.OpenFile(o.out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -226,8 +234,11 @@ type session struct {
 	acks    atomic.Int64
 	errors  atomic.Int64
 	frames  atomic.Int64
-	ended   atomic.Bool      // the reader stopped: the connection is gone
-	other   map[string]int64 // frames of other types, by type; read once the reader stopped
+	ended   atomic.Bool // the reader stopped: the connection is gone
+	// countFrom (Unix ns): deliveries of messages sent before it, the
+	// warm-up's and the setup's, count for nothing.
+	countFrom atomic.Int64
+	other     map[string]int64 // frames of other types, by type; read once the reader stopped
 }
 
 func dialSession(rawURL string) (*session, error) {
@@ -238,6 +249,7 @@ func dialSession(rawURL string) (*session, error) {
 		return nil, err
 	}
 	s := &session{conn: conn, replies: make(chan error, 4)}
+	s.countFrom.Store(math.MaxInt64) // nothing counts until the clock starts
 	if br != nil {
 		// Bytes the server sent with its upgrade answer are in br: keep reading from it.
 		s.br = br
@@ -357,7 +369,7 @@ func (s *session) run(ad adapter, done func()) {
 			s.other[ev.other]++
 		}
 		for _, d := range ev.deliveries {
-			if d.group != s.group || d.key <= 0 {
+			if d.group != s.group || d.key <= 0 || d.sentNs < s.countFrom.Load() {
 				continue
 			}
 			w := int(d.key / 64)
@@ -382,6 +394,7 @@ type compareResult struct {
 	Scenario string `json:"scenario"`
 	Label    string `json:"label"`
 	When     string `json:"when"`
+	LoadAvg  string `json:"load_avg"` // 1, 5 and 15 minutes, at the end of the run
 
 	Conns          int     `json:"conns,omitempty"`
 	Failed         int     `json:"failed,omitempty"`
@@ -409,7 +422,7 @@ type compareResult struct {
 	ServerCPUPct  float64          `json:"server_cpu_pct,omitempty"` // of one core, over the measured window, summed over --pids
 	ServerPIDs    []int            `json:"server_pids"`
 	ToolFrames    int64            `json:"tool_frames"`
-	OtherFrames   map[string]int64 `json:"other_frames,omitempty"` // frames neither deliveries, acks nor keepalives, by type
+	OtherFrames   map[string]int64 `json:"other_frames,omitempty"` // frames neither deliveries, acks nor keepalives, by type, setup included
 	ToolCPUUsPerF float64          `json:"tool_cpu_us_per_frame"`
 }
 
@@ -665,8 +678,19 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	}
 	pub := pubs[0]
 	stopPings := pingLoop(ad, append(sessions, pub), o.ping)
-	// Let the setup's own traffic (GoChat's presence and group events) pass
-	// before the clock starts: until no frame came for 2s, at most --settle.
+	// Warm-up messages take the first-message costs (caches, a Kafka
+	// producer's first batch) out of the measurement; they are not counted.
+	for n := int64(1); n <= int64(o.warmup); n++ {
+		if err := ad.publish(pub, group, n); err != nil {
+			stopPings()
+			closeAll(append(sessions, pub))
+			return res, fmt.Errorf("warm-up publish: %w", err)
+		}
+		time.Sleep(time.Duration(float64(time.Second) / o.rate))
+	}
+	// Let the setup's own traffic (GoChat's presence and group events) and
+	// the warm-up pass before the clock starts: until no frame came for 2s,
+	// at most --settle.
 	settled := time.Now()
 	for last, lastAt := int64(-1), time.Now(); time.Since(settled) < o.settle; time.Sleep(200 * time.Millisecond) {
 		var n int64
@@ -682,12 +706,21 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	fmt.Printf("%s: %d sessions of %d users in %s, quiet after %s; publishing %g msg/s for %s\n",
 		ad.name(), len(sessions), o.members, group, time.Since(settled).Round(100*time.Millisecond), o.rate, o.duration)
 
+	ackBase := pub.acks.Load() // the warm-up's
+	// The tool's CPU is counted over the window, so are the frames it is divided by.
+	framesBase := pub.frames.Load()
+	for _, s := range sessions {
+		framesBase += s.frames.Load()
+	}
 	m := startMeasure(o.pids)
 	start := time.Now()
+	for _, s := range sessions {
+		s.countFrom.Store(start.UnixNano())
+	}
 	tick := time.NewTicker(time.Duration(float64(time.Second) / o.rate))
 	var published, pubErrs int64
 	var pubErr error
-	for n := int64(1); time.Since(start) < o.duration; n++ {
+	for n := int64(o.warmup + 1); time.Since(start) < o.duration; n++ {
 		<-tick.C
 		if err := ad.publish(pub, group, n); err != nil {
 			pubErrs++
@@ -701,10 +734,10 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	tick.Stop()
 	if _, ok := ad.(*gochatAdapter); ok {
 		// A GoChat message counts as published once it is acked (stored).
-		for end := time.Now().Add(o.drainWait); pub.acks.Load() < published && time.Now().Before(end); {
+		for end := time.Now().Add(o.drainWait); pub.acks.Load()-ackBase < published && time.Now().Before(end); {
 			time.Sleep(50 * time.Millisecond)
 		}
-		published = pub.acks.Load()
+		published = pub.acks.Load() - ackBase
 	}
 	expected := published * int64(len(sessions))
 	delivered := func() int64 {
@@ -749,7 +782,7 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 			res.OtherFrames[k] += n
 		}
 	}
-	res.ToolFrames += pub.frames.Load()
+	res.ToolFrames += pub.frames.Load() - framesBase
 	res.Published, res.Expected = published, expected
 	res.DeliverP50Ms, res.DeliverP99Ms = ms(q(lat, 0.5)), ms(q(lat, 0.99))
 	res.DeliveriesSec = float64(res.Delivered) / window.Seconds()

@@ -55,11 +55,12 @@ func TestCompareGoChat(t *testing.T) {
 	}
 	checkConnect(t, res, 30)
 
-	res, err = runFanout(ad, compareOpts{members: 20, perUser: 2, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, settle: 10 * time.Second, parallel: 8, pids: []int{pid}, ping: 20 * time.Second})
+	// Ten sessions per user, as in the 10,000-session scenario (the gateway's per-user limit).
+	res, err = runFanout(ad, compareOpts{members: 10, perUser: 10, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, warmup: 2, settle: 10 * time.Second, parallel: 8, pids: []int{pid}, ping: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkFanout(t, res, 40)
+	checkFanout(t, res, 100)
 
 	// A group over im-logic's limit is refused with the reason, not measured.
 	if _, err := runFanout(ad, compareOpts{members: 60, perUser: 1, rate: 5, duration: time.Second, drainWait: time.Second, parallel: 8, pids: []int{pid}}); err == nil ||
@@ -113,11 +114,11 @@ func TestCompareCentrifugo(t *testing.T) {
 	}
 	checkConnect(t, res, 30)
 
-	res, err = runFanout(newCentrifugoAdapter(base, secret, key, "chat"), compareOpts{members: 20, perUser: 2, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, parallel: 8, pids: pids})
+	res, err = runFanout(newCentrifugoAdapter(base, secret, key, "chat"), compareOpts{members: 10, perUser: 10, rate: 5, duration: 2 * time.Second, drainWait: 30 * time.Second, warmup: 2, parallel: 8, pids: pids})
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkFanout(t, res, 40)
+	checkFanout(t, res, 100)
 
 	// A token signed with another key is refused, and so is a publish with another API key.
 	if _, err := newCentrifugoAdapter(base, "wrong", key, "chat").connect(guest{id: "x", token: hs256([]byte("wrong"), `{"sub":"x"}`)}); err == nil {

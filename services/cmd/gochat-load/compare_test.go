@@ -214,3 +214,29 @@ func centrifugoBinary(t *testing.T) string {
 	}
 	return p
 }
+
+// The load tool's own cost per received frame is mostly decoding it: these
+// keep it visible (make bench), next to the µs per frame a run reports.
+func BenchmarkFrameDecode(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		ad    adapter
+		frame string
+	}{
+		{"gochat", &gochatAdapter{}, `{"type":"message","data":{"id":"06h2mc3dktc7ysc01k6yywhj0w","conversation_id":"06h2mc3dp0ejg24389p3wfpy5m","seq":1234,"sender_id":"06h2mc3dktc7ysc01k6yywhj0x","client_msg_id":"b1234","content_type":"text","content":"t:1764468000123456789","created_at":"2026-11-30T02:00:00.123Z"}}`},
+		{"centrifugo", newCentrifugoAdapter("http://x", "s", "k", "chat"), `{"push":{"channel":"chat:bench-0b17ff57","pub":{"data":{"n":1234,"t":1764468000123456789},"offset":1234}}}`},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var ev frameEvents
+			frame := []byte(bc.frame)
+			b.ReportAllocs()
+			for b.Loop() {
+				ev = frameEvents{deliveries: ev.deliveries[:0]}
+				bc.ad.frame(frame, &ev)
+			}
+			if len(ev.deliveries) != 1 {
+				b.Fatalf("decoded %+v", ev)
+			}
+		})
+	}
+}

@@ -108,14 +108,14 @@ func writeTable(w io.Writer, results []compareResult) error {
 	}
 	// What the load tool cost, so that it is seen not to be the bottleneck.
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| run | server | load tool CPU | per |")
-	fmt.Fprintln(w, "|---|---|---|---|")
+	fmt.Fprintln(w, "| run | server | started (UTC) | load average at its end | load tool CPU | per |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
 	for _, r := range results {
 		per := fmt.Sprintf("received frame (%d frames)", r.ToolFrames)
 		if r.Scenario == "connect" {
 			per = fmt.Sprintf("connection, dialing included (%d)", r.ToolFrames)
 		}
-		fmt.Fprintf(w, "| %s | %s | %.1f µs | %s |\n", r.Label, r.Server, r.ToolCPUUsPerF, per)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %.1f µs | %s |\n", r.Label, r.Server, r.When, r.LoadAvg, r.ToolCPUUsPerF, per)
 	}
 	return nil
 }
