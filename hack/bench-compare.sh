@@ -58,6 +58,8 @@ fi
 if ! go version -m "$cache/centrifugo" | grep -qE "^\s+mod\s+github.com/centrifugal/centrifugo/v6\s+$CENTRIFUGO_VERSION\s"; then
   echo "$cache/centrifugo is not $CENTRIFUGO_VERSION: $(go version -m "$cache/centrifugo" | sed -n 3p)" >&2; exit 1
 fi
+# The Centrifugo adapter is checked against this binary before it measures.
+(cd "$root/services" && GOCHAT_CENTRIFUGO=$cache/centrifugo go test -tags bench -count=1 -run '^TestCompareCentrifugo$' ./cmd/gochat-load)
 (cd "$root/services" && go build -o "$work/gochat" ./cmd/gochat && go build -o "$work/gochat-load" ./cmd/gochat-load)
 
 pids=()

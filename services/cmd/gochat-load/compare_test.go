@@ -202,19 +202,6 @@ func TestWriteTable(t *testing.T) {
 	}
 }
 
-// centrifugoBinary is the pinned Centrifugo that make bench-compare installs.
-func centrifugoBinary(t *testing.T) string {
-	if p := os.Getenv("GOCHAT_CENTRIFUGO"); p != "" {
-		return p
-	}
-	home, _ := os.UserHomeDir()
-	p := home + "/.cache/gochat/centrifugo-v6.9.1/centrifugo"
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("no Centrifugo at %s (make bench-compare installs it; or set GOCHAT_CENTRIFUGO)", p)
-	}
-	return p
-}
-
 // The load tool's own cost per received frame is mostly decoding it: these
 // keep it visible (make bench), next to the µs per frame a run reports.
 func BenchmarkFrameDecode(b *testing.B) {
