@@ -14,6 +14,7 @@ import (
 
 	"github.com/gochat/gochat/operator/internal/controller"
 	"github.com/gochat/gochat/operator/internal/resources"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 // TestCacheScope: the operator's cache holds only what it made; a user's
@@ -22,7 +23,7 @@ import (
 // read it.
 func TestCacheScope(t *testing.T) {
 	ns := newNamespace(t)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 	createSecret(t, ns, "unrelated", map[string]string{"k": "v"})
 	if err := k8s.Create(bg, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "unrelated"}, Data: map[string]string{"k": "v"}}); err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 // leaseName is the operator's leader election Lease (cmd/main.go).
@@ -119,7 +120,7 @@ func leaseHolder(t *testing.T, ns string) string {
 // stops, the other takes over and carries on.
 func TestLeaderElection(t *testing.T) {
 	ns := newNamespace(t)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 	a := startElectingManager(t, cfg, ns)
 	eventually(t, 30*time.Second, "the first replica leads", func() error {
 		if !a.elected() {

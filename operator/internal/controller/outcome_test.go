@@ -31,6 +31,7 @@ import (
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
 	"github.com/gochat/gochat/operator/internal/resources"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 func allEvents(t *testing.T, ns string) []eventsv1.Event {
@@ -154,7 +155,7 @@ func startManagerLogging(t *testing.T, ns string, sink *errorSink, opts ...func(
 // written, not left out.
 func TestStatusWritesSurviveConflicts(t *testing.T) {
 	ns := newNamespace(t)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 	sink := &errorSink{}
 	startManagerLogging(t, ns, sink)
 	if err := k8s.Create(bg, newCluster(ns, "demo")); err != nil {
@@ -331,7 +332,7 @@ func tableRow(t *testing.T, ns string) []any {
 func TestRefusedStepsReachTheCluster(t *testing.T) {
 	t.Run("owned by another controller", func(t *testing.T) {
 		ns := newNamespace(t)
-		createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+		createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 		owner := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "someone-else"}}
 		if err := k8s.Create(bg, owner); err != nil {
 			t.Fatal(err)
@@ -360,7 +361,7 @@ func TestRefusedStepsReachTheCluster(t *testing.T) {
 
 	t.Run("over quota", func(t *testing.T) {
 		ns := newNamespace(t)
-		createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+		createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 		none := corev1.ResourceList{"count/configmaps": resource.MustParse("0")}
 		quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "no-configmaps"}, Spec: corev1.ResourceQuotaSpec{Hard: none}}
 		if err := k8s.Create(bg, quota); err != nil {
@@ -384,7 +385,7 @@ func TestRefusedStepsReachTheCluster(t *testing.T) {
 
 	t.Run("forbidden by an admission policy", func(t *testing.T) {
 		ns := newNamespace(t)
-		createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+		createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 		name := "deny-demo-config-" + ns
 		forbidden := metav1.StatusReasonForbidden
 		policy := &admissionv1.ValidatingAdmissionPolicy{
@@ -514,7 +515,7 @@ func TestSlowDependenciesDoNotStallOthers(t *testing.T) {
 	kafkaHole, kafkaCalls := blackhole(t)
 	redisHole, redisCalls := blackhole(t)
 	ns := newNamespace(t)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 	startManager(t, ns, func(r *controller.Reconciler) { r.IOTimeout = ioTimeout })
 
 	stuck := newCluster(ns, "stuck")

@@ -249,7 +249,7 @@ func TestKubectlChatStatus(t *testing.T) {
 	}
 	createSecret(t, ns, "demo-ca", map[string]string{resources.CACertKey: string(ca.CertPEM()), resources.CAKeyKey: string(caKey)})
 	be := startBackends(t, ca)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": "gochat:pw@tcp(mysql:3306)/gochat"})
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
 	createSecret(t, ns, "jwt", map[string]string{"secret": be.secret})
 	k := startKubelet(t, ns, be, 2)
 	stop := startManagerWith(t, cfg, ns, func(r *controller.Reconciler) { r.Admin = k.admin })
