@@ -3,13 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/gochat/gochat/services/internal/clientapi"
@@ -312,21 +310,18 @@ func testBigEscapedSync(t *testing.T, c *tc.Cluster, ws1, ws2 string) {
 // messages keep coming.
 func testHalfFrames(t *testing.T, c *tc.Cluster, ws1 string) {
 	stuck := register(t, c, "hf")
-	var conns []net.Conn
+	var conns []*tc.WS
 	defer func() {
-		for _, cn := range conns {
-			cn.Close()
+		for _, w := range conns {
+			w.Close()
 		}
 	}()
 	for i := 0; i < 600; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		cn, _, _, err := ws.Dial(ctx, ws1+"?token="+stuck.Token)
-		cancel()
-		if err != nil {
-			t.Fatalf("connection %d: %v", i, err)
-		}
-		conns = append(conns, cn)
-		if _, err := cn.Write([]byte{0x81}); err != nil { // FIN + text, then no length byte
+		// A whole session (hello received), then half a frame header: FIN +
+		// text, and no length byte.
+		w := tc.DialWS(t, ws1, stuck.Token)
+		conns = append(conns, w)
+		if _, err := w.Conn().Write([]byte{0x81}); err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
 	}

@@ -29,13 +29,15 @@ func probe(addr string) (int, string) {
 // want (the failing dependency's name).
 func waitProbe(t *testing.T, what, addr string, status int, want string) {
 	t.Helper()
-	deadline := time.Now().Add(45 * time.Second)
+	start := time.Now()
+	deadline := start.Add(45 * time.Second)
 	var (
 		st   int
 		body string
 	)
 	for time.Now().Before(deadline) {
 		if st, body = probe(addr); st == status && strings.Contains(body, want) {
+			t.Logf("%s /healthz %d after %s: %s", what, status, time.Since(start).Round(100*time.Millisecond), strings.TrimSpace(body))
 			return
 		}
 		time.Sleep(200 * time.Millisecond)

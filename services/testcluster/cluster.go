@@ -19,6 +19,7 @@ type Cluster struct {
 	// first replicas of im-logic and im-task, host:port.
 	RepoMetrics, LogicMetrics, TaskMetrics string
 	RedisAddr                              string // the Redis the services use
+	KafkaAddr                              string // the broker, host:port
 	// With Options.Replicas > 1, the further replicas of im-gateway (and
 	// their client addresses), im-logic and im-task; the first replica of
 	// each is the field above.
@@ -68,7 +69,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	mustf(t, err, "free ports")
 	kafkaAddr, repoAddr, logicAddr, gwHTTP, gwGRPC := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 	repoMetrics, logicMetrics, taskMetrics, gwMetrics := addrs[5], addrs[6], addrs[7], addrs[8]
-	c.RepoGRPC, c.RepoMetrics = repoAddr, repoMetrics
+	c.RepoGRPC, c.RepoMetrics, c.KafkaAddr = repoAddr, repoMetrics, kafkaAddr
 	c.CA = NewCA(t)
 	topicPrefix := RandomName("e2e")
 
