@@ -61,4 +61,12 @@ func TestTLSMounts(t *testing.T) {
 	if p := Deployment(cc, Logic, in).Spec.Template.Spec.Containers[0].ReadinessProbe; p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != LogicMetrics {
 		t.Fatalf("logic readiness probe %+v: kubelet gRPC probes cannot do mutual TLS", p)
 	}
+	// Readiness follows the dependencies; liveness only the process, so a
+	// database outage never restarts the pods.
+	for c, port := range map[string]int{Logic: LogicMetrics, Repo: RepoMetrics, Task: TaskMetrics} {
+		ctr := Deployment(cc, c, in).Spec.Template.Spec.Containers[0]
+		if r, l := ctr.ReadinessProbe, ctr.LivenessProbe; r == nil || l == nil || r.HTTPGet.Path != "/readyz" || l.HTTPGet.Path != "/livez" || r.HTTPGet.Port.IntValue() != port {
+			t.Errorf("%s probes: readiness %+v, liveness %+v; want /readyz and /livez on port %d", c, r, l, port)
+		}
+	}
 }

@@ -142,17 +142,19 @@ func podTemplate(cc *chatv1.ChatCluster, component, image string, in Inputs, res
 		c.ReadinessProbe = httpProbe("/readyz", GatewayHTTPPort)
 		c.ReadinessProbe.PeriodSeconds, c.ReadinessProbe.FailureThreshold = 1, 1
 		c.LivenessProbe = httpProbe("/healthz", GatewayHTTPPort)
+	// Probes are HTTP on the metrics port: gRPC is mutual TLS, which kubelet
+	// gRPC probes cannot speak. Readiness is /readyz, which fails while a
+	// dependency is down (MySQL, Redis, im-repo, Kafka); liveness is /livez,
+	// the process alone, so an outage elsewhere never restarts the pods.
 	case Logic:
-		// Probes are HTTP on the metrics port: gRPC is mutual TLS, which
-		// kubelet gRPC probes cannot speak.
 		c.Ports = []corev1.ContainerPort{{Name: "grpc", ContainerPort: LogicGRPCPort}, {Name: "metrics", ContainerPort: LogicMetrics}}
-		c.ReadinessProbe, c.LivenessProbe = httpProbe("/healthz", LogicMetrics), httpProbe("/healthz", LogicMetrics)
+		c.ReadinessProbe, c.LivenessProbe = httpProbe("/readyz", LogicMetrics), httpProbe("/livez", LogicMetrics)
 	case Repo:
 		c.Ports = []corev1.ContainerPort{{Name: "grpc", ContainerPort: RepoGRPCPort}, {Name: "metrics", ContainerPort: RepoMetrics}}
-		c.ReadinessProbe, c.LivenessProbe = httpProbe("/healthz", RepoMetrics), httpProbe("/healthz", RepoMetrics)
+		c.ReadinessProbe, c.LivenessProbe = httpProbe("/readyz", RepoMetrics), httpProbe("/livez", RepoMetrics)
 	case Task:
 		c.Ports = []corev1.ContainerPort{{Name: "metrics", ContainerPort: TaskMetrics}}
-		c.LivenessProbe = httpProbe("/healthz", TaskMetrics)
+		c.ReadinessProbe, c.LivenessProbe = httpProbe("/readyz", TaskMetrics), httpProbe("/livez", TaskMetrics)
 	}
 	vols, mounts := kafkaCAVolume(cc, component, in)
 	tlsVols, tlsMounts, tlsEnv := tlsMount(cc, component)
