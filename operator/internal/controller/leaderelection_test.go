@@ -13,9 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
@@ -38,46 +36,13 @@ type electingManager struct {
 // Reconcile call, so that a test sees which replica reconciles.
 func startElectingManager(t *testing.T, cfg *rest.Config, ns string, opts ...func(*controller.Reconciler)) *electingManager {
 	t.Helper()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                        scheme,
-		Metrics:                       metricsserver.Options{BindAddress: "0"},
-		Cache:                         controller.CacheOptions(map[string]cache.Config{ns: {}}),
-		NewClient:                     controller.NewClient,
-		Controller:                    ctrlConfig(),
-		LeaderElection:                true,
-		LeaderElectionID:              leaseName,
-		LeaderElectionNamespace:       ns,
-		LeaderElectionReleaseOnCancel: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &electingManager{mgr: mgr, reconciles: &atomic.Int64{}}
-	counted := countingClient{Client: mgr.GetClient(), reads: m.reconciles}
-	r := &controller.Reconciler{Client: counted, APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
-	for _, o := range opts {
-		o(r)
-	}
-	if err := r.SetupWithManager(mgr); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	}()
-	stopped := false
-	m.stop = func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			<-done
-		}
-	}
-	t.Cleanup(m.stop)
+	m := &electingManager{reconciles: &atomic.Int64{}}
+	tm := runManager(t, cfg, ns, func(o *ctrl.Options) {
+		o.LeaderElection, o.LeaderElectionID, o.LeaderElectionNamespace, o.LeaderElectionReleaseOnCancel = true, leaseName, ns, true
+	}, func(c client.Client) client.Client {
+		return countingClient{Client: c, reads: m.reconciles}
+	}, opts...)
+	m.mgr, m.stop = tm.mgr, tm.stop
 	return m
 }
 

@@ -1,7 +1,6 @@
 package controller_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -24,9 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
 	"github.com/gochat/gochat/operator/internal/controller"
@@ -49,6 +46,7 @@ func allEvents(t *testing.T, ns string) []eventsv1.Event {
 // first note.
 func TestEventsNameTheirObjects(t *testing.T) {
 	ns, cc, _ := setup(t, nil)
+	passMigration(t, ns) // the workloads wait for it
 	type object struct{ kind, name string }
 	want := []object{
 		{"ConfigMap", "demo-config"}, {"ServiceAccount", "demo-gochat"},
@@ -119,32 +117,7 @@ func (s *errorSink) all() []string {
 // startManagerLogging runs a manager for ns whose log errors land in sink.
 func startManagerLogging(t *testing.T, ns string, sink *errorSink, opts ...func(*controller.Reconciler)) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:     scheme,
-		Logger:     logr.New(sink),
-		Metrics:    metricsserver.Options{BindAddress: "0"},
-		Cache:      cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
-		Controller: ctrlConfig(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &controller.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
-	for _, o := range opts {
-		o(r)
-	}
-	if err := r.SetupWithManager(mgr); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	runManager(t, cfg, ns, func(o *ctrl.Options) { o.Logger = logr.New(sink) }, nil, opts...)
 }
 
 // TestStatusWritesSurviveConflicts: while something keeps changing the
@@ -352,7 +325,10 @@ func TestRefusedStepsReachTheCluster(t *testing.T) {
 		}
 		expectRefused(t, ns, "OwnedByOther", "Service", "demo-repo", "someone-else")
 		// The other objects were still applied.
-		get(t, ns, "demo-logic", &appsv1.Deployment{})
+		passMigration(t, ns)
+		eventually(t, 30*time.Second, "demo-logic applied beside the refusal", func() error {
+			return k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "demo-logic"}, &appsv1.Deployment{})
+		})
 		if err := k8s.Delete(bg, foreign); err != nil {
 			t.Fatal(err)
 		}
@@ -561,6 +537,7 @@ func TestSlowDependenciesDoNotStallOthers(t *testing.T) {
 // still in progress.
 func TestScaleReportsObserved(t *testing.T) {
 	ns, cc, _ := setup(t, nil)
+	passMigration(t, ns) // the gateways wait for it
 	scale := &autoscalingv1.Scale{}
 	eventually(t, 30*time.Second, "gateways asked for, none Ready", func() error {
 		if err := k8s.SubResource("scale").Get(bg, cc, scale); err != nil {

@@ -944,6 +944,25 @@ func TestGatewayRoll(t *testing.T) {
 		}
 	}
 
+	// Sessions that keep demo-gateway-2's drain going for its whole window
+	// (at least 20 closes a second: 100 sessions take the 4 s window): they
+	// neither read nor leave, so the gateway closes them one by one.
+	holdURL := k.readyGateways()["demo-gateway-2"]
+	if holdURL == "" {
+		t.Fatalf("demo-gateway-2 is not Ready before the scale-down")
+	}
+	for i := 0; i < 100; i++ {
+		_, token, err := guest(holdURL, fmt.Sprintf("holder%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _, _, err := ws.Dial(bg, strings.Replace(holdURL, "http://", "ws://", 1)+"/v1/ws?token="+token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+
 	// Scale-down drains the highest ordinal before the replicas come down.
 	k.desired.Store(2)
 	k.resetUnavailable()
@@ -971,7 +990,7 @@ func TestGatewayRoll(t *testing.T) {
 		}
 		return fmt.Errorf("no drain on demo-gateway-2 yet")
 	})
-	time.Sleep(2 * time.Second) // its reconnect frames are written
+	time.Sleep(time.Second) // its reconnect frames are written; the holders' closes are not
 	hung.p.Pause()
 	eventually(t, 2*time.Minute, "scaled down to 2, Running", func() error {
 		cc = getCluster(t, ns, "demo")

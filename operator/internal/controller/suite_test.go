@@ -168,17 +168,40 @@ func startManager(t *testing.T, ns string, opts ...func(*controller.Reconciler))
 // reconciler before it starts.
 func startManagerWith(t *testing.T, cfg *rest.Config, ns string, opts ...func(*controller.Reconciler)) (stop func()) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	return runManager(t, cfg, ns, nil, nil, opts...).stop
+}
+
+// testManager is one operator manager a test runs.
+type testManager struct {
+	mgr  ctrl.Manager
+	stop func()
+}
+
+// runManager runs the operator's manager for ns as cfg's user, with the
+// operator's own cache and client, until stop is called (or the test
+// ends): edit changes the manager's options, wrap the reconciler's client,
+// and each opt the reconciler before it starts (nil: as they are).
+func runManager(t *testing.T, cfg *rest.Config, ns string, edit func(*ctrl.Options), wrap func(client.Client) client.Client, opts ...func(*controller.Reconciler)) *testManager {
+	t.Helper()
+	o := ctrl.Options{
 		Scheme:     scheme,
 		Metrics:    metricsserver.Options{BindAddress: "0"},
 		Cache:      controller.CacheOptions(map[string]cache.Config{ns: {}}),
 		NewClient:  controller.NewClient,
 		Controller: ctrlConfig(),
-	})
+	}
+	if edit != nil {
+		edit(&o)
+	}
+	mgr, err := ctrl.NewManager(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &controller.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
+	c := mgr.GetClient()
+	if wrap != nil {
+		c = wrap(c)
+	}
+	r := &controller.Reconciler{Client: c, APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("gochat-operator"), Resync: 2 * time.Second}
 	for _, o := range opts {
 		o(r)
 	}
@@ -194,7 +217,7 @@ func startManagerWith(t *testing.T, cfg *rest.Config, ns string, opts ...func(*c
 		}
 	}()
 	stopped := false
-	stop = func() {
+	stop := func() {
 		if !stopped {
 			stopped = true
 			cancel()
@@ -202,7 +225,7 @@ func startManagerWith(t *testing.T, cfg *rest.Config, ns string, opts ...func(*c
 		}
 	}
 	t.Cleanup(stop)
-	return stop
+	return &testManager{mgr: mgr, stop: stop}
 }
 
 func newNamespace(t *testing.T) string {
