@@ -178,7 +178,9 @@ func (s *Server) GetOrCreateDirect(ctx context.Context, in *gochatv1.DirectReque
 // publishEvent publishes the event im-repo recorded with a change; the
 // outbox relay publishes it again if this publish is lost.
 func (s *Server) publishEvent(e *gochatv1.OutboxEvent) {
-	if e != nil {
+	// An event behind a lost one of its conversation waits for the relay,
+	// which publishes them in order: published now, it would overtake it.
+	if e != nil && !e.Behind {
 		s.outbox.publishEvent(e)
 	}
 }

@@ -26,8 +26,19 @@ func recordEvent(tx *gorm.DB, convID string, ev *gochatv1.DispatchEvent, nowMs i
 	if err := tx.Create(&row).Error; err != nil {
 		return nil, fmt.Errorf("record event in the outbox: %w", err)
 	}
-	return &gochatv1.OutboxEvent{Id: strconv.FormatInt(row.ID, 10), Event: ev}, nil
+	var older []int64
+	if err := tx.Model(&eventOutboxRow{}).Where("conversation_id = ? AND id < ? AND stored_at_ms < ?", convID, row.ID, nowMs-EventBacklogAge.Milliseconds()).
+		Limit(1).Pluck("id", &older).Error; err != nil {
+		return nil, fmt.Errorf("look for the conversation's waiting events: %w", err)
+	}
+	return &gochatv1.OutboxEvent{Id: strconv.FormatInt(row.ID, 10), Event: ev, Behind: len(older) > 0}, nil
 }
+
+// EventBacklogAge is how long an event may wait in the outbox before the
+// conversation's next events are held behind it: far longer than a publish
+// and the clearing of its row (a fraction of a second), far shorter than a
+// Kafka outage.
+const EventBacklogAge = 2 * time.Second
 
 func groupEvent(kind gochatv1.GroupEventKind, convID, actor string, users []string, extra ...string) *gochatv1.DispatchEvent {
 	return &gochatv1.DispatchEvent{

@@ -657,6 +657,44 @@ func testEventOutbox(t *testing.T, e *env) {
 	}
 	_, err = e.client.AckDispatched(ctx, &gochatv1.AckDispatchedRequest{EventIds: []string{"x1"}})
 	wantCode(t, err, apierror.InvalidArgument)
+
+	// The read and removed events still wait: once they have waited past
+	// EventBacklogAge (their publish was lost), the conversation's next
+	// event is behind them, and im-logic leaves it to the relay rather than
+	// let it overtake them. Another conversation's event is behind nothing,
+	// and so is the next one once the waiting ones are published.
+	time.Sleep(repo.EventBacklogAge)
+	late, err := e.client.AddMembers(ctx, &gochatv1.AddMembersRequest{ConversationId: conv, ActorId: a.Id, UserIds: []string{c.Id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if late.Event == nil || !late.Event.Behind {
+		t.Fatalf("an event after ones waiting %s is not behind them: %v", repo.EventBacklogAge, late.GetEvent())
+	}
+	fresh, err := e.client.CreateGroup(ctx, &gochatv1.CreateGroupRequest{Name: "fresh", OwnerId: a.Id, MemberIds: []string{b.Id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Event == nil || fresh.Event.Behind {
+		t.Fatalf("a new conversation's event is behind another's: %v", fresh.GetEvent())
+	}
+	var waiting []*gochatv1.OutboxEvent
+	for _, ev := range listEvents(200) {
+		if ev.Event.GetGroup().GetConversationId() == conv || ev.Event.GetRead().GetConversationId() == conv {
+			waiting = append(waiting, ev)
+		}
+	}
+	if len(waiting) != 3 {
+		t.Fatalf("%d of the conversation's events wait, want read, removed and the late add", len(waiting))
+	}
+	ack(waiting...)
+	next, err := e.client.RemoveMember(ctx, &gochatv1.RemoveMemberRequest{ConversationId: conv, ActorId: a.Id, UserId: c.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Event == nil || next.Event.Behind {
+		t.Fatalf("an event with nothing waiting before it is behind: %v", next.GetEvent())
+	}
 }
 
 func testGatewayLiveness(t *testing.T, e *env) {

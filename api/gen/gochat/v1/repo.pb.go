@@ -1874,8 +1874,13 @@ type OutboxEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Grows with each recorded event: a conversation's events in id order are
 	// its events in the order of their changes.
-	Id            string         `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Event         *DispatchEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	Id    string         `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Event *DispatchEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// behind: an older event of the conversation has waited in the outbox
+	// longer than a publish takes (its publish was lost, to a Kafka outage or
+	// a crash). Published now, this one would overtake it; it is left to the
+	// relay, which publishes a conversation's events in id order.
+	Behind        bool `protobuf:"varint,3,opt,name=behind,proto3" json:"behind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1922,6 +1927,13 @@ func (x *OutboxEvent) GetEvent() *DispatchEvent {
 		return x.Event
 	}
 	return nil
+}
+
+func (x *OutboxEvent) GetBehind() bool {
+	if x != nil {
+		return x.Behind
+	}
+	return false
 }
 
 type AckDispatchedRequest struct {
@@ -2493,10 +2505,11 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\buser_ids\x18\x01 \x03(\tR\auserIds\"t\n" +
 	"\x13GetPresenceResponse\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\x12-\n" +
-	"\x05users\x18\x02 \x03(\v2\x17.gochat.v1.UserPresenceR\x05users\"M\n" +
+	"\x05users\x18\x02 \x03(\v2\x17.gochat.v1.UserPresenceR\x05users\"e\n" +
 	"\vOutboxEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
-	"\x05event\x18\x02 \x01(\v2\x18.gochat.v1.DispatchEventR\x05event\"T\n" +
+	"\x05event\x18\x02 \x01(\v2\x18.gochat.v1.DispatchEventR\x05event\x12\x16\n" +
+	"\x06behind\x18\x03 \x01(\bR\x06behind\"T\n" +
 	"\x14AckDispatchedRequest\x12\x1f\n" +
 	"\vmessage_ids\x18\x01 \x03(\tR\n" +
 	"messageIds\x12\x1b\n" +
