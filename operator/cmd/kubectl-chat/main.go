@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		kubeconfig, kubeContext, namespace string
 		adminPort, events                  int
 		timeout                            time.Duration
+		portForward                        bool
 	)
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	fs.StringVar(&kubeContext, "context", "", "the kubeconfig context to use")
@@ -61,6 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&adminPort, "admin-port", resources.GatewayGRPCPort, "the gateways' admin gRPC port (status asks each pod for its sessions there)")
 	fs.IntVar(&events, "events", chatctl.DefaultEvents, "how many of the latest events status shows")
 	fs.DurationVar(&timeout, "timeout", 30*time.Second, "how long the command may take")
+	fs.BoolVar(&portForward, "port-forward", false, "reach every gateway through the API server (pods/portforward), never at its pod IP (by default the pod IP is tried first)")
 	if err := fs.Parse(args); err != nil {
 		if err == pflag.ErrHelp {
 			return nil
@@ -105,9 +107,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		// The operator's own way to a gateway: mutual TLS with a client
 		// certificate minted from the cluster's CA Secret (which the
-		// caller must be allowed to read), dialled at the pod's IP.
+		// caller must be allowed to read), at the pod's IP or, where that
+		// is not routable, through a port-forward.
 		r := &controller.Reconciler{Client: c}
-		admin := gatewayadmin.Dialer{Port: adminPort, TLS: r.AdminTLSForPod}
+		admin := gatewayadmin.Dialer{Port: adminPort, TLS: r.AdminTLSForPod, Dial: podDialer{cfg: cfg, always: portForward}.dial}
 		return chatctl.Status(ctx, c, stdout, namespace, name, chatctl.StatusOptions{Admin: admin, Events: events})
 	}
 }

@@ -38,6 +38,10 @@ type Dialer struct {
 	TLS func(ctx context.Context, pod *corev1.Pod) (*tls.Config, error)
 	// CallTimeout bounds each call; 0 means 2s.
 	CallTimeout time.Duration
+	// Dial opens the connection to the pod's admin port; nil: TCP to the
+	// pod's IP. kubectl chat goes through the API server instead when pod
+	// IPs are not routable from where it runs.
+	Dial func(ctx context.Context, pod *corev1.Pod, port int) (net.Conn, error)
 }
 
 var _ Admin = Dialer{}
@@ -54,7 +58,11 @@ func (d Dialer) dial(ctx context.Context, pod *corev1.Pod) (*grpc.ClientConn, er
 		return nil, fmt.Errorf("client TLS for gateway %s: %w", pod.Name, err)
 	}
 	addr := net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(d.Port))
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}
+	if d.Dial != nil {
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return d.Dial(ctx, pod, d.Port) }))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial gateway %s at %s: %w", pod.Name, addr, err)
 	}

@@ -13,7 +13,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -502,6 +504,37 @@ func testScale(t *testing.T) {
 		}
 		if len(seen) != want {
 			t.Errorf("member on %s got %d of %d messages from the other gateways", pods[i], len(seen), want)
+		}
+	}
+
+	// kubectl chat status through the API server's port-forward, as from a
+	// machine outside the pod network: every gateway pod answers with its
+	// live sessions (a client on each at least).
+	plugin := filepath.Join(t.TempDir(), "kubectl-chat")
+	build := exec.Command("go", "build", "-o", plugin, "./cmd/kubectl-chat")
+	build.Dir = filepath.Join(repoRoot(), "operator")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build kubectl-chat: %v\n%s", err, out)
+	}
+	out, err := exec.Command(plugin, "--port-forward", "-n", appNS, "status", cluster).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl chat status: %v\n%s", err, out)
+	}
+	for _, p := range pods {
+		var row string
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, p+" ") {
+				row = line
+			}
+		}
+		sessions := 0
+		for _, f := range strings.Fields(row) {
+			if n, err := strconv.Atoi(f); err == nil && n > sessions {
+				sessions = n
+			}
+		}
+		if row == "" || strings.Contains(row, "unreachable") || sessions < 1 {
+			t.Errorf("kubectl chat status --port-forward: pod %s row %q, want its sessions\n%s", p, row, out)
 		}
 	}
 }
