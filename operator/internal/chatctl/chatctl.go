@@ -14,7 +14,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -35,9 +34,6 @@ import (
 
 // DefaultEvents is how many of the cluster's latest events status shows.
 const DefaultEvents = 10
-
-// statsConcurrency bounds the Stats calls in flight, as the operator does.
-const statsConcurrency = 16
 
 // StatusOptions tune Status.
 type StatusOptions struct {
@@ -138,30 +134,26 @@ func gather(ctx context.Context, c client.Client, ns, name string, opts StatusOp
 		return gatewayroll.Ordinal(pods.Items[i].Name) < gatewayroll.Ordinal(pods.Items[j].Name)
 	})
 	v.pods = make([]gatewayPod, len(pods.Items))
-	var (
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, statsConcurrency)
-	)
+	var asked []*corev1.Pod
+	var askedAt []int
 	for i := range pods.Items {
 		gp := &v.pods[i]
 		gp.pod = &pods.Items[i]
 		switch {
 		case opts.Admin == nil:
 			gp.err = errors.New("not asked")
-			continue
 		case gp.pod.Status.PodIP == "":
 			gp.err = errors.New("no pod IP yet")
-			continue
+		default:
+			asked, askedAt = append(asked, gp.pod), append(askedAt, i)
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			gp.stats, gp.err = opts.Admin.Stats(ctx, gp.pod)
-		}()
 	}
-	wg.Wait()
+	if len(asked) > 0 {
+		stats, errs := gatewayadmin.StatsOf(ctx, opts.Admin, asked)
+		for j, i := range askedAt {
+			v.pods[i].stats, v.pods[i].err = stats[j], errs[j]
+		}
+	}
 	// Events are a help, not the status: a user who may not list them
 	// still sees the rest.
 	var events eventsv1.EventList

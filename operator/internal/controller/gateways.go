@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -16,12 +15,10 @@ import (
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	chatv1 "github.com/gochat/gochat/api/v1alpha1"
+	"github.com/gochat/gochat/operator/internal/gatewayadmin"
 	"github.com/gochat/gochat/operator/internal/gatewayroll"
 	"github.com/gochat/gochat/operator/internal/resources"
 )
-
-// statsConcurrency bounds the Stats calls in flight in one pass.
-const statsConcurrency = 16
 
 // gatewayRoll is what one pass observed of the gateways.
 type gatewayRoll struct {
@@ -63,33 +60,24 @@ func (r *Reconciler) observeGateways(ctx context.Context, cc *chatv1.ChatCluster
 	if err := r.reader().List(ctx, &pods, client.InNamespace(cc.Namespace), client.MatchingLabels(resources.SelectorLabels(cc, resources.Gateway))); err != nil {
 		return nil, fmt.Errorf("list gateway pods: %w", err)
 	}
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, statsConcurrency)
-	)
+	var asked []*corev1.Pod
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		roll.pods[p.Name] = p
-		if r.Admin == nil || p.Status.PodIP == "" || p.Status.Phase != corev1.PodRunning {
-			continue
+		if r.Admin != nil && p.Status.PodIP != "" && p.Status.Phase == corev1.PodRunning {
+			asked = append(asked, p)
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			st, err := r.Admin.Stats(ctx, p)
-			if err != nil {
-				logf.FromContext(ctx).V(1).Info("gateway stats", "pod", p.Name, "err", err.Error())
-				return
-			}
-			mu.Lock()
-			roll.stats[p.Name] = st
-			mu.Unlock()
-		}()
 	}
-	wg.Wait()
+	if len(asked) > 0 {
+		stats, errs := gatewayadmin.StatsOf(ctx, r.Admin, asked)
+		for i, p := range asked {
+			if errs[i] != nil {
+				logf.FromContext(ctx).V(1).Info("gateway stats", "pod", p.Name, "err", errs[i].Error())
+				continue
+			}
+			roll.stats[p.Name] = stats[i]
+		}
+	}
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		sessions := int64(-1)

@@ -242,16 +242,7 @@ func TestKubectlChatStatus(t *testing.T) {
 		t.Skip("runs real gateway processes and their backends")
 	}
 	ns := newNamespace(t)
-	ca := tc.NewCA(t)
-	caKey, err := ca.KeyPEM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	createSecret(t, ns, "demo-ca", map[string]string{resources.CACertKey: string(ca.CertPEM()), resources.CAKeyKey: string(caKey)})
-	be := startBackends(t, ca)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
-	createSecret(t, ns, "jwt", map[string]string{"secret": be.secret})
-	k := startKubelet(t, ns, be, 2)
+	k := liveCluster(t, ns, 2)
 	stop := startManagerWith(t, cfg, ns, func(r *controller.Reconciler) { r.Admin = k.admin })
 	cc := newCluster(ns, "demo")
 	cc.Spec.Gateway.Replicas = i32(2)

@@ -137,6 +137,26 @@ func port(t *testing.T, addr string) int {
 	return n
 }
 
+// liveCluster readies ns for a ChatCluster "demo" of real gateway
+// processes: the cluster's internal CA, made here and handed to the
+// operator in the demo-ca Secret, which it adopts (the backends run outside
+// the cluster and need certificates from it before the cluster exists);
+// im-repo, im-logic and im-task on it; the Secrets the cluster names
+// (mysql, jwt); and the kubelet stand-in for the gateway pods.
+func liveCluster(t *testing.T, ns string, gateways int32) *kubelet {
+	t.Helper()
+	ca := tc.NewCA(t)
+	caKey, err := ca.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	createSecret(t, ns, "demo-ca", map[string]string{resources.CACertKey: string(ca.CertPEM()), resources.CAKeyKey: string(caKey)})
+	be := startBackends(t, ca)
+	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
+	createSecret(t, ns, "jwt", map[string]string{"secret": be.secret})
+	return startKubelet(t, ns, be, gateways)
+}
+
 func startKubelet(t *testing.T, ns string, be backends, desired int32) *kubelet {
 	ports := freeAddrs(t, 2)
 	k := &kubelet{t: t, ns: ns, be: be, net: 100 + rand.IntN(150), httpPort: port(t, ports[0]), grpcPort: port(t, ports[1]),
@@ -813,19 +833,7 @@ func TestGatewayRoll(t *testing.T) {
 		drainTimout = 8 * time.Second
 	)
 	ns := newNamespace(t)
-	// The cluster's internal CA is made here and handed to the operator in
-	// the <name>-ca Secret, which it adopts: the backends below run outside
-	// the cluster and need certificates from it before the cluster exists.
-	ca := tc.NewCA(t)
-	caKey, err := ca.KeyPEM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	createSecret(t, ns, "demo-ca", map[string]string{resources.CACertKey: string(ca.CertPEM()), resources.CAKeyKey: string(caKey)})
-	be := startBackends(t, ca)
-	createSecret(t, ns, "mysql", map[string]string{"dsn": tc.MySQLServerDSN()})
-	createSecret(t, ns, "jwt", map[string]string{"secret": be.secret})
-	k := startKubelet(t, ns, be, 3)
+	k := liveCluster(t, ns, 3)
 	tune := func(r *controller.Reconciler) {
 		r.Admin = k.admin
 		r.ReadyTimeout = 15 * time.Second

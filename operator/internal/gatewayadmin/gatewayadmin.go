@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -109,4 +110,27 @@ func (d Dialer) Drain(ctx context.Context, pod *corev1.Pod, window, timeout time
 		return err
 	})
 	return st, err
+}
+
+// StatsConcurrency bounds the Stats calls in flight in one StatsOf.
+const StatsConcurrency = 16
+
+// StatsOf asks each pod for its Stats, StatsConcurrency at a time, so that
+// pods that do not answer cost one call timeout, not one each. A pod's
+// answer or error is at its index.
+func StatsOf(ctx context.Context, a Admin, pods []*corev1.Pod) ([]*gochatv1.StatsResponse, []error) {
+	stats, errs := make([]*gochatv1.StatsResponse, len(pods)), make([]error, len(pods))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, StatsConcurrency)
+	for i, p := range pods {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			stats[i], errs[i] = a.Stats(ctx, p)
+		}()
+	}
+	wg.Wait()
+	return stats, errs
 }
