@@ -343,19 +343,7 @@ func TestStatus(t *testing.T) {
 	}
 
 	// kubectl get chat: the printer columns, through the Table API.
-	rc, err := restClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := rc.Get().AbsPath("/apis/chat.gochat.io/v1alpha1/namespaces/"+ns+"/chatclusters").
-		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(bg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var table metav1.Table
-	if err := json.Unmarshal(raw, &table); err != nil {
-		t.Fatal(err)
-	}
+	table := chatTable(t, ns)
 	var cols, wide []string
 	for _, c := range table.ColumnDefinitions {
 		if c.Priority == 0 {
@@ -813,4 +801,24 @@ func TestRestart(t *testing.T) {
 		get(t, ns, name, &appsv1.Deployment{})
 	}
 	get(t, ns, "demo-config", &corev1.ConfigMap{})
+}
+
+// chatTable is kubectl get chat in ns, through the Table API (the printer
+// columns and a row per cluster).
+func chatTable(t *testing.T, ns string) metav1.Table {
+	t.Helper()
+	rc, err := restClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := rc.Get().AbsPath("/apis/chat.gochat.io/v1alpha1/namespaces/"+ns+"/chatclusters").
+		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table metav1.Table
+	if err := json.Unmarshal(raw, &table); err != nil {
+		t.Fatal(err)
+	}
+	return table
 }

@@ -1,7 +1,6 @@
 package controller_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
@@ -280,20 +279,7 @@ func TestReadyUpdatedScaling(t *testing.T) {
 // tableRow is the cluster's row of kubectl get chat (the Table API).
 func tableRow(t *testing.T, ns string) []any {
 	t.Helper()
-	rc, err := restClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := rc.Get().AbsPath("/apis/chat.gochat.io/v1alpha1/namespaces/"+ns+"/chatclusters").
-		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(bg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var table metav1.Table
-	if err := json.Unmarshal(raw, &table); err != nil {
-		t.Fatal(err)
-	}
-	return table.Rows[0].Cells
+	return chatTable(t, ns).Rows[0].Cells
 }
 
 // TestRefusedStepsReachTheCluster: an apply the API server refuses (an
