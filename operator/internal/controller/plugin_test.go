@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -201,13 +202,21 @@ func openSessions(t *testing.T, base string, n int) []net.Conn {
 		if err != nil {
 			t.Fatal(err)
 		}
-		conn, _, _, err := ws.Dial(bg, strings.Replace(base, "http://", "ws://", 1)+"/v1/ws?token="+token)
+		conn, br, _, err := ws.Dial(bg, strings.Replace(base, "http://", "ws://", 1)+"/v1/ws?token="+token)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close() })
+		// The hello may have come with the handshake's answer, into br.
+		var rw io.ReadWriter = conn
+		if br != nil {
+			rw = struct {
+				io.Reader
+				io.Writer
+			}{br, conn}
+		}
 		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := wsutil.ReadServerText(conn); err != nil {
+		if _, err := wsutil.ReadServerText(rw); err != nil {
 			t.Fatalf("hello: %v", err)
 		}
 		_ = conn.SetReadDeadline(time.Time{})
