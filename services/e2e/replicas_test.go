@@ -179,24 +179,7 @@ func TestReplicas(t *testing.T) {
 		}
 		// The killed gateway's client reconnects elsewhere and syncs from its last seq.
 		re := tc.DialWS(t, ws1, gone.Token)
-		after := int64(0)
-		for seq := range goneGot[g.ID] {
-			after = max(after, seq)
-		}
-		for {
-			if err := re.Send("sync", map[string]any{"conversation_id": g.ID, "after_seq": after}); err != nil {
-				t.Fatal(err)
-			}
-			var r clientapi.SyncResult
-			re.Next(t, "sync", wait).Decode(t, &r)
-			for _, m := range r.Messages {
-				goneGot.add(m)
-				after = max(after, m.Seq)
-			}
-			if !r.HasMore {
-				break
-			}
-		}
+		syncAll(t, re, g.ID, goneGot)
 		for seq := range acked {
 			if !goneGot[g.ID][seq] {
 				t.Fatalf("acked seq %d never reached the killed gateway's client, pushed or synced (%d of %d)", seq, goneGot.count(), len(acked))
