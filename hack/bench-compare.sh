@@ -15,7 +15,7 @@
 # Settings (environment):
 #   CONNS      connections for the connect rate and idle memory (smoke 500, FULL 10000)
 #   HOLD       how long they are held before the server's RSS is read (smoke 20s, FULL 60s)
-#   FANOUT     fan-out runs, MEMBERS@RATE, space-separated (smoke "200@5")
+#   FANOUT     fan-out runs, MEMBERS@RATE, space-separated (smoke "200@5"); empty skips them
 #   SESSIONS   messages/s of the 10,000-session run (1,000 users x 10); empty skips it (smoke: skipped)
 #   DURATION   how long each fan-out publishes (smoke 15s, FULL 30s)
 #   SERVERS    which servers, in order (default "centrifugo gochat")
@@ -24,11 +24,11 @@ set -euo pipefail
 CENTRIFUGO_VERSION=${CENTRIFUGO_VERSION:-v6.9.1}
 if [ -n "${FULL:-}" ]; then
   CONNS=${CONNS:-10000} HOLD=${HOLD:-60s} DURATION=${DURATION:-30s}
-  FANOUT=${FANOUT:-"1000@1 1000@5 5000@1 5000@5 10000@1 10000@5"} SESSIONS=${SESSIONS-5}
+  FANOUT=${FANOUT-"1000@1 1000@5 5000@1 5000@5 10000@1 10000@5"} SESSIONS=${SESSIONS-5}
 fi
 CONNS=${CONNS:-500}
 HOLD=${HOLD:-20s}
-FANOUT=${FANOUT:-"200@5"}
+FANOUT=${FANOUT-"200@5"}
 SESSIONS=${SESSIONS:-}
 DURATION=${DURATION:-15s}
 SERVERS=${SERVERS:-"centrifugo gochat"}
@@ -48,18 +48,21 @@ done
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((CONNS + 1000)) ]; then echo "ulimit -n is $(ulimit -n): too few for $CONNS connections" >&2; exit 1; fi
 
-# The peer, at its pinned version, built from the module proxy once.
-if [ ! -x "$cache/centrifugo" ]; then
-  echo "installing Centrifugo $CENTRIFUGO_VERSION into $cache"
-  mkdir -p "$cache"
-  (cd "$work" && GOBIN=$cache GOFLAGS= GOWORK=off go install "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION")
+# The peer, at its pinned version, built from the module proxy once (only
+# when it is measured).
+if [[ " $SERVERS " == *" centrifugo "* ]]; then
+  if [ ! -x "$cache/centrifugo" ]; then
+    echo "installing Centrifugo $CENTRIFUGO_VERSION into $cache"
+    mkdir -p "$cache"
+    (cd "$work" && GOBIN=$cache GOFLAGS= GOWORK=off go install "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION")
+  fi
+  # go install stamps no version into the binary's own "version"; its module record has it.
+  if ! go version -m "$cache/centrifugo" | grep -qE "^\s+mod\s+github.com/centrifugal/centrifugo/v6\s+$CENTRIFUGO_VERSION\s"; then
+    echo "$cache/centrifugo is not $CENTRIFUGO_VERSION: $(go version -m "$cache/centrifugo" | sed -n 3p)" >&2; exit 1
+  fi
+  # The Centrifugo adapter is checked against this binary before it measures.
+  (cd "$root/services" && GOCHAT_CENTRIFUGO=$cache/centrifugo go test -tags bench -count=1 -run '^TestCompareCentrifugo$' ./cmd/gochat-load)
 fi
-# go install stamps no version into the binary's own "version"; its module record has it.
-if ! go version -m "$cache/centrifugo" | grep -qE "^\s+mod\s+github.com/centrifugal/centrifugo/v6\s+$CENTRIFUGO_VERSION\s"; then
-  echo "$cache/centrifugo is not $CENTRIFUGO_VERSION: $(go version -m "$cache/centrifugo" | sed -n 3p)" >&2; exit 1
-fi
-# The Centrifugo adapter is checked against this binary before it measures.
-(cd "$root/services" && GOCHAT_CENTRIFUGO=$cache/centrifugo go test -tags bench -count=1 -run '^TestCompareCentrifugo$' ./cmd/gochat-load)
 (cd "$root/services" && go build -o "$work/gochat" ./cmd/gochat && go build -o "$work/gochat-load" ./cmd/gochat-load)
 
 pids=()
