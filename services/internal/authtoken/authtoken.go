@@ -1,6 +1,8 @@
 // Package authtoken issues and checks the clients' bearer tokens (JWT, HS256).
 // im-logic issues them; im-gateway checks them locally on every request, so
-// authentication costs no backend round trip.
+// authentication costs no backend round trip. A token also carries the
+// holder's public profile, so that a WebSocket connect can greet the user
+// without looking them up either.
 package authtoken
 
 import (
@@ -21,6 +23,17 @@ type Claims struct {
 	UserID string
 	Guest  bool
 	Expiry time.Time
+	// Profile is nil in tokens issued before tokens carried it: their
+	// holder must be looked up.
+	Profile *Profile
+}
+
+// Profile is the holder's public fields as they were when the token was
+// issued: a nickname changed since then shows only in tokens issued after.
+type Profile struct {
+	Username    string `json:"username"`
+	Nickname    string `json:"nickname"`
+	CreatedAtMs int64  `json:"created_at_ms"`
 }
 
 // Keys signs and verifies tokens with one shared secret.
@@ -41,15 +54,18 @@ func New(secret string, ttl time.Duration) (*Keys, error) {
 }
 
 type jwtClaims struct {
-	Guest bool `json:"guest,omitempty"`
+	Guest   bool     `json:"guest,omitempty"`
+	Profile *Profile `json:"usr,omitempty"`
 	jwt.RegisteredClaims
 }
 
-// Issue returns a signed token for the user and when it expires.
-func (k *Keys) Issue(userID string, guest bool, now time.Time) (string, time.Time, error) {
+// Issue returns a signed token for the user and when it expires. A nil
+// profile makes a token as they were before profiles were carried.
+func (k *Keys) Issue(userID string, guest bool, profile *Profile, now time.Time) (string, time.Time, error) {
 	exp := now.Add(k.ttl).Truncate(time.Second)
 	c := jwtClaims{
-		Guest: guest,
+		Guest:   guest,
+		Profile: profile,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    issuer,
 			Subject:   userID,
@@ -78,5 +94,5 @@ func (k *Keys) Verify(token string) (Claims, error) {
 	if err != nil || c.Subject == "" {
 		return Claims{}, ErrInvalid
 	}
-	return Claims{UserID: c.Subject, Guest: c.Guest, Expiry: c.ExpiresAt.Time}, nil
+	return Claims{UserID: c.Subject, Guest: c.Guest, Expiry: c.ExpiresAt.Time, Profile: c.Profile}, nil
 }

@@ -13,29 +13,45 @@ func TestIssueVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	tok, exp, err := k.Issue("u1", true, now)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name    string
+		guest   bool
+		profile *Profile
+	}{
+		{"guest with a profile", true, &Profile{Username: "guest-7f3a", Nickname: "Visitor \"é\" <b>", CreatedAtMs: 1764400000123}},
+		{"user with a profile", false, &Profile{Username: "ann", Nickname: "Ann", CreatedAtMs: 1}},
+		{"old-style token without a profile", false, nil},
 	}
-	if exp.Before(now.Add(59 * time.Minute)) {
-		t.Fatalf("expiry %s too early", exp)
-	}
-	c, err := k.Verify(tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.UserID != "u1" || !c.Guest {
-		t.Fatalf("claims = %+v", c)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := time.Now()
+			tok, exp, err := k.Issue("u1", tt.guest, tt.profile, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if exp.Before(now.Add(59 * time.Minute)) {
+				t.Fatalf("expiry %s too early", exp)
+			}
+			c, err := k.Verify(tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.UserID != "u1" || c.Guest != tt.guest || !c.Expiry.Equal(exp) {
+				t.Fatalf("claims = %+v", c)
+			}
+			if (c.Profile == nil) != (tt.profile == nil) || (c.Profile != nil && *c.Profile != *tt.profile) {
+				t.Fatalf("profile = %+v, want %+v", c.Profile, tt.profile)
+			}
+		})
 	}
 }
 
 func TestVerifyRejects(t *testing.T) {
 	k, _ := New(secret, time.Hour)
 	other, _ := New(strings.Repeat("x", 32), time.Hour)
-	good, _, _ := k.Issue("u1", false, time.Now())
-	expired, _, _ := k.Issue("u1", false, time.Now().Add(-2*time.Hour))
-	foreign, _, _ := other.Issue("u1", false, time.Now())
+	good, _, _ := k.Issue("u1", false, nil, time.Now())
+	expired, _, _ := k.Issue("u1", false, nil, time.Now().Add(-2*time.Hour))
+	foreign, _, _ := other.Issue("u1", false, nil, time.Now())
 	tests := map[string]string{
 		"empty":        "",
 		"garbage":      "not.a.token",

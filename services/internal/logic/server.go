@@ -58,7 +58,10 @@ func NewServer(repo gochatv1.RepoServiceClient, keys *authtoken.Keys, pub Publis
 func (s *Server) Run(ctx context.Context) { s.outbox.run(ctx) }
 
 func (s *Server) auth(u *gochatv1.User) (*gochatv1.AuthResponse, error) {
-	tok, exp, err := s.keys.Issue(u.Id, u.Guest, s.now())
+	// The profile rides in the token so that a gateway greets the user at
+	// connect without looking them up.
+	profile := &authtoken.Profile{Username: u.Username, Nickname: u.Nickname, CreatedAtMs: u.CreatedAtMs}
+	tok, exp, err := s.keys.Issue(u.Id, u.Guest, profile, s.now())
 	if err != nil {
 		return nil, err
 	}
