@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/apierror"
+	"github.com/gochat/gochat/services/internal/ids"
 	"github.com/gochat/gochat/services/internal/repo"
 	"github.com/gochat/gochat/services/internal/rpc"
 	tc "github.com/gochat/gochat/services/testcluster"
@@ -111,6 +113,7 @@ func TestRepo(t *testing.T) {
 			t.Run("a stale member list is never served", func(t *testing.T) { testMemberCacheRace(t, e) })
 			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
 			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
+			t.Run("registering new sessions checks their users", func(t *testing.T) { testRegisterChecksUsers(t, e) })
 			t.Run("sessions on a gateway whose liveness lapsed are offline", func(t *testing.T) { testGatewayLiveness(t, e) })
 			t.Run("presence transitions", func(t *testing.T) { testPresenceTransitions(t, e) })
 			t.Run("contacts", func(t *testing.T) { testContacts(t, e) })
@@ -453,6 +456,64 @@ func testPresence(t *testing.T, e *env) {
 	}
 	_, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{{UserId: a.Id}}, TtlMs: 1000})
 	wantCode(t, err, apierror.InvalidArgument)
+}
+
+func testRegisterChecksUsers(t *testing.T, e *env) {
+	a, b := user(t, e, "a"), user(t, e, "b")
+	gone := ids.New() // a valid id of no user: never created, or deleted
+	sess := func(id, user string) *gochatv1.Session {
+		return &gochatv1.Session{UserId: user, SessionId: id + "-" + tc.RandomName(""), Gateway: "10.0.0.9:9000"}
+	}
+	tests := []struct {
+		name        string
+		sessions    []*gochatv1.Session
+		check       bool
+		wantUnknown []string
+		wantOnline  []string // users with a registered session afterwards
+	}{
+		{"all exist", []*gochatv1.Session{sess("1", a.Id), sess("2", b.Id)}, true, nil, []string{a.Id, b.Id}},
+		{"a missing user among them, twice", []*gochatv1.Session{sess("1", a.Id), sess("2", gone), sess("3", gone)}, true, []string{gone}, []string{a.Id}},
+		{"only missing users", []*gochatv1.Session{sess("1", gone)}, true, []string{gone}, nil},
+		{"a renewal does not check", []*gochatv1.Session{sess("1", gone)}, false, nil, []string{gone}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: tt.sessions, TtlMs: 60000, CheckUsers: tt.check})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(r.UnknownUsers, tt.wantUnknown) {
+				t.Fatalf("unknown users %v, want %v", r.UnknownUsers, tt.wantUnknown)
+			}
+			var users []string
+			for _, s := range tt.sessions {
+				users = append(users, s.UserId)
+			}
+			p, err := e.client.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: users})
+			if err != nil {
+				t.Fatal(err)
+			}
+			registered := map[string]bool{}
+			for _, s := range p.Sessions {
+				for _, want := range tt.sessions {
+					if s.SessionId == want.SessionId {
+						registered[s.UserId] = true
+					}
+				}
+			}
+			if len(registered) != len(tt.wantOnline) {
+				t.Fatalf("registered users %v, want %v", registered, tt.wantOnline)
+			}
+			for _, u := range tt.wantOnline {
+				if !registered[u] {
+					t.Fatalf("registered users %v, want %v", registered, tt.wantOnline)
+				}
+			}
+			if _, err := e.client.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: tt.sessions}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
 
 func testOutbox(t *testing.T, e *env) {

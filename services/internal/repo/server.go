@@ -353,11 +353,54 @@ func (s *Server) RegisterSessions(ctx context.Context, in *gochatv1.RegisterSess
 	if in.TtlMs < 1000 {
 		return nil, invalid("ttl_ms must be at least 1000")
 	}
-	came, err := s.presence.Register(ctx, in.Sessions, time.Duration(in.TtlMs)*time.Millisecond)
-	if err != nil {
-		return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+	sessions := in.Sessions
+	var unknown []string
+	if in.CheckUsers {
+		var err error
+		if sessions, unknown, err = s.existingUsersOnly(ctx, sessions); err != nil {
+			return nil, err
+		}
 	}
-	return &gochatv1.RegisterSessionsResponse{CameOnline: came}, nil
+	var came []string
+	if len(sessions) > 0 {
+		var err error
+		if came, err = s.presence.Register(ctx, sessions, time.Duration(in.TtlMs)*time.Millisecond); err != nil {
+			return nil, apierror.New(apierror.Unavailable, "presence store unavailable: %v", err)
+		}
+	}
+	return &gochatv1.RegisterSessionsResponse{CameOnline: came, UnknownUsers: unknown}, nil
+}
+
+// existingUsersOnly keeps the sessions of users who exist, and names the
+// users who do not: one query for a whole batch of connects, which is what
+// lets gateways greet users from their tokens and still refuse deleted ones.
+func (s *Server) existingUsersOnly(ctx context.Context, sessions []*gochatv1.Session) ([]*gochatv1.Session, []string, error) {
+	ids := make([]string, 0, len(sessions))
+	seen := make(map[string]bool, len(sessions))
+	for _, ss := range sessions {
+		if !seen[ss.UserId] {
+			seen[ss.UserId] = true
+			ids = append(ids, ss.UserId)
+		}
+	}
+	missing, err := s.store.MissingUsers(ctx, ids)
+	if err != nil {
+		return nil, nil, apierror.New(apierror.Unavailable, "user store unavailable: %v", err)
+	}
+	if len(missing) == 0 {
+		return sessions, nil, nil
+	}
+	gone := make(map[string]bool, len(missing))
+	for _, id := range missing {
+		gone[id] = true
+	}
+	kept := make([]*gochatv1.Session, 0, len(sessions))
+	for _, ss := range sessions {
+		if !gone[ss.UserId] {
+			kept = append(kept, ss)
+		}
+	}
+	return kept, missing, nil
 }
 
 func (s *Server) UnregisterSessions(ctx context.Context, in *gochatv1.UnregisterSessionsRequest) (*gochatv1.UnregisterSessionsResponse, error) {

@@ -127,6 +127,30 @@ func (s *Store) GetUserByUsername(ctx context.Context, username string) (*gochat
 	return userToProto(u), u.PasswordHash, nil
 }
 
+// MissingUsers returns which of the ids are no user (never were, or were
+// deleted), in one query.
+func (s *Store) MissingUsers(ctx context.Context, userIDs []string) ([]string, error) {
+	if len(userIDs) == 0 {
+		return nil, nil
+	}
+	var found []string
+	if err := s.db.WithContext(ctx).Model(&userRow{}).Where("id IN ?", userIDs).Pluck("id", &found).Error; err != nil {
+		return nil, fmt.Errorf("look up %d users: %w", len(userIDs), err)
+	}
+	have := make(map[string]bool, len(found))
+	for _, id := range found {
+		have[id] = true
+	}
+	var missing []string
+	for _, id := range userIDs {
+		if !have[id] {
+			have[id] = true // once, however many times it was asked for
+			missing = append(missing, id)
+		}
+	}
+	return missing, nil
+}
+
 // requireUsers fails unless every id is a user, so membership never points at nobody.
 func (s *Store) requireUsers(tx *gorm.DB, userIDs []string) error {
 	if len(userIDs) == 0 {

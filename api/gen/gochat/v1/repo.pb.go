@@ -1586,9 +1586,14 @@ func (x *UnreadCountsResponse) GetCounts() []*UnreadCount {
 }
 
 type RegisterSessionsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sessions      []*Session             `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
-	TtlMs         int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Sessions []*Session             `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	TtlMs    int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	// Set for new sessions: only those of users who exist are registered, the
+	// others' users are answered in unknown_users (a gateway that greeted them
+	// from their token refuses them). Renewals leave it unset, so that keeping
+	// presence never waits on MySQL.
+	CheckUsers    bool `protobuf:"varint,3,opt,name=check_users,json=checkUsers,proto3" json:"check_users,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1637,10 +1642,20 @@ func (x *RegisterSessionsRequest) GetTtlMs() int64 {
 	return 0
 }
 
+func (x *RegisterSessionsRequest) GetCheckUsers() bool {
+	if x != nil {
+		return x.CheckUsers
+	}
+	return false
+}
+
 type RegisterSessionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Users who had no live session before this call: they just came online.
-	CameOnline    []string `protobuf:"bytes,1,rep,name=came_online,json=cameOnline,proto3" json:"came_online,omitempty"`
+	CameOnline []string `protobuf:"bytes,1,rep,name=came_online,json=cameOnline,proto3" json:"came_online,omitempty"`
+	// With check_users, the users who do not exist (an account removed, a
+	// guest swept): none of their sessions were registered.
+	UnknownUsers  []string `protobuf:"bytes,2,rep,name=unknown_users,json=unknownUsers,proto3" json:"unknown_users,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1678,6 +1693,13 @@ func (*RegisterSessionsResponse) Descriptor() ([]byte, []int) {
 func (x *RegisterSessionsResponse) GetCameOnline() []string {
 	if x != nil {
 		return x.CameOnline
+	}
+	return nil
+}
+
+func (x *RegisterSessionsResponse) GetUnknownUsers() []string {
+	if x != nil {
+		return x.UnknownUsers
 	}
 	return nil
 }
@@ -2490,13 +2512,16 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06unread\x18\x02 \x01(\x03R\x06unread\"F\n" +
 	"\x14UnreadCountsResponse\x12.\n" +
-	"\x06counts\x18\x01 \x03(\v2\x16.gochat.v1.UnreadCountR\x06counts\"`\n" +
+	"\x06counts\x18\x01 \x03(\v2\x16.gochat.v1.UnreadCountR\x06counts\"\x81\x01\n" +
 	"\x17RegisterSessionsRequest\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\x12\x15\n" +
-	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\";\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1f\n" +
+	"\vcheck_users\x18\x03 \x01(\bR\n" +
+	"checkUsers\"`\n" +
 	"\x18RegisterSessionsResponse\x12\x1f\n" +
 	"\vcame_online\x18\x01 \x03(\tR\n" +
-	"cameOnline\"K\n" +
+	"cameOnline\x12#\n" +
+	"\runknown_users\x18\x02 \x03(\tR\funknownUsers\"K\n" +
 	"\x19UnregisterSessionsRequest\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\"?\n" +
 	"\x1aUnregisterSessionsResponse\x12!\n" +
