@@ -103,6 +103,7 @@ type gatewayMetrics struct {
 	sessions        prometheus.GaugeFunc
 	connects        prometheus.Counter
 	handshakeErrors prometheus.Counter
+	helloFrom       *prometheus.CounterVec
 	framesIn        prometheus.Counter
 	framesOut       prometheus.Counter
 	sends           prometheus.Counter
@@ -180,6 +181,8 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 			func() float64 { return float64(h.count.Load()) }),
 		connects:        f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_connects_total", Help: "WebSocket sessions opened."}),
 		handshakeErrors: f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_handshake_errors_total", Help: "WebSocket handshakes refused or failed."}),
+		helloFrom: f.NewCounterVec(prometheus.CounterOpts{Name: "gochat_gateway_hello_user_total",
+			Help: "Where a hello's user came from: the token's profile, or a lookup for a token issued without one."}, []string{"from"}),
 		framesIn:        f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_frames_in_total", Help: "Data frames read from clients."}),
 		framesOut:       f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_frames_out_total", Help: "Data frames written to clients."}),
 		sends:           f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_sends_total", Help: "Messages acked to WebSocket senders."}),
@@ -191,6 +194,8 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		drainDuration: f.NewHistogram(prometheus.HistogramOpts{Name: "gochat_gateway_drain_duration_seconds", Help: "How long drains took, from start to the last session gone.",
 			Buckets: []float64{1, 5, 10, 20, 30, 45, 60, 90, 120, 300}}),
 	}
+	g.presence.addCalls = f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_presence_register_calls_total",
+		Help: "RegisterSessions calls for new sessions: connects that come together share one."})
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "gochat_gateway_draining", Help: "1 once the gateway drains (it never takes clients again)."},
 		func() float64 {
 			if g.draining.Load() {

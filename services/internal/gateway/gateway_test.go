@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,10 +87,15 @@ func (p *presenceStub) RegisterSessions(ctx context.Context, in *gochatv1.Regist
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	out := &gochatv1.RegisterSessionsResponse{}
 	for _, s := range in.Sessions {
+		if in.CheckUsers && s.UserId != "u1" { // as logicStub, u1 is the only user
+			out.UnknownUsers = append(out.UnknownUsers, s.UserId)
+			continue
+		}
 		p.sessions[s.SessionId] = true
 	}
-	return &gochatv1.RegisterSessionsResponse{}, nil
+	return out, nil
 }
 
 func (p *presenceStub) UnregisterSessions(ctx context.Context, in *gochatv1.UnregisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.UnregisterSessionsResponse, error) {
@@ -166,7 +172,7 @@ func start(t *testing.T, mutate func(*Config)) *fixture {
 		}
 	})
 	f.g, f.addr, f.stop = g, ln.Addr().String(), stop
-	f.token, _, _ = keys.Issue("u1", false, time.Now())
+	f.token, _, _ = keys.Issue("u1", false, &authtoken.Profile{Username: "ann"}, time.Now())
 	return f
 }
 
@@ -458,6 +464,62 @@ func TestHandshakeRefusals(t *testing.T) {
 		t.Fatalf("/healthz: %v %v", resp, err)
 	}
 	resp.Body.Close()
+}
+
+func TestHelloUser(t *testing.T) {
+	f := start(t, nil)
+	keys, err := authtoken.New(secret, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		user    string
+		profile *authtoken.Profile
+		want    map[string]any // the hello's user, or the error frame and close
+	}{
+		{"profile in the token", "u1", &authtoken.Profile{Username: "ann", Nickname: "Ann", CreatedAtMs: 1764400000123},
+			map[string]any{"type": "hello", "id": "u1", "username": "ann", "nickname": "Ann", "created_at": "2025-11-29T07:06:40.123Z"}},
+		{"no profile: looked up", "u1", nil,
+			map[string]any{"type": "hello", "id": "u1", "username": "ann", "nickname": "", "created_at": "1970-01-01T00:00:00.000Z"}},
+		{"profile of a user presence does not know", "gone", &authtoken.Profile{Username: "gone"},
+			map[string]any{"type": "error", "code": "not_found", "close": float64(1008)}},
+		{"no profile, user not found", "gone", nil,
+			map[string]any{"type": "error", "code": "not_found", "close": float64(1008)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tok, _, err := keys.Issue(tt.user, false, tt.profile, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, br, _, err := ws.Dial(context.Background(), "ws://"+f.addr+"/v1/ws?token="+tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			c := &client{t: t, conn: conn, r: conn}
+			if br != nil {
+				c.r = br
+			}
+			first := c.next()
+			got := map[string]any{"type": first["type"]}
+			data, _ := first["data"].(map[string]any)
+			switch first["type"] {
+			case "hello":
+				u, _ := data["user"].(map[string]any)
+				for _, k := range []string{"id", "username", "nickname", "created_at"} {
+					got[k] = u[k]
+				}
+			case "error":
+				got["code"] = data["code"]
+				got["close"] = c.next()["code"]
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
 }
 
 func asStatus(err error, se *ws.StatusError) bool {

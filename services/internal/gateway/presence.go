@@ -6,14 +6,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
+	"github.com/gochat/gochat/services/internal/apierror"
 )
 
 // registrar keeps this gateway's sessions in im-repo's presence. Registrations
 // and removals are batched: whatever piles up while one call is in flight
 // goes in the next, so 10,000 clients connecting at once cost a handful of
 // calls. A new session waits for its registration before its hello, so that
-// no message pushed after the hello can miss it.
+// no message pushed after the hello can miss it. The same call tells which
+// of the new sessions' users no longer exist (a removed account, a swept
+// guest): their sessions are refused, as a user lookup at connect would.
 type registrar struct {
 	repo    gochatv1.RepoServiceClient
 	gateway string
@@ -22,6 +27,8 @@ type registrar struct {
 	hub     *hub
 	// changed hears of users who came online or went offline.
 	changed func([]string)
+	// addCalls counts the calls that register new sessions.
+	addCalls prometheus.Counter
 
 	mu      sync.Mutex
 	adds    []*gochatv1.Session
@@ -49,7 +56,12 @@ func (r *registrar) wake() {
 	}
 }
 
-// register adds a session and waits until presence has it.
+// errUserGone refuses a session whose user no longer exists, with what a
+// lookup of that user answers.
+func errUserGone() error { return apierror.New(apierror.NotFound, "user not found") }
+
+// register adds a session and waits until presence has it. It fails with
+// errUserGone when the session's user does not exist.
 func (r *registrar) register(ctx context.Context, s *session) error {
 	done := make(chan error, 1)
 	r.mu.Lock()
@@ -126,17 +138,30 @@ func (r *registrar) flush(ctx context.Context) {
 			return
 		}
 		if n > 0 {
+			var unknown []string
+			if r.addCalls != nil {
+				r.addCalls.Inc()
+			}
 			err := r.call(ctx, func(ctx context.Context) error {
-				resp, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: adds, TtlMs: r.ttl.Milliseconds()})
+				resp, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: adds, TtlMs: r.ttl.Milliseconds(), CheckUsers: true})
 				if err == nil {
 					r.notify(resp.CameOnline)
+					unknown = resp.UnknownUsers
 				}
 				return err
 			})
 			if err != nil {
 				r.log.Error("register sessions in presence", "count", n, "err", err)
 			}
-			for _, w := range waiters {
+			gone := make(map[string]bool, len(unknown))
+			for _, id := range unknown {
+				gone[id] = true
+			}
+			for i, w := range waiters {
+				if err == nil && gone[adds[i].UserId] {
+					w <- errUserGone()
+					continue
+				}
 				w <- err
 			}
 		}

@@ -110,7 +110,7 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.HandshakeTimeout)
 	defer cancel()
-	user, err := g.logic.GetUser(ctx, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Id{Id: claims.UserID}})
+	user, err := g.helloUser(ctx, claims)
 	if err != nil {
 		g.closeEarly(conn, err)
 		return
@@ -118,15 +118,20 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 	s := &session{id: ids.New(), userID: claims.UserID, conn: conn, g: g}
 	sessionMade = true
 	s.touch(time.Now())
+	// Registration also refuses a user who no longer exists, which the
+	// token's profile cannot know.
 	if err := g.presence.register(ctx, s); err != nil {
 		g.userSess.release(s.userID)
-		g.closeEarly(conn, apierror.New(apierror.Unavailable, "presence is unavailable, try again"))
+		if apierror.From(err).Code != apierror.NotFound {
+			err = apierror.New(apierror.Unavailable, "presence is unavailable, try again")
+		}
+		g.closeEarly(conn, err)
 		return
 	}
 	g.hub.add(s)
 	g.metrics.connects.Inc()
 	s.enqueue(clientapi.Frame(clientapi.TypeHello, clientapi.Hello{
-		User: clientapi.UserFrom(user.User), SessionID: s.id, HeartbeatMs: g.cfg.Heartbeat.Milliseconds(),
+		User: user, SessionID: s.id, HeartbeatMs: g.cfg.Heartbeat.Milliseconds(),
 	}))
 	if err := g.poller.add(s); err != nil {
 		g.log.Error("watch session", "err", err)
@@ -141,6 +146,21 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 			s.closeWith(ws.StatusGoingAway, drainReason)
 		}
 	}
+}
+
+// helloUser is the user a hello shows: the profile the token carries, or,
+// for a token issued before tokens carried one, the user as im-logic has it.
+func (g *Gateway) helloUser(ctx context.Context, c authtoken.Claims) (clientapi.User, error) {
+	if p := c.Profile; p != nil {
+		g.metrics.helloFrom.WithLabelValues("token").Inc()
+		return clientapi.User{ID: c.UserID, Username: p.Username, Nickname: p.Nickname, Guest: c.Guest, CreatedAt: clientapi.Time(p.CreatedAtMs)}, nil
+	}
+	g.metrics.helloFrom.WithLabelValues("lookup").Inc()
+	r, err := g.logic.GetUser(ctx, &gochatv1.GetUserRequest{Key: &gochatv1.GetUserRequest_Id{Id: c.UserID}})
+	if err != nil {
+		return clientapi.User{}, err
+	}
+	return clientapi.UserFrom(r.User), nil
 }
 
 // closeEarly ends a connection that was upgraded but could not become a session.
