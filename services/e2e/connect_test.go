@@ -110,8 +110,11 @@ func gatewayCounter(t *testing.T, c *tc.Cluster, series string) float64 {
 func testHelloFromToken(t *testing.T, c *tc.Cluster, db *sql.DB) {
 	ann := register(t, c, "ann")
 	visitor := guest(t, c, `Visitor "é" <b>`)
+	// The longest nickname, 256 bytes, makes the longest token: it still
+	// fits a request line.
+	longest := guest(t, c, strings.Repeat("😀", 64))
 	before := gatewayCounter(t, c, `gochat_gateway_hello_user_total{from="token"}`)
-	for _, u := range []*tc.API{ann, visitor} {
+	for _, u := range []*tc.API{ann, visitor, longest} {
 		// The database's copy changes after the token was issued: the hello
 		// shows the token's (the documented staleness), which proves no
 		// lookup was made.
@@ -136,8 +139,8 @@ func testHelloFromToken(t *testing.T, c *tc.Cluster, db *sql.DB) {
 			}
 		}
 	}
-	if got := gatewayCounter(t, c, `gochat_gateway_hello_user_total{from="token"}`) - before; got != 3 {
-		t.Fatalf("%v hellos from the token, want 3", got)
+	if got := gatewayCounter(t, c, `gochat_gateway_hello_user_total{from="token"}`) - before; got != 4 {
+		t.Fatalf("%v hellos from the token, want 4", got)
 	}
 }
 
