@@ -41,9 +41,6 @@ cache=${GOCHAT_CACHE:-$HOME/.cache/gochat}/centrifugo-$CENTRIFUGO_VERSION
 work=$(mktemp -d /tmp/gochat-bench-compare.XXXXXX)
 RESULTS=${RESULTS:-$work/results.jsonl}
 
-for port in $CENTRIFUGO_PORT 19392 19302 19301 19312 19311 19313 $GW_HTTP 19380 19390; do
-  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is taken: is another run going?" >&2; exit 1; fi
-done
 # Every session needs a descriptor in the server and one in the load tool.
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((CONNS + 1000)) ]; then echo "ulimit -n is $(ulimit -n): too few for $CONNS connections" >&2; exit 1; fi
@@ -64,6 +61,11 @@ if [[ " $SERVERS " == *" centrifugo "* ]]; then
   (cd "$root/services" && GOCHAT_CENTRIFUGO=$cache/centrifugo go test -tags bench -count=1 -run '^TestCompareCentrifugo$' ./cmd/gochat-load)
 fi
 (cd "$root/services" && go build -o "$work/gochat" ./cmd/gochat && go build -o "$work/gochat-load" ./cmd/gochat-load)
+# Checked after the builds, which take minutes: a run that started meanwhile
+# holds the ports, and our load would go to its servers.
+for port in $CENTRIFUGO_PORT 19392 19302 19301 19312 19311 19313 $GW_HTTP 19380 19390; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is taken: is another run going?" >&2; exit 1; fi
+done
 
 pids=()
 db=""
