@@ -174,6 +174,7 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.StoreWorkers, "store-workers", 1, "transactions storing messages at once per replica (MySQL; SQLite uses 1); one makes the largest batches (docs/benchmarks.md)")
 	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
 	fs.DurationVar(&o.GuestTTL, "guest-ttl", 7*24*time.Hour, "guest accounts that belong to no conversation are deleted this long after their creation (0: never); keep it at least --token-ttl")
+	fs.IntVar(&o.PresenceMaxGroupMembers, "presence-max-group-members", repo.DefaultPresenceMaxGroupMembers, "presence frames go through direct conversations and groups of at most this many members (a larger group's members would get members² frames when they all connect); GET /v1/users/{id} is always the truth")
 	fs.DurationVar(&o.GuestSweepEvery, "guest-sweep-interval", time.Minute, "how often expired guests are looked for (500 deleted at a time, at most 10,000 a round)")
 }
 
@@ -184,6 +185,9 @@ func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	if o.GuestTTL < 0 || (o.GuestTTL > 0 && o.GuestSweepEvery < time.Second) {
 		return fmt.Errorf("--guest-ttl must not be negative and --guest-sweep-interval at least 1s, got %s and %s", o.GuestTTL, o.GuestSweepEvery)
+	}
+	if o.PresenceMaxGroupMembers < 2 {
+		return fmt.Errorf("--presence-max-group-members must be at least 2, got %d", o.PresenceMaxGroupMembers)
 	}
 	if o.MemberCacheTTL < time.Second {
 		return fmt.Errorf("--member-cache-ttl must be at least 1s, got %s", o.MemberCacheTTL)
