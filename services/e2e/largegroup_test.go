@@ -13,8 +13,43 @@ import (
 // presence is announced only through small groups, and a group of more than
 // 10,000 members still gets its messages.
 func TestLargeGroups(t *testing.T) {
-	c := tc.StartCluster(t, tc.Options{RepoFlags: []string{"--presence-max-group-members=3"}})
+	c := tc.StartCluster(t, tc.Options{
+		RepoFlags: []string{"--presence-max-group-members=3"},
+		TaskEnv:   []string{"GOCHAT_ROUTE_CACHE_TTL=3s"},
+	})
 	t.Run("presence goes through direct conversations and small groups only", func(t *testing.T) { testPresenceBound(t, c) })
+	t.Run("a group of more than 10,000 members, routed from im-task's cache", func(t *testing.T) { testHugeGroup(t, c) })
+}
+
+// testHugeGroup: a group of 10,052 members (more than a gateway's 10,000
+// deliveries per push and im-repo's 5,000 ids per call) gets every message,
+// and a member who comes online while im-task routes the group from its
+// cache (built when it was offline) still gets the next message, pushed or
+// by the resync that im-task owes it once it sees the new session.
+func testHugeGroup(t *testing.T, c *tc.Cluster) {
+	owner, reader, late := register(t, c, "hown"), register(t, c, "hread"), register(t, c, "hlate")
+	rw := tc.DialWS(t, c.WSURL(), reader.Token)
+	g := createGroup(t, owner, "huge", reader, late)
+	rw.Next(t, "event", wait) // group_created
+	fillGroup(t, c, g.ID, 10_050)
+	sendHuge := func(id string) clientapi.Message {
+		var m clientapi.Message
+		if st := owner.Must(t, http.MethodPost, "/v1/conversations/"+g.ID+"/messages", map[string]any{"client_msg_id": id, "content": "to ten thousand"}, &m); st != 201 {
+			t.Fatalf("send %s: status %d", id, st)
+		}
+		return m
+	}
+	got := uniqueSeqs{}
+	m1 := sendHuge("huge-1")
+	waitAll(t, rw, g.ID, map[int64]bool{m1.Seq: true}, got, 30*time.Second)
+
+	// late comes online now: im-task read its presence (offline) for m1
+	// less than the 3s TTL ago.
+	lw := tc.DialWS(t, c.WSURL(), late.Token)
+	m2 := sendHuge("huge-2")
+	waitAll(t, rw, g.ID, map[int64]bool{m2.Seq: true}, got, 30*time.Second)
+	lateGot := uniqueSeqs{}
+	waitAll(t, lw, g.ID, map[int64]bool{m2.Seq: true}, lateGot, 30*time.Second)
 }
 
 func createGroup(t *testing.T, owner *tc.API, name string, members ...*tc.API) clientapi.Conversation {
