@@ -304,14 +304,29 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 	// exact: users whose presence is read for this batch, whatever the
 	// cache holds (members of small conversations, extra recipients).
 	exact := map[string]bool{}
-	cachedConvs := map[string][]string{} // user -> large conversations of this batch
+	// A resync makes a client sync messages: only conversations that a
+	// message is pushed to are remembered for one (a missed group event
+	// is not recovered by a sync).
+	hasMessage := map[string]bool{}
+	for _, it := range items {
+		if it.msg != nil {
+			hasMessage[it.convID] = true
+		}
+	}
+	cacheable := []string{}
+	pushing := map[string][]string{} // user -> large conversations of this batch with a message
 	for _, l := range lists {
 		large := t.routes != nil && len(l.Members) >= RouteCacheMinMembers
 		for _, m := range l.Members {
 			members[l.ConversationId] = append(members[l.ConversationId], m.UserId)
 			addUser(m.UserId)
 			if large {
-				cachedConvs[m.UserId] = append(cachedConvs[m.UserId], l.ConversationId)
+				if _, ok := pushing[m.UserId]; !ok {
+					pushing[m.UserId] = nil
+				}
+				if hasMessage[l.ConversationId] {
+					pushing[m.UserId] = append(pushing[m.UserId], l.ConversationId)
+				}
 			} else {
 				exact[m.UserId] = true
 			}
@@ -323,13 +338,12 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 			exact[u] = true
 		}
 	}
-	var cacheable []string
 	for _, u := range users {
-		if !exact[u] && len(cachedConvs[u]) > 0 {
+		if _, large := pushing[u]; large && !exact[u] {
 			cacheable = append(cacheable, u)
 		}
 	}
-	hit := t.routes.hits(cacheable, cachedConvs)
+	hit := t.routes.hits(cacheable, pushing)
 	toRead := users
 	if len(hit) > 0 {
 		toRead = make([]string, 0, len(users)-len(hit))
@@ -356,7 +370,7 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 				readNow = append(readNow, u)
 			}
 		}
-		resync = t.routes.store(read, readNow, sessions, cachedConvs)
+		resync = t.routes.store(read, readNow, sessions, pushing)
 		routeLookups.WithLabelValues("presence").Add(float64(len(readNow)))
 		routeLookups.WithLabelValues("cache").Add(float64(len(hit)))
 	}
