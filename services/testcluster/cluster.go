@@ -42,6 +42,8 @@ type Options struct {
 	TaskEnv []string
 	// LogicFlags are added to im-logic's command line.
 	LogicFlags []string
+	// RepoFlags are added to im-repo's command line.
+	RepoFlags []string
 	// Replicas of im-gateway, im-logic and im-task (default 1). Each
 	// gateway uses its own im-logic replica; the tasks share one consumer group.
 	Replicas int
@@ -81,7 +83,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	kafkaEnv := []string{"GOCHAT_KAFKA_BROKERS=" + kafkaAddr, "GOCHAT_KAFKA_TOPIC_PREFIX=" + topicPrefix, "GOCHAT_KAFKA_PARTITIONS=4"}
 	c.Repo = Start(t, "im-repo", append(append(common, IssueFiles(t, c.CA, pki.Repo).Env()...),
 		"GOCHAT_MYSQL_DSN="+c.MySQLDSN, "GOCHAT_REDIS_ADDR="+redisAddr, "GOCHAT_REDIS_PREFIX="+prefix),
-		"repo", "--grpc-addr", repoAddr, "--metrics-addr", repoMetrics, "--migrate")
+		append([]string{"repo", "--grpc-addr", repoAddr, "--metrics-addr", repoMetrics, "--migrate"}, o.RepoFlags...)...)
 	WaitTCP(t, repoAddr, c.Repo)
 
 	replicas := max(o.Replicas, 1)

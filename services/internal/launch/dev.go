@@ -21,6 +21,7 @@ import (
 
 	"github.com/gochat/gochat/api/pki"
 	"github.com/gochat/gochat/services/internal/gateway"
+	"github.com/gochat/gochat/services/internal/repo"
 	"github.com/gochat/gochat/services/internal/webclient"
 )
 
@@ -113,6 +114,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	repoSvc.DB.MaxOpenConns = 16
 	repoSvc.MemberCacheTTL, repoSvc.StoreWorkers, repoSvc.StoreMaxBatch = 5*time.Minute, 1, 256
+	repoSvc.PresenceMaxGroupMembers = repo.DefaultPresenceMaxGroupMembers
 
 	logicSvc := &Logic{GRPCAddr: logicAddr, RepoAddr: repoAddr, Auth: auth, TLS: tlsFlags[pki.Logic]}
 	logicSvc.Kafka.KafkaConfig = kafka
@@ -123,6 +125,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 	taskSvc.Kafka.KafkaConfig = kafka
 	taskSvc.Kafka.SetBrokers(kafka.Brokers)
 	taskSvc.ConsumerGroup, taskSvc.MaxPoll, taskSvc.PushTimeout = "gochat-task", 2000, 5*time.Second
+	taskSvc.RouteCacheTTL = 2 * time.Second
 
 	gwSvc := &Gateway{HTTPAddr: d.HTTPAddr, GRPCAddr: gwGRPC, MetricsAddr: d.MetricsAddr, LogicAddr: logicAddr, RepoAddr: repoAddr, Auth: auth, TLS: tlsFlags[pki.Gateway]}
 	gwSvc.Config = DefaultGatewayConfig()

@@ -174,6 +174,7 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.StoreWorkers, "store-workers", 1, "transactions storing messages at once per replica (MySQL; SQLite uses 1); one makes the largest batches (docs/benchmarks.md)")
 	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
 	fs.DurationVar(&o.GuestTTL, "guest-ttl", 7*24*time.Hour, "guest accounts that belong to no conversation are deleted this long after their creation (0: never); keep it at least --token-ttl")
+	fs.IntVar(&o.PresenceMaxGroupMembers, "presence-max-group-members", repo.DefaultPresenceMaxGroupMembers, "presence frames go through direct conversations and groups of at most this many members (a larger group's members would get members² frames when they all connect); GET /v1/users/{id} is always the truth")
 	fs.DurationVar(&o.GuestSweepEvery, "guest-sweep-interval", time.Minute, "how often expired guests are looked for (500 deleted at a time, at most 10,000 a round)")
 }
 
@@ -184,6 +185,9 @@ func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	if o.GuestTTL < 0 || (o.GuestTTL > 0 && o.GuestSweepEvery < time.Second) {
 		return fmt.Errorf("--guest-ttl must not be negative and --guest-sweep-interval at least 1s, got %s and %s", o.GuestTTL, o.GuestSweepEvery)
+	}
+	if o.PresenceMaxGroupMembers < 2 {
+		return fmt.Errorf("--presence-max-group-members must be at least 2, got %d", o.PresenceMaxGroupMembers)
 	}
 	if o.MemberCacheTTL < time.Second {
 		return fmt.Errorf("--member-cache-ttl must be at least 1s, got %s", o.MemberCacheTTL)
@@ -447,6 +451,7 @@ func (o *Task) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.ConsumerGroup, "consumer-group", "gochat-task", "Kafka consumer group of im-task replicas")
 	fs.IntVar(&o.MaxPoll, "max-poll", 2000, "most records handled in one batch")
 	fs.DurationVar(&o.PushTimeout, "push-timeout", 5*time.Second, "time limit of one push call to a gateway")
+	fs.DurationVar(&o.RouteCacheTTL, "route-cache-ttl", 2*time.Second, "how long the sessions of the members of conversations of 100 members or more are routed from memory before presence is read again; a session that came online meanwhile gets a resync (0: read presence for every push)")
 	fs.StringVar(&o.WebhookURL, "webhook-url", "", "URL that gets offline users' notifications (empty: off)")
 	fs.StringVar(&o.WebhookSecret, "webhook-secret", "", "HMAC-SHA256 key signing webhook bodies (prefer GOCHAT_WEBHOOK_SECRET)")
 }
@@ -458,6 +463,9 @@ func (o *Task) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	if o.MaxPoll < 1 || o.PushTimeout <= 0 {
 		return fmt.Errorf("--max-poll must be at least 1 and --push-timeout positive")
+	}
+	if o.RouteCacheTTL < 0 || o.RouteCacheTTL > time.Minute {
+		return fmt.Errorf("--route-cache-ttl must be 0 to 1m, got %s", o.RouteCacheTTL)
 	}
 	if err := o.Kafka.Config().Validate(); err != nil {
 		return err

@@ -1,11 +1,15 @@
 package repo_test
 
 import (
+	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
+	"github.com/gochat/gochat/services/internal/repo"
+	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 // testPresenceTransitions checks that presence reports the first session of
@@ -94,4 +98,48 @@ func testContacts(t *testing.T, e *env) {
 	}
 	_, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: "not an id"})
 	wantCode(t, err, apierror.InvalidArgument)
+}
+
+// TestPresenceBound checks that presence goes only through direct
+// conversations and groups of at most PresenceMaxGroupMembers members: in a
+// larger group, every member coming online would be announced to all others.
+func TestPresenceBound(t *testing.T) {
+	for _, dialect := range []string{"mysql", "sqlite"} {
+		t.Run(dialect, func(t *testing.T) {
+			var cfg repo.DBConfig
+			if dialect == "mysql" {
+				cfg.MySQLDSN = tc.FreshDatabase(t)
+			} else {
+				cfg.SQLitePath = filepath.Join(t.TempDir(), "gochat.db")
+			}
+			e := startWith(t, cfg, repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 1, StoreMaxBatch: 16, PresenceMaxGroupMembers: 3})
+			a, b, c, d, f, g := user(t, e, "a"), user(t, e, "b"), user(t, e, "c"), user(t, e, "d"), user(t, e, "f"), user(t, e, "g")
+			group(t, e, a, b, c)    // 3 members: at the bound, carries presence
+			group(t, e, a, d, f, g) // 4 members: over it
+			if _, err := e.client.GetOrCreateDirect(ctx, &gochatv1.GetOrCreateDirectRequest{UserId: a.Id, PeerId: g.Id}); err != nil {
+				t.Fatal(err)
+			}
+			tests := []struct {
+				name string
+				user *gochatv1.User
+				want []string
+			}{
+				{"small group and direct", a, []string{b.Id, c.Id, g.Id}},
+				{"small group only", b, []string{a.Id, c.Id}},
+				{"large group only", d, nil},
+				{"large group and direct", g, []string{a.Id}},
+			}
+			for _, tt := range tests {
+				r, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: tt.user.Id})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := slices.Sorted(slices.Values(r.UserIds))
+				want := slices.Sorted(slices.Values(tt.want))
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: contacts of %s: got %v, want %v", tt.name, tt.user.Nickname, got, want)
+				}
+			}
+		})
+	}
 }

@@ -40,6 +40,10 @@ type Config struct {
 	GuestTTL        time.Duration
 	GuestSweepEvery time.Duration
 	GuestSweepBatch int
+	// PresenceMaxGroupMembers: presence is announced through direct
+	// conversations and groups of at most this many members (0: the
+	// default, DefaultPresenceMaxGroupMembers).
+	PresenceMaxGroupMembers int
 }
 
 // Server implements gochatv1.RepoServiceServer.
@@ -51,8 +55,9 @@ type Server struct {
 	presence *Presence
 	log      *slog.Logger
 
-	outboxLease time.Duration
-	guests      guestExpiry
+	outboxLease      time.Duration
+	guests           guestExpiry
+	presenceMaxGroup int
 }
 
 // NewServer wires the store, the caches and presence. Run the returned
@@ -69,14 +74,18 @@ func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Log
 	if cfg.GuestSweepBatch <= 0 {
 		cfg.GuestSweepBatch = 500
 	}
+	if cfg.PresenceMaxGroupMembers <= 0 {
+		cfg.PresenceMaxGroupMembers = DefaultPresenceMaxGroupMembers
+	}
 	return &Server{
-		guests:      guestExpiry{ttl: cfg.GuestTTL, interval: cfg.GuestSweepEvery, batch: cfg.GuestSweepBatch},
-		outboxLease: cfg.OutboxLease,
-		store:       store,
-		sender:      NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
-		members:     &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
-		presence:    NewPresence(rdb, cfg.RedisPrefix),
-		log:         log,
+		presenceMaxGroup: cfg.PresenceMaxGroupMembers,
+		guests:           guestExpiry{ttl: cfg.GuestTTL, interval: cfg.GuestSweepEvery, batch: cfg.GuestSweepBatch},
+		outboxLease:      cfg.OutboxLease,
+		store:            store,
+		sender:           NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
+		members:          &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
+		presence:         NewPresence(rdb, cfg.RedisPrefix),
+		log:              log,
 	}
 }
 

@@ -71,6 +71,10 @@ type Config struct {
 	PushTimeout   time.Duration
 	WebhookURL    string
 	WebhookSecret string
+	// RouteCacheTTL is how long the sessions of a large conversation's
+	// members are routed from memory before presence is read again
+	// (0: presence is read for every push).
+	RouteCacheTTL time.Duration
 	// TLS is im-task's identity for dialling gateways (nil: plaintext).
 	TLS *rpc.Identity
 }
@@ -83,6 +87,7 @@ type Task struct {
 	gateways *gatewayConns
 	notifier *notifier
 	order    *pushOrder
+	routes   *routeCache // nil: off
 	kafka    kafkaHealth
 }
 
@@ -90,6 +95,9 @@ type Task struct {
 func New(cfg Config, repo gochatv1.RepoServiceClient, log *slog.Logger) *Task {
 	t := &Task{cfg: cfg, log: log, repo: repo, order: newPushOrder(100_000),
 		gateways: &gatewayConns{conns: map[string]*grpc.ClientConn{}, id: cfg.TLS, downTill: map[string]time.Time{}, cooldown: map[string]time.Duration{}}}
+	if cfg.RouteCacheTTL > 0 {
+		t.routes = newRouteCache(cfg.RouteCacheTTL)
+	}
 	if cfg.WebhookURL != "" {
 		t.notifier = newNotifier(cfg.WebhookURL, cfg.WebhookSecret, log)
 	}
@@ -137,6 +145,10 @@ func (t *Task) Run(ctx context.Context) error {
 	if t.notifier != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); t.notifier.run(ctx) }()
+	}
+	if t.routes != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); t.refreshRoutes(ctx) }()
 	}
 	t.log.Info("im-task consuming", "topics", []string{topics.Messages, topics.Events}, "group", t.cfg.ConsumerGroup)
 	for {
@@ -289,35 +301,95 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 			users = append(users, u)
 		}
 	}
+	// exact: users whose presence is read for this batch, whatever the
+	// cache holds (members of small conversations, extra recipients).
+	exact := map[string]bool{}
+	// A resync makes a client sync messages: only conversations that a
+	// message is pushed to are remembered for one (a missed group event
+	// is not recovered by a sync).
+	hasMessage := map[string]bool{}
+	for _, it := range items {
+		if it.msg != nil {
+			hasMessage[it.convID] = true
+		}
+	}
+	cacheable := []string{}
+	pushing := map[string][]string{} // user -> large conversations of this batch with a message
 	for _, l := range lists {
+		large := t.routes != nil && len(l.Members) >= RouteCacheMinMembers
 		for _, m := range l.Members {
 			members[l.ConversationId] = append(members[l.ConversationId], m.UserId)
 			addUser(m.UserId)
+			if large {
+				if _, ok := pushing[m.UserId]; !ok {
+					pushing[m.UserId] = nil
+				}
+				if hasMessage[l.ConversationId] {
+					pushing[m.UserId] = append(pushing[m.UserId], l.ConversationId)
+				}
+			} else {
+				exact[m.UserId] = true
+			}
 		}
 	}
 	for _, it := range items {
 		for _, u := range it.extra {
 			addUser(u)
+			exact[u] = true
 		}
 	}
-	var live []*gochatv1.Session
-	for start := 0; start < len(users); start += maxUsersPerLookup {
-		pr, err := t.repo.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: users[start:min(start+maxUsersPerLookup, len(users))]})
-		if err != nil {
-			return fmt.Errorf("get presence: %w", err)
+	for _, u := range users {
+		if _, large := pushing[u]; large && !exact[u] {
+			cacheable = append(cacheable, u)
 		}
-		live = append(live, pr.Sessions...)
+	}
+	hit := t.routes.hits(cacheable, pushing)
+	toRead := users
+	if len(hit) > 0 {
+		toRead = make([]string, 0, len(users)-len(hit))
+		for _, u := range users {
+			if _, ok := hit[u]; !ok {
+				toRead = append(toRead, u)
+			}
+		}
+	}
+	read := time.Now()
+	live, err := t.lookup(ctx, toRead)
+	if err != nil {
+		return err
 	}
 	sessions := map[string][]*gochatv1.Session{}
 	for _, s := range live {
 		sessions[s.UserId] = append(sessions[s.UserId], s)
 	}
+	var resync map[string][]delivery
+	if t.routes != nil && len(cacheable) > 0 {
+		var readNow []string
+		for _, u := range cacheable {
+			if _, ok := hit[u]; !ok {
+				readNow = append(readNow, u)
+			}
+		}
+		resync = t.routes.store(read, readNow, sessions, pushing)
+		routeLookups.WithLabelValues("presence").Add(float64(len(readNow)))
+		routeLookups.WithLabelValues("cache").Add(float64(len(hit)))
+	}
+	for u, ss := range hit {
+		if len(ss) > 0 {
+			sessions[u] = ss
+		}
+	}
+	var known []*gochatv1.Session
+	for _, ss := range sessions {
+		known = append(known, ss...)
+	}
 
 	// A gateway that failed its last push is skipped until its cooldown
 	// ends: its users count as offline (their webhook fires), and the
-	// healthy gateways are not held up waiting for it.
+	// healthy gateways are not held up waiting for it. (A new slice: the
+	// cache's are shared.)
 	for u, ss := range sessions {
-		kept := ss[:0]
+		var kept []*gochatv1.Session
 		for _, s := range ss {
 			if !t.gateways.isDown(s.Gateway) {
 				kept = append(kept, s)
@@ -356,12 +428,23 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 			perGateway[gw] = append(perGateway[gw], delivery{convID: it.convID, d: &gochatv1.Delivery{SessionIds: sids, Frame: it.frame}})
 		}
 	}
+	for gw, ds := range resync {
+		perGateway[gw] = append(perGateway[gw], ds...)
+		for _, d := range ds {
+			resyncs.Add(float64(len(d.d.SessionIds)))
+		}
+	}
 	unknown, err := t.pushAll(ctx, perGateway)
 	if err != nil {
 		return err
 	}
 	if len(unknown) > 0 {
-		t.dropStale(ctx, unknown, live)
+		gone := make(map[string]bool, len(unknown))
+		for _, s := range unknown {
+			gone[s.Gateway+"/"+s.SessionId] = true
+		}
+		t.routes.forget(gone)
+		t.dropStale(ctx, unknown, known)
 	}
 	now := time.Now()
 	for _, it := range items {
