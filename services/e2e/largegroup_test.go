@@ -25,7 +25,8 @@ func TestLargeGroups(t *testing.T) {
 // deliveries per push and im-repo's 5,000 ids per call) gets every message,
 // and a member who comes online while im-task routes the group from its
 // cache (built when it was offline) still gets the next message, pushed or
-// by the resync that im-task owes it once it sees the new session.
+// by the resync that im-task owes it once it sees the new session; typing
+// in it reaches the others.
 func testHugeGroup(t *testing.T, c *tc.Cluster) {
 	owner, reader, late := register(t, c, "hown"), register(t, c, "hread"), register(t, c, "hlate")
 	rw := tc.DialWS(t, c.WSURL(), reader.Token)
@@ -50,6 +51,20 @@ func testHugeGroup(t *testing.T, c *tc.Cluster) {
 	waitAll(t, rw, g.ID, map[int64]bool{m2.Seq: true}, got, 30*time.Second)
 	lateGot := uniqueSeqs{}
 	waitAll(t, lw, g.ID, map[int64]bool{m2.Seq: true}, lateGot, 30*time.Second)
+
+	// Typing looks up the presence of every other member: more than
+	// im-repo answers in one call, so the relay asks in batches.
+	if err := lw.Send("typing", map[string]string{"conversation_id": g.ID}); err != nil {
+		t.Fatal(err)
+	}
+	var ty clientapi.TypingData
+	rw.Next(t, "typing", 30*time.Second).Decode(t, &ty)
+	if ty.ConversationID != g.ID || ty.UserID != late.User.ID {
+		t.Fatalf("typing frame = %+v, want %s typing in %s", ty, late.User.ID, g.ID)
+	}
+	if f, ok := lw.Wait("error", 500*time.Millisecond); ok {
+		t.Fatalf("typing in the huge group got an error: %s", f.Data)
+	}
 }
 
 func createGroup(t *testing.T, owner *tc.API, name string, members ...*tc.API) clientapi.Conversation {

@@ -48,6 +48,10 @@ func (p *peers) closeAll() {
 	}
 }
 
+// relayLookupBatch is how many users one presence lookup of a relay asks
+// for, under im-repo's bound on ids per call.
+const relayLookupBatch = 1000
+
 // relay sends one frame to every live session of the users, best effort:
 // sessions on this gateway get it at once, others through their gateway's
 // Push. It returns how many sessions it was queued to.
@@ -55,13 +59,19 @@ func (g *Gateway) relay(ctx context.Context, userIDs []string, frame []byte) (in
 	if len(userIDs) == 0 {
 		return 0, nil
 	}
-	r, err := g.repo.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: userIDs})
-	if err != nil {
-		return 0, fmt.Errorf("look up sessions of %d users: %w", len(userIDs), err)
+	// im-repo answers at most a batch of ids per call; a group may be larger.
+	var live []*gochatv1.Session
+	for start := 0; start < len(userIDs); start += relayLookupBatch {
+		batch := userIDs[start:min(start+relayLookupBatch, len(userIDs))]
+		r, err := g.repo.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: batch})
+		if err != nil {
+			return 0, fmt.Errorf("look up sessions of %d users: %w", len(batch), err)
+		}
+		live = append(live, r.Sessions...)
 	}
 	byGateway := map[string][]string{}
 	queued := 0
-	for _, s := range r.Sessions {
+	for _, s := range live {
 		if s.Gateway == g.cfg.Advertise {
 			if ls := g.hub.get(s.SessionId); ls != nil && ls.enqueue(frame) {
 				queued++
