@@ -163,11 +163,12 @@ type Repo struct {
 
 // Register adds im-repo's flags.
 // defaultStoreWorkers: batches of different workers never share a
-// conversation, so they commit side by side and MySQL flushes their commits
-// together (docs/benchmarks.md "The send path"). maxStoreWorkers bounds the
-// database connections they hold.
+// conversation, so they commit side by side, but on the shared 2-core
+// machine (CPU-bound MariaDB) four were not faster than one, so one stays
+// the default until a quiet-machine run says otherwise (docs/benchmarks.md
+// "The send path"). maxStoreWorkers bounds the database connections they hold.
 const (
-	defaultStoreWorkers = 4
+	defaultStoreWorkers = 1
 	maxStoreWorkers     = 64
 )
 
