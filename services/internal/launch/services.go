@@ -164,7 +164,7 @@ type Repo struct {
 // Register adds im-repo's flags.
 // defaultStoreWorkers: batches of different workers never share a
 // conversation, so they commit side by side, but on the shared 2-core
-// machine (CPU-bound MariaDB) four were not faster than one, so one stays
+// machine (CPU-bound MariaDB) four were not clearly faster than one, so one stays
 // the default until a quiet-machine run says otherwise (docs/benchmarks.md
 // "The send path"). maxStoreWorkers bounds the database connections they hold.
 const (
