@@ -38,7 +38,9 @@ type Dev struct {
 	Kafka       KafkaFlags
 	JWTSecret   string
 	AdminAddr   string
-	fs          *flag.FlagSet
+	// StoreWorkers is im-repo's --store-workers.
+	StoreWorkers int
+	fs           *flag.FlagSet
 }
 
 // Register adds dev's flags.
@@ -57,6 +59,7 @@ func (d *Dev) Register(fs *flag.FlagSet) {
 	fs.Lookup("kafka-brokers").Usage = "use these Kafka brokers instead of the embedded one (empty: embedded)"
 	fs.StringVar(&d.JWTSecret, "jwt-secret", "", "token secret (empty: generated once and kept in the data dir)")
 	fs.StringVar(&d.AdminAddr, "gateway-grpc-addr", "", "address of the gateway's push and admin gRPC, to call Stats and Drain (empty: a free loopback port)")
+	fs.IntVar(&d.StoreWorkers, "store-workers", defaultStoreWorkers, "im-repo's store workers, each storing its own share of the conversations (MySQL; SQLite uses 1)")
 }
 
 // Run starts the embedded backends and the four services, and serves until ctx ends.
@@ -113,7 +116,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 		repoSvc.DB.SQLitePath = filepath.Join(d.DataDir, "gochat.db")
 	}
 	repoSvc.DB.MaxOpenConns = 16
-	repoSvc.MemberCacheTTL, repoSvc.StoreWorkers, repoSvc.StoreMaxBatch = 5*time.Minute, 1, 256
+	repoSvc.MemberCacheTTL, repoSvc.StoreWorkers, repoSvc.StoreMaxBatch = 5*time.Minute, d.StoreWorkers, 256
 	repoSvc.PresenceMaxGroupMembers = repo.DefaultPresenceMaxGroupMembers
 
 	logicSvc := &Logic{GRPCAddr: logicAddr, RepoAddr: repoAddr, Auth: auth, TLS: tlsFlags[pki.Logic]}

@@ -162,6 +162,16 @@ type Repo struct {
 }
 
 // Register adds im-repo's flags.
+// defaultStoreWorkers: batches of different workers never share a
+// conversation, so they commit side by side, but on the shared 2-core
+// machine (CPU-bound MariaDB) four were not clearly faster than one, so one stays
+// the default until a quiet-machine run says otherwise (docs/benchmarks.md
+// "The send path"). maxStoreWorkers bounds the database connections they hold.
+const (
+	defaultStoreWorkers = 1
+	maxStoreWorkers     = 64
+)
+
 func (o *Repo) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9002", "address of im-repo's gRPC service")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9102", "address of /metrics, /livez and /healthz = /readyz (503 while MySQL or Redis does not answer) (empty: off)")
@@ -171,7 +181,7 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 	o.TLS.Register(fs)
 	fs.DurationVar(&o.MemberCacheTTL, "member-cache-ttl", 5*time.Minute, "how long member lists stay in the Redis cache")
 	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time limit of one transaction storing a batch of messages; past it the batch's senders get unavailable")
-	fs.IntVar(&o.StoreWorkers, "store-workers", 1, "transactions storing messages at once per replica (MySQL; SQLite uses 1); one makes the largest batches (docs/benchmarks.md)")
+	fs.IntVar(&o.StoreWorkers, "store-workers", defaultStoreWorkers, "transactions storing messages at once per replica, each worker storing its own share of the conversations (MySQL; SQLite uses 1; at most 64; docs/benchmarks.md)")
 	fs.IntVar(&o.StoreMaxBatch, "store-max-batch", 256, "most messages committed in one transaction")
 	fs.DurationVar(&o.GuestTTL, "guest-ttl", 7*24*time.Hour, "guest accounts that belong to no conversation are deleted this long after their creation (0: never); keep it at least --token-ttl")
 	fs.IntVar(&o.PresenceMaxGroupMembers, "presence-max-group-members", repo.DefaultPresenceMaxGroupMembers, "presence frames go through direct conversations and groups of at most this many members (a larger group's members would get members² frames when they all connect); GET /v1/users/{id} is always the truth")
@@ -180,8 +190,8 @@ func (o *Repo) Register(fs *flag.FlagSet) {
 
 // Run serves im-repo until ctx ends.
 func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
-	if o.StoreWorkers < 1 || o.StoreMaxBatch < 1 || o.StoreMaxBatch > 5000 {
-		return fmt.Errorf("--store-workers must be at least 1 and --store-max-batch 1 to 5000, got %d and %d", o.StoreWorkers, o.StoreMaxBatch)
+	if o.StoreWorkers < 1 || o.StoreWorkers > maxStoreWorkers || o.StoreMaxBatch < 1 || o.StoreMaxBatch > 5000 {
+		return fmt.Errorf("--store-workers must be 1 to %d and --store-max-batch 1 to 5000, got %d and %d", maxStoreWorkers, o.StoreWorkers, o.StoreMaxBatch)
 	}
 	if o.GuestTTL < 0 || (o.GuestTTL > 0 && o.GuestSweepEvery < time.Second) {
 		return fmt.Errorf("--guest-ttl must not be negative and --guest-sweep-interval at least 1s, got %s and %s", o.GuestTTL, o.GuestSweepEvery)

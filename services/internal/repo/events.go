@@ -62,7 +62,12 @@ func eventIDs(in []string) ([]int64, error) {
 
 // AckEvents removes events Kafka has taken from the outbox.
 func (s *Store) AckEvents(ctx context.Context, ids []int64) error {
-	if err := s.db.WithContext(ctx).Where("id IN ?", ids).Delete(&eventOutboxRow{}).Error; err != nil {
+	// READ COMMITTED as AckDispatched, for the same reason: an id cleared
+	// twice must not gap-lock the end of the table that events insert into.
+	err := s.readCommittedTx(ctx, func(tx *gorm.DB) error {
+		return tx.Where("id IN ?", ids).Delete(&eventOutboxRow{}).Error
+	})
+	if err != nil {
 		return fmt.Errorf("clear event outbox: %w", err)
 	}
 	return nil

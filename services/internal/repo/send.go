@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"sort"
 	"strings"
@@ -50,12 +51,18 @@ type storeResult struct {
 // transaction, a fixed number of statements, whatever the batch holds. Under
 // light load a batch is one message and nothing waits; under heavy load the
 // batches grow, which is what lets one MySQL reach thousands of messages a second.
+//
+// With several workers, each conversation belongs to one of them (by a hash
+// of its id), so batches in flight together never touch the same
+// conversation or member rows: none waits for another's row locks, the
+// next batch forms and runs while the previous one is still committing, and
+// MySQL flushes their commits together. A conversation's messages still go
+// through one worker in the order they came.
 type Sender struct {
 	store    *Store
 	log      *slog.Logger
-	queue    chan *storeReq
+	lanes    []chan *storeReq
 	maxBatch int
-	workers  int
 	timeout  time.Duration
 	wg       sync.WaitGroup
 	stop     chan struct{}
@@ -69,19 +76,20 @@ func NewSender(store *Store, log *slog.Logger, workers, maxBatch int, timeout ti
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	return &Sender{
-		store: store, log: log, workers: workers, maxBatch: maxBatch, timeout: timeout,
-		queue: make(chan *storeReq, workers*maxBatch*2), stop: make(chan struct{}),
+	lanes := make([]chan *storeReq, max(workers, 1))
+	for i := range lanes {
+		lanes[i] = make(chan *storeReq, maxBatch*2)
 	}
+	return &Sender{store: store, log: log, lanes: lanes, maxBatch: maxBatch, timeout: timeout, stop: make(chan struct{})}
 }
 
 // Run commits batches until ctx ends, then finishes what is queued.
 func (b *Sender) Run(ctx context.Context) {
-	for i := 0; i < b.workers; i++ {
+	for _, lane := range b.lanes {
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
-			b.work(ctx)
+			b.work(ctx, lane)
 		}()
 	}
 	<-ctx.Done()
@@ -89,11 +97,21 @@ func (b *Sender) Run(ctx context.Context) {
 	b.wg.Wait()
 }
 
+// lane is the queue of the worker that stores conversation convID.
+func (b *Sender) lane(convID string) chan *storeReq {
+	if len(b.lanes) == 1 {
+		return b.lanes[0]
+	}
+	h := fnv.New32a()
+	h.Write([]byte(convID))
+	return b.lanes[h.Sum32()%uint32(len(b.lanes))]
+}
+
 // Store queues one message and waits for its batch to commit.
 func (b *Sender) Store(ctx context.Context, in *gochatv1.StoreMessageRequest) (*gochatv1.Message, bool, error) {
 	r := &storeReq{in: in, done: make(chan storeResult, 1)}
 	select {
-	case b.queue <- r:
+	case b.lane(in.ConversationId) <- r:
 	case <-b.stop:
 		return nil, false, apierror.New(apierror.Unavailable, "im-repo is shutting down")
 	case <-ctx.Done():
@@ -105,18 +123,18 @@ func (b *Sender) Store(ctx context.Context, in *gochatv1.StoreMessageRequest) (*
 	return res.msg, res.dup, res.err
 }
 
-func (b *Sender) work(ctx context.Context) {
+func (b *Sender) work(ctx context.Context, queue chan *storeReq) {
 	batch := make([]*storeReq, 0, b.maxBatch)
 	for {
 		batch = batch[:0]
 		select {
-		case r := <-b.queue:
+		case r := <-queue:
 			batch = append(batch, r)
 		case <-b.stop:
 			// Drain: every queued caller gets an answer.
 			for {
 				select {
-				case r := <-b.queue:
+				case r := <-queue:
 					b.commit(ctx, []*storeReq{r})
 				default:
 					return
@@ -126,7 +144,7 @@ func (b *Sender) work(ctx context.Context) {
 	fill:
 		for len(batch) < b.maxBatch {
 			select {
-			case r := <-b.queue:
+			case r := <-queue:
 				batch = append(batch, r)
 			default:
 				break fill
@@ -182,7 +200,7 @@ func (b *Sender) storeWithRetry(ctx context.Context, batch []*storeReq) ([]store
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var results []storeResult
-		err = b.store.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		err = b.store.readCommittedTx(ctx, func(tx *gorm.DB) error {
 			var txErr error
 			results, txErr = b.store.storeBatchTx(tx, batch)
 			return txErr
@@ -303,15 +321,36 @@ func (s *Store) insertPending(tx *gorm.DB, batch []*storeReq, pending []int, res
 		convIDs = append(convIDs, id)
 	}
 	sort.Strings(convIDs) // one lock order for every batch: no deadlocks between them
+	// Take the seqs with the UPDATE that locks the rows, then read where they
+	// ended: the transaction sees its own change, and the row lock holds
+	// every other writer of these conversations off until the commit.
+	now := s.nowMs()
+	var sb strings.Builder
+	args := make([]any, 0, 2*len(convIDs)+len(convIDs)+1)
+	sb.WriteString("UPDATE conversations SET max_seq = max_seq + CASE id")
+	for _, id := range convIDs {
+		sb.WriteString(" WHEN ? THEN ?")
+		args = append(args, id, count[id])
+	}
+	sb.WriteString(" ELSE 0 END, last_activity_ms = ? WHERE id IN (" + placeholders(len(convIDs)) + ")")
+	args = append(args, now)
+	for _, id := range convIDs {
+		args = append(args, id)
+	}
+	if err := tx.Exec(sb.String(), args...).Error; err != nil {
+		return fmt.Errorf("advance seqs: %w", err)
+	}
 	var convs []conversationRow
-	if err := s.forUpdate(tx.Select("id, max_seq")).Where("id IN ?", convIDs).Order("id").Find(&convs).Error; err != nil {
-		return fmt.Errorf("lock conversations: %w", err)
+	if err := tx.Select("id, max_seq").Where("id IN ?", convIDs).Find(&convs).Error; err != nil {
+		return fmt.Errorf("read seqs: %w", err)
+	}
+	if len(convs) != len(convIDs) {
+		return fmt.Errorf("read seqs: %d of %d conversations found", len(convs), len(convIDs))
 	}
 	next := make(map[string]int64, len(convs))
 	for _, c := range convs {
-		next[c.ID] = c.MaxSeq
+		next[c.ID] = c.MaxSeq - count[c.ID] // the last seq before this batch
 	}
-	now := s.nowMs()
 	rows := make([]messageRow, 0, len(ok))
 	readUpTo := map[[2]string]int64{}
 	for _, i := range ok {
@@ -325,21 +364,6 @@ func (s *Store) insertPending(tx *gorm.DB, batch []*storeReq, pending []int, res
 		readUpTo[[2]string{in.ConversationId, in.SenderId}] = row.Seq
 	}
 
-	var sb strings.Builder
-	args := make([]any, 0, 2*len(convIDs)+len(convIDs)+1)
-	sb.WriteString("UPDATE conversations SET max_seq = CASE id")
-	for _, id := range convIDs {
-		sb.WriteString(" WHEN ? THEN ?")
-		args = append(args, id, next[id])
-	}
-	sb.WriteString(" ELSE max_seq END, last_activity_ms = ? WHERE id IN (" + placeholders(len(convIDs)) + ")")
-	args = append(args, now)
-	for _, id := range convIDs {
-		args = append(args, id)
-	}
-	if err := tx.Exec(sb.String(), args...).Error; err != nil {
-		return fmt.Errorf("advance seqs: %w", err)
-	}
 	if err := tx.CreateInBatches(&rows, 500).Error; err != nil {
 		return fmt.Errorf("insert messages: %w", err)
 	}

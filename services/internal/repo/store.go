@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"sort"
@@ -646,9 +647,32 @@ func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
+// readCommittedTx runs fn in a READ COMMITTED transaction on MySQL. The
+// outbox is written by every store batch while relays claim from it and acks
+// clear it, and store workers write side by side. Under REPEATABLE READ a
+// DELETE, a claim or an UPDATE takes next-key (gap) locks and keeps the
+// locks of every row it scanned: an ack for an id already cleared, or one
+// that sorts between the ids of a batch still inserting, locks the gap that
+// batch inserts into while waiting for the batch's own rows (a deadlock, seen
+// at 5,000 msg/s), and an UPDATE of a few conversations that MySQL runs as a
+// scan of a small table locks the rows of the other workers' batches. READ
+// COMMITTED takes no gap locks for these statements, releases the rows that
+// do not match, and its semi-consistent read lets an UPDATE or DELETE pass
+// over rows another transaction holds that cannot match, so each statement
+// waits only for rows it changes.
+func (s *Store) readCommittedTx(ctx context.Context, fn func(tx *gorm.DB) error) error {
+	if !s.mysql() {
+		return s.db.WithContext(ctx).Transaction(fn)
+	}
+	return s.db.WithContext(ctx).Transaction(fn, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+}
+
 // AckDispatched removes messages from the outbox.
 func (s *Store) AckDispatched(ctx context.Context, messageIDs []string) error {
-	if err := s.db.WithContext(ctx).Where("message_id IN ?", messageIDs).Delete(&outboxRow{}).Error; err != nil {
+	err := s.readCommittedTx(ctx, func(tx *gorm.DB) error {
+		return tx.Where("message_id IN ?", messageIDs).Delete(&outboxRow{}).Error
+	})
+	if err != nil {
 		return fmt.Errorf("clear outbox: %w", err)
 	}
 	return nil
@@ -661,7 +685,7 @@ func (s *Store) AckDispatched(ctx context.Context, messageIDs []string) error {
 func (s *Store) ListUndispatched(ctx context.Context, storedBeforeMs int64, limit int, lease time.Duration) ([]*gochatv1.Message, error) {
 	now := s.nowMs()
 	var rows []messageRow
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.readCommittedTx(ctx, func(tx *gorm.DB) error {
 		q := tx.Model(&outboxRow{}).Where("stored_at_ms < ? AND lease_until_ms < ?", storedBeforeMs, now).
 			Order("stored_at_ms, message_id").Limit(limit)
 		if s.mysql() {
