@@ -18,7 +18,7 @@ CONTROLLER_GEN_VERSION     := v0.23.0
 KUSTOMIZE_VERSION          := v5.8.2
 HELM_VERSION               := v3.22.0
 
-.PHONY: all build build-operator images localcluster-bin localcluster-up localcluster-down test-e2e e2e-local e2e-kind test test-go lint generate manifests verify-generated run bench bench-compare clean tools help install-manifests envtest
+.PHONY: all build build-operator images localcluster-bin localcluster-up localcluster-down test-e2e e2e-local e2e-kind test test-go lint generate manifests verify-generated run bench bench-send bench-compare clean tools help install-manifests envtest
 
 all: build
 
@@ -76,6 +76,9 @@ test-go: lint verify-generated envtest $(BIN)/kustomize $(BIN)/helm ## every tes
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
+
+bench-send: ## the send path's latency curve at 1k to 10k msg/s on MariaDB (LONG=10m adds a long run at 5,000/s; docs/benchmarks.md)
+	hack/bench-send.sh
 
 bench-compare: ## GoChat and Centrifugo (pinned) side by side with gochat-load (FULL=1 for the whole comparison; docs/benchmarks.md)
 	hack/bench-compare.sh
