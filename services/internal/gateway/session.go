@@ -45,6 +45,10 @@ type session struct {
 	closed      bool
 
 	// Read-side state: touched only by the one goroutine reading at a time.
+	// The poller's one-shot rearm hands the socket from one reader goroutine
+	// to the next through the kernel, which is no happens-before edge for
+	// Go's memory model; readMu (never contended) is that edge.
+	readMu     sync.Mutex
 	frames     frameReader
 	frameLimit *rate.Limiter
 	// partialSince is when the frame now half read began (Unix ms, 0: none);

@@ -210,7 +210,9 @@ func (g *Gateway) readReady(s *session) {
 		return
 	}
 	bp := readBufs.Get().(*[]byte)
+	s.readMu.Lock()
 	err := g.readAvailable(s, *bp)
+	s.readMu.Unlock()
 	readBufs.Put(bp)
 	if err != nil {
 		// A close frame, ours or the client's, is written before the socket
