@@ -16,6 +16,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
@@ -424,7 +425,11 @@ func (g *Gateway) handleSend(s *session, raw json.RawMessage) error {
 		r, err := g.logic.Send(ctx, &gochatv1.SendRequest{
 			CallerId: s.userID, SessionId: s.id, ConversationId: d.ConversationID, ToUserId: d.ToUserID,
 			ClientMsgId: d.ClientMsgID, ContentType: d.ContentType, Content: d.Content,
-		})
+			// A session can start before im-logic answers (its hello needs
+			// only the token and presence): a send waits, within the call's
+			// deadline, for the connection rather than failing at once, so
+			// that a client's resends after a reconnect keep their order.
+		}, grpc.WaitForReady(true))
 		if err != nil {
 			return g.clientError(s, apierror.From(err), d.ClientMsgID)
 		}
