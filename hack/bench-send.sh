@@ -52,7 +52,7 @@ run() {
   $MYSQL -e "CREATE DATABASE $db"
   "$work/gochat" dev-kafka --addr 127.0.0.1:$KAFKA_PORT >"$work/kafka-$label.log" 2>&1 & pids+=($!)
   waitport $KAFKA_PORT "kafka-$label"
-  "$work/gochat" dev --http-addr 127.0.0.1:$HTTP_PORT --data-dir "$work/data-$label" --metrics-addr 127.0.0.1:19490 \
+  GOCHAT_PPROF=${GOCHAT_PPROF:-} "$work/gochat" dev --http-addr 127.0.0.1:$HTTP_PORT --data-dir "$work/data-$label" --metrics-addr 127.0.0.1:19490 \
     --mysql-dsn "root@tcp(127.0.0.1:3306)/$db" --redis-addr 127.0.0.1:6379 \
     --kafka-brokers 127.0.0.1:$KAFKA_PORT --log-level warn --store-workers "$STORE_WORKERS" \
     >"$work/dev-$label.log" 2>&1 & pids+=($!)
