@@ -106,6 +106,7 @@ type gatewayMetrics struct {
 	helloFrom       *prometheus.CounterVec
 	framesIn        prometheus.Counter
 	framesOut       prometheus.Counter
+	blockedWrites   prometheus.Counter
 	sends           prometheus.Counter
 	clientErrors    *prometheus.CounterVec
 	slowConsumers   prometheus.Counter
@@ -123,6 +124,7 @@ type Gateway struct {
 	logic    gochatv1.LogicServiceClient
 	hub      *hub
 	poller   *poller
+	writers  *writers
 	presence *registrar
 	repo     gochatv1.RepoServiceClient
 	peers    *peers
@@ -160,7 +162,7 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 	}
 	h := newHub()
 	g := &Gateway{
-		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p,
+		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p, writers: newWriters(0),
 		presence:  newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
 		httpSend:  newUserLimits(cfg.SendRate, cfg.SendBurst),
 		userSess:  newSessionCounts(cfg.MaxUserSessions),
@@ -183,8 +185,10 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		handshakeErrors: f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_handshake_errors_total", Help: "WebSocket handshakes refused or failed."}),
 		helloFrom: f.NewCounterVec(prometheus.CounterOpts{Name: "gochat_gateway_hello_user_total",
 			Help: "Where a hello's user came from: the token's profile, or a lookup for a token issued without one."}, []string{"from"}),
-		framesIn:        f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_frames_in_total", Help: "Data frames read from clients."}),
-		framesOut:       f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_frames_out_total", Help: "Data frames written to clients."}),
+		framesIn:  f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_frames_in_total", Help: "Data frames read from clients."}),
+		framesOut: f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_frames_out_total", Help: "Data frames written to clients."}),
+		blockedWrites: f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_blocked_writes_total",
+			Help: "Writes that found a client's socket full and waited for the client on a goroutine of their own (slow readers)."}),
 		sends:           f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_sends_total", Help: "Messages acked to WebSocket senders."}),
 		clientErrors:    f.NewCounterVec(prometheus.CounterOpts{Name: "gochat_gateway_client_errors_total", Help: "Error frames sent, by code."}, []string{"code"}),
 		slowConsumers:   f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_slow_consumers_total", Help: "Sessions closed for not reading their frames."}),
@@ -209,12 +213,13 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 // Sessions is the number of live sessions.
 func (g *Gateway) Sessions() int64 { return g.hub.count.Load() }
 
-// spawn runs fn on a goroutine the gateway waits for when it stops.
-func (g *Gateway) spawn(fn func()) {
+// spawn runs fn on a goroutine the gateway waits for when it stops; false
+// when the gateway is stopping and fn was not run.
+func (g *Gateway) spawn(fn func()) bool {
 	g.spawnMu.Lock()
 	if g.stopping {
 		g.spawnMu.Unlock()
-		return
+		return false
 	}
 	g.spawnWG.Add(1)
 	g.spawnMu.Unlock()
@@ -222,6 +227,20 @@ func (g *Gateway) spawn(fn func()) {
 		defer g.spawnWG.Done()
 		fn()
 	}()
+	return true
+}
+
+// scheduleWrite hands a session with frames queued to its writer; the
+// gateway waits for it to be written when it stops, as for a spawn.
+func (g *Gateway) scheduleWrite(s *session) {
+	g.spawnMu.Lock()
+	if g.stopping {
+		g.spawnMu.Unlock()
+		return
+	}
+	g.spawnWG.Add(1)
+	g.spawnMu.Unlock()
+	g.writers.schedule(s)
 }
 
 // Serve accepts clients on ln until ctx ends, then stops: with DrainOnStop
@@ -250,8 +269,11 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	wg.Add(6)
+	wg.Add(7)
 	defer g.peers.closeAll()
+	// The writers stop with runCtx, which ends only after every session
+	// scheduled for writing was written (spawnWG, below).
+	go func() { defer wg.Done(); g.writers.run(runCtx, g) }()
 	go func() { defer wg.Done(); errs <- g.poller.run(runCtx, g.readReady) }()
 	go func() { defer wg.Done(); g.presence.run(runCtx) }()
 	go func() { defer wg.Done(); g.keepAlive(runCtx) }()

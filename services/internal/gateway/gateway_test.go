@@ -13,11 +13,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
@@ -334,7 +336,12 @@ func TestSendForwardsCallerAndSession(t *testing.T) {
 	if ack["type"] != "ack" {
 		t.Fatalf("got %v", ack)
 	}
+	// The stub's record is read under its lock: the gateway's writers write
+	// to the socket directly, which the race detector does not see as an
+	// edge between the stub's goroutine and this one.
+	f.logic.mu.Lock()
 	in := f.logic.sends[0]
+	f.logic.mu.Unlock()
 	if in.CallerId != "u1" || in.SessionId == "" || in.ConversationId != "c1" || in.Content != "hi" {
 		t.Fatalf("forwarded %+v", in)
 	}
@@ -735,6 +742,61 @@ func TestStuckClientsDoNotStarveReaders(t *testing.T) {
 				t.Logf("pong after %s", time.Since(begin))
 			}
 		})
+	}
+}
+
+// Clients that stop reading fill their sockets; the writers hand them to
+// goroutines that wait on them and go on writing to everyone else, so a
+// reading client gets every frame, in order, while they are stuck.
+func TestStuckReadersDoNotHoldWriters(t *testing.T) {
+	f := start(t, func(c *Config) {
+		c.MaxQueueBytes = 8 << 20
+		c.MaxAnswerBytes = 1 << 20
+		c.WriteTimeout = 30 * time.Second
+	})
+	healthy := f.dial(t)
+	// Small receive buffers, so that the gateway's writes to them fill up soon.
+	small := ws.Dialer{NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+			return errors.Join(err, serr)
+		}}
+		return d.DialContext(ctx, network, addr)
+	}}
+	for i := 0; i < 20; i++ {
+		conn, _, _, err := small.Dial(context.Background(), "ws://"+f.addr+"/v1/ws?token="+f.token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.g.Sessions() < 21 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // a session is added just after its upgrade answer
+	}
+	var ids []string
+	f.g.hub.each(func(s *session) { ids = append(ids, s.id) })
+	if len(ids) != 21 {
+		t.Fatalf("%d sessions, want 21", len(ids))
+	}
+	content := strings.Repeat("x", 16<<10)
+	for i := 0; i < 400; i++ {
+		frame := []byte(`{"type":"message","data":{"seq":` + strconv.Itoa(i) + `,"content":"` + content + `"}}`)
+		if _, err := f.g.PushServer().Push(context.Background(), &gochatv1.PushRequest{Deliveries: []*gochatv1.Delivery{{SessionIds: ids, Frame: frame}}}); err != nil {
+			t.Fatal(err)
+		}
+		m := healthy.next()
+		data, _ := m["data"].(map[string]any)
+		if m["type"] != "message" || data["seq"] != float64(i) {
+			t.Fatalf("frame %d: got type %v seq %v", i, m["type"], data["seq"])
+		}
+	}
+	if n := testutil.ToFloat64(f.g.metrics.blockedWrites); n < 20 {
+		t.Fatalf("%v writes found a full socket, want one at least for each of the 20 stuck clients", n)
+	}
+	if f.g.Sessions() != 21 {
+		t.Fatalf("%d sessions left: a stuck client within its write timeout and queue bound must be kept", f.g.Sessions())
 	}
 }
 

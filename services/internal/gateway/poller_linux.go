@@ -6,9 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,32 +79,46 @@ func readNow(s *session, buf []byte) (int, error) {
 	return n, nil
 }
 
-const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
-
-// rawFD returns the descriptor of a TCP connection without dup'ing it (File()
-// would dup it and switch it to blocking mode).
-func rawFD(c net.Conn) (syscall.RawConn, int, error) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil, 0, errors.New("connection has no file descriptor")
+// writeNow writes what the socket takes without waiting and returns how
+// much that was: less than len(b), 0 included, when its buffer is full.
+func writeNow(s *session, b []byte) (int, error) {
+	if s.raw == nil {
+		return 0, nil // not a socket (a test's pipe): the caller waits on it
 	}
-	raw, err := sc.SyscallConn()
+	var (
+		n    int
+		werr error
+	)
+	err := s.raw.Write(func(fd uintptr) bool {
+		for {
+			n, werr = unix.Write(int(fd), b)
+			if werr != unix.EINTR {
+				return true // never park: a full socket goes to a goroutine that may
+			}
+		}
+	})
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
-	fd := -1
-	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return nil, 0, err
+	if werr == unix.EAGAIN {
+		return 0, nil
 	}
-	return raw, fd, nil
+	if werr != nil {
+		return 0, fmt.Errorf("write: %w", werr)
+	}
+	return n, nil
 }
 
+const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
 func (p *poller) add(s *session) error {
-	raw, fd, err := rawFD(s.conn)
-	if err != nil {
-		return err
+	if s.raw == nil {
+		raw, fd, err := rawFD(s.conn)
+		if err != nil {
+			return err
+		}
+		s.raw, s.fd = raw, fd
 	}
-	s.raw, s.fd = raw, fd
 	p.mu.Lock()
 	for {
 		p.next++
@@ -117,7 +129,7 @@ func (p *poller) add(s *session) error {
 	s.token = p.next
 	p.byToken[s.token] = s
 	p.mu.Unlock()
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, s.event()); err != nil {
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, s.fd, s.event()); err != nil {
 		p.mu.Lock()
 		delete(p.byToken, s.token)
 		p.mu.Unlock()

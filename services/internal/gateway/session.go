@@ -1,8 +1,8 @@
 package gateway
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -24,7 +24,8 @@ type outItem struct {
 
 // session is one WebSocket connection. An idle session owns no goroutine and
 // no buffer: reading happens on a poller goroutine when the socket is
-// readable, writing on a goroutine that exists only while frames are queued.
+// readable, writing on one of the gateway's writers (writers.go) when
+// frames are queued.
 type session struct {
 	id     string
 	userID string
@@ -32,6 +33,7 @@ type session struct {
 	fd     int             // the socket, as the poller watches it
 	raw    syscall.RawConn // for reads that never wait
 	token  int32           // the poller's key for this session
+	lane   uint32          // the writer that writes its frames
 	g      *Gateway
 
 	lastSeen atomic.Int64 // Unix ms of the last frame from the client
@@ -100,7 +102,7 @@ func (s *session) enqueueOp(op ws.OpCode, payload []byte) bool {
 	s.writing = true
 	s.mu.Unlock()
 	if start {
-		s.g.spawn(s.flush)
+		s.g.scheduleWrite(s)
 	}
 	return true
 }
@@ -133,61 +135,9 @@ func (s *session) closeWith(code ws.StatusCode, reason string) bool {
 	s.writing = true
 	s.mu.Unlock()
 	if start {
-		s.g.spawn(s.flush)
+		s.g.scheduleWrite(s)
 	}
 	return true
-}
-
-var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
-
-// flush writes queued frames until the queue is empty, then the goroutine ends.
-func (s *session) flush() {
-	bw := writers.Get().(*bufio.Writer)
-	bw.Reset(s.conn)
-	defer func() {
-		bw.Reset(nil)
-		writers.Put(bw)
-	}()
-	var batch []outItem
-	for {
-		s.mu.Lock()
-		batch, s.queue = s.queue, batch[:0]
-		s.queuedBytes = 0
-		if len(batch) == 0 {
-			s.writing = false
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
-				s.shutdown("closed by server")
-			}
-			return
-		}
-		s.mu.Unlock()
-		_ = s.conn.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout))
-		var err error
-		for i := range batch {
-			if err = ws.WriteHeader(bw, ws.Header{Fin: true, OpCode: batch[i].op, Length: int64(len(batch[i].payload))}); err != nil {
-				break
-			}
-			if _, err = bw.Write(batch[i].payload); err != nil {
-				break
-			}
-			if batch[i].op == ws.OpText {
-				s.g.metrics.framesOut.Inc()
-			}
-			batch[i] = outItem{}
-		}
-		if err == nil {
-			err = bw.Flush()
-		}
-		if err != nil {
-			s.mu.Lock()
-			s.writing = false
-			s.mu.Unlock()
-			s.shutdown("write failed")
-			return
-		}
-	}
 }
 
 // shutdown closes the connection and forgets the session, once.
@@ -217,4 +167,22 @@ func (s *session) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closed
+}
+
+// rawFD returns the descriptor of a TCP connection without dup'ing it (File()
+// would dup it and switch it to blocking mode).
+func rawFD(c net.Conn) (syscall.RawConn, int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil, 0, errors.New("connection has no file descriptor")
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, 0, err
+	}
+	fd := -1
+	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return nil, 0, err
+	}
+	return raw, fd, nil
 }

@@ -117,6 +117,12 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 		return
 	}
 	s := &session{id: ids.New(), userID: claims.UserID, conn: conn, g: g}
+	s.lane = g.writers.laneOf(s.id)
+	// The descriptor is read before the first frame is queued: the writers
+	// write to it directly.
+	if raw, fd, err := rawFD(conn); err == nil {
+		s.raw, s.fd = raw, fd
+	}
 	sessionMade = true
 	s.touch(time.Now())
 	// Registration also refuses a user who no longer exists, which the
