@@ -89,7 +89,13 @@ func deleteUser(t *testing.T, db *sql.DB, userID string) {
 // name with its labels as the text format writes them.
 func gatewayCounter(t *testing.T, c *tc.Cluster, series string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + c.GatewayMetrics + "/metrics")
+	return counter(t, c.GatewayMetrics, series)
+}
+
+// counter reads a counter from the /metrics at addr.
+func counter(t *testing.T, addr, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ func TestLargeGroups(t *testing.T) {
 	c := tc.StartCluster(t, tc.Options{
 		RepoFlags: []string{"--presence-max-group-members=3"},
 		TaskEnv:   []string{"GOCHAT_ROUTE_CACHE_TTL=3s"},
+		// Members are added to the huge group through the API too.
+		LogicFlags: []string{"--max-group-members=20000"},
 	})
 	t.Run("presence goes through direct conversations and small groups only", func(t *testing.T) { testPresenceBound(t, c) })
 	t.Run("a group of more than 10,000 members, routed from im-task's cache", func(t *testing.T) { testHugeGroup(t, c) })
@@ -64,6 +67,56 @@ func testHugeGroup(t *testing.T, c *tc.Cluster) {
 	}
 	if f, ok := lw.Wait("error", 500*time.Millisecond); ok {
 		t.Fatalf("typing in the huge group got an error: %s", f.Data)
+	}
+	testRouteFollowsMembers(t, c, owner, rw, g.ID, got, sendHuge)
+}
+
+// testRouteFollowsMembers: while im-task pushes the huge group along the
+// route it made for it (the members' sessions by gateway), a change of its
+// members takes effect at the next message: one who joins while online
+// gets it pushed, one who was removed gets nothing more.
+func testRouteFollowsMembers(t *testing.T, c *tc.Cluster, owner *tc.API, rw *tc.WS, conv string, got uniqueSeqs, send func(string) clientapi.Message) {
+	joiner, leaver := register(t, c, "hjoin"), register(t, c, "hleave")
+	jw, lvw := tc.DialWS(t, c.WSURL(), joiner.Token), tc.DialWS(t, c.WSURL(), leaver.Token)
+	if st := owner.Must(t, http.MethodPost, "/v1/groups/"+conv+"/members", map[string]any{"user_ids": []string{joiner.User.ID, leaver.User.ID}}, nil); st != 200 {
+		t.Fatalf("add members: status %d", st)
+	}
+	pushedTo := func(w *tc.WS, seq int64, timeout time.Duration) bool {
+		deadline := time.Now().Add(timeout)
+		for {
+			f, ok := w.Wait("message", time.Until(deadline))
+			if !ok {
+				return false
+			}
+			var m clientapi.Message
+			f.Decode(t, &m)
+			if m.ConversationID == conv && m.Seq == seq {
+				return true
+			}
+		}
+	}
+	routed := counter(t, c.TaskMetrics, `gochat_task_route_lookups_total{source="route"}`)
+	var last clientapi.Message
+	for i := 0; i < 5; i++ { // the first makes the route, the next go along it
+		last = send(fmt.Sprintf("route-%d", i))
+		waitAll(t, rw, conv, map[int64]bool{last.Seq: true}, got, 30*time.Second)
+		if !pushedTo(jw, last.Seq, 30*time.Second) || !pushedTo(lvw, last.Seq, 30*time.Second) {
+			t.Fatalf("message %d was not pushed to the members who joined online", last.Seq)
+		}
+	}
+	if after := counter(t, c.TaskMetrics, `gochat_task_route_lookups_total{source="route"}`); after <= routed {
+		t.Fatalf("no message went along the group's route (route lookups %v, then %v)", routed, after)
+	}
+	if st := owner.Must(t, http.MethodDelete, "/v1/groups/"+conv+"/members/"+leaver.User.ID, nil, nil); st != 204 && st != 200 {
+		t.Fatalf("remove member: status %d", st)
+	}
+	m := send("route-after-removal")
+	waitAll(t, rw, conv, map[int64]bool{m.Seq: true}, got, 30*time.Second)
+	if !pushedTo(jw, m.Seq, 30*time.Second) {
+		t.Fatalf("message %d did not reach a member after another's removal", m.Seq)
+	}
+	if pushedTo(lvw, m.Seq, 2*time.Second) {
+		t.Fatalf("message %d reached a member removed before it was sent", m.Seq)
 	}
 }
 

@@ -31,6 +31,9 @@ func (c *memberCache) key(convID string) string { return c.prefix + "members:" +
 // get returns the cached lists whose version matches want, and the ids it
 // did not find (or found stale).
 func (c *memberCache) get(ctx context.Context, convIDs []string, want map[string]int64) (map[string][]*gochatv1.Member, []string) {
+	if len(convIDs) == 0 {
+		return map[string][]*gochatv1.Member{}, nil
+	}
 	keys := make([]string, len(convIDs))
 	for i, id := range convIDs {
 		keys[i] = c.key(id)

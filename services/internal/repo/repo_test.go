@@ -110,6 +110,7 @@ func TestRepo(t *testing.T) {
 			t.Run("idempotent store", func(t *testing.T) { testIdempotent(t, e) })
 			t.Run("a Redis loss loses only presence", func(t *testing.T) { testRedisLoss(t, e) })
 			t.Run("membership", func(t *testing.T) { testMembership(t, e) })
+			t.Run("member lists by version", func(t *testing.T) { testMembersByVersion(t, e) })
 			t.Run("a stale member list is never served", func(t *testing.T) { testMemberCacheRace(t, e) })
 			t.Run("read pointers and unread", func(t *testing.T) { testRead(t, e) })
 			t.Run("presence", func(t *testing.T) { testPresence(t, e) })
@@ -430,6 +431,44 @@ func testMembership(t *testing.T, e *env) {
 		t.Fatal(d2, err)
 	}
 	_, err = e.client.AddMembers(ctx, &gochatv1.AddMembersRequest{ConversationId: d1.Conversation.Id, ActorId: m.Id, UserIds: []string{owner.Id}})
+	wantCode(t, err, apierror.InvalidArgument)
+}
+
+// testMembersByVersion: GetMembers answers a list the caller holds at its
+// current version with unchanged and no members, and in full with a new
+// version once the members change; an unknown conversation is answered
+// empty, never unchanged.
+func testMembersByVersion(t *testing.T, e *env) {
+	owner, m, newcomer := user(t, e, "vo"), user(t, e, "vm"), user(t, e, "vn")
+	g := group(t, e, owner, m)
+	get := func(known map[string]int64, ids ...string) []*gochatv1.MemberList {
+		t.Helper()
+		r, err := e.client.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: ids, KnownVersions: known})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Lists
+	}
+	first := get(nil, g.Id)[0]
+	if first.Unchanged || len(first.Members) != 2 {
+		t.Fatalf("first read = %+v, want 2 members", first)
+	}
+	again := get(map[string]int64{g.Id: first.Version}, g.Id)[0]
+	if !again.Unchanged || len(again.Members) != 0 || again.Version != first.Version {
+		t.Fatalf("read at the held version = %+v, want unchanged and no members", again)
+	}
+	if _, err := e.client.AddMembers(ctx, &gochatv1.AddMembersRequest{ConversationId: g.Id, ActorId: owner.Id, UserIds: []string{newcomer.Id}}); err != nil {
+		t.Fatal(err)
+	}
+	changed := get(map[string]int64{g.Id: first.Version}, g.Id)[0]
+	if changed.Unchanged || len(changed.Members) != 3 || changed.Version <= first.Version {
+		t.Fatalf("read after a member joined = %+v, want 3 members at a newer version", changed)
+	}
+	unknown := "0000000000000000000000000z"
+	if l := get(map[string]int64{unknown: 0}, unknown)[0]; l.Unchanged || len(l.Members) != 0 {
+		t.Fatalf("unknown conversation = %+v, want empty and not unchanged", l)
+	}
+	_, err := e.client.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: []string{g.Id}, KnownVersions: map[string]int64{g.Id: 1, unknown: 1}})
 	wantCode(t, err, apierror.InvalidArgument)
 }
 

@@ -256,13 +256,30 @@ func (s *Server) GetMembers(ctx context.Context, in *gochatv1.GetMembersRequest)
 	if err := checkIDs("conversation_ids", in.ConversationIds); err != nil {
 		return nil, err
 	}
+	if len(in.KnownVersions) > len(in.ConversationIds) {
+		return nil, invalid("known_versions has %d entries for %d conversation_ids", len(in.KnownVersions), len(in.ConversationIds))
+	}
 	// Versions first, then lists: a change committed in between leaves a
 	// newer list under an older version, which the next read refetches.
 	versions, err := s.store.MembersVersions(ctx, in.ConversationIds)
 	if err != nil {
 		return nil, err
 	}
-	lists, misses := s.members.get(ctx, in.ConversationIds, versions)
+	// Lists the caller holds at their current version are not read at all:
+	// a large group's members cross the wire only when they change.
+	// (A list's first version is 0, so only a version sent counts.)
+	held := func(id string) bool {
+		v, ok := versions[id]
+		known, sent := in.KnownVersions[id]
+		return ok && sent && known == v
+	}
+	var want []string
+	for _, id := range in.ConversationIds {
+		if !held(id) {
+			want = append(want, id)
+		}
+	}
+	lists, misses := s.members.get(ctx, want, versions)
 	if len(misses) > 0 {
 		loaded, err := s.store.MembersOf(ctx, misses)
 		if err != nil {
@@ -275,7 +292,7 @@ func (s *Server) GetMembers(ctx context.Context, in *gochatv1.GetMembersRequest)
 	}
 	out := &gochatv1.GetMembersResponse{Lists: make([]*gochatv1.MemberList, 0, len(in.ConversationIds))}
 	for _, id := range in.ConversationIds {
-		out.Lists = append(out.Lists, &gochatv1.MemberList{ConversationId: id, Members: lists[id]})
+		out.Lists = append(out.Lists, &gochatv1.MemberList{ConversationId: id, Members: lists[id], Version: versions[id], Unchanged: held(id)})
 	}
 	return out, nil
 }

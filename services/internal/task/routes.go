@@ -3,6 +3,7 @@ package task
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 )
 
 var routeLookups = promauto.NewCounterVec(prometheus.CounterOpts{
-	Name: "gochat_task_route_lookups_total", Help: "Recipients routed for a large conversation, by where their sessions came from (cache or presence).",
+	Name: "gochat_task_route_lookups_total", Help: "Recipients routed for a large conversation, by where their sessions came from: the route cache (cache), presence read for a push (presence) or ahead of expiry (refresh), or a conversation route (route).",
 }, []string{"source"})
 
 const (
@@ -49,7 +50,32 @@ type routeCache struct {
 
 	mu    sync.Mutex
 	users map[string]*routeEntry
+	// gen counts the changes of users: a conversation route is good only
+	// while no entry it was made from has been replaced or trimmed.
+	gen   uint64
+	convs map[string]*convRoute
 }
+
+// convRoute is a large conversation's recipients, made from its members'
+// entries: pushing a message to it costs a copy of its session lists, not
+// a map lookup per member. It is used only while every entry it was made
+// from is still the one in the cache (gen) and fresh (read), so it reaches
+// exactly the sessions those entries would, and the entries, marked at its
+// making, owe the same resyncs.
+type convRoute struct {
+	version    int64 // the member list's
+	gen        uint64
+	read       time.Time           // the oldest entry's read: the route expires with it
+	perGateway map[string][]string // session ids by gateway
+	sessions   []*gochatv1.Session // the same, with their users
+	offline    []string            // members with no session
+	members    int
+	used       bool // since it was made: the refresher makes it again only then
+}
+
+// maxConvRoutes bounds the conversation routes kept; past it no more are
+// made until some expire.
+const maxConvRoutes = 1024
 
 type routeEntry struct {
 	read     time.Time // when the lookup that filled it was sent
@@ -58,7 +84,7 @@ type routeEntry struct {
 }
 
 func newRouteCache(ttl time.Duration) *routeCache {
-	return &routeCache{ttl: ttl, now: time.Now, users: map[string]*routeEntry{}}
+	return &routeCache{ttl: ttl, now: time.Now, users: map[string]*routeEntry{}, convs: map[string]*convRoute{}}
 }
 
 // hits returns the sessions of the users whose entry is still fresh, and
@@ -79,6 +105,7 @@ func (c *routeCache) hits(users []string, convs map[string][]string) map[string]
 		}
 		if len(e.pushed)+len(convs[u]) > maxRouteConvs {
 			e.read = time.Time{} // looked up now; resynced below by store
+			c.gen++
 			continue
 		}
 		for _, conv := range convs[u] {
@@ -99,6 +126,9 @@ func (c *routeCache) store(read time.Time, users []string, sessions map[string][
 	}
 	resync := map[string]map[string][]string{} // gateway -> conversation -> sessions
 	c.mu.Lock()
+	if len(users) > 0 {
+		c.gen++
+	}
 	for _, u := range users {
 		old := c.users[u]
 		if old != nil && old.read.After(read) {
@@ -145,6 +175,7 @@ func (c *routeCache) forget(gone map[string]bool) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen++
 	for _, e := range c.users {
 		kept := e.sessions[:0:0]
 		for _, s := range e.sessions {
@@ -156,26 +187,123 @@ func (c *routeCache) forget(gone map[string]bool) {
 	}
 }
 
-// expired removes the expired entries and returns those that were pushed
-// from: their users must be looked up again so that any new session of
-// theirs is resynced.
-func (c *routeCache) expired() (users []string, pushedFrom map[string]*routeEntry) {
+// due removes the expired entries never pushed from, and the routes gone
+// bad or stale, and returns what the refresher must read again before it expires:
+// the users whose entries were pushed from and are past half their TTL,
+// and the routes used since they were made (by conversation, with their
+// member list's version).
+func (c *routeCache) due() ([]string, map[string]int64) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	pushedFrom = map[string]*routeEntry{}
+	var users []string
 	for u, e := range c.users {
-		if now.Sub(e.read) < c.ttl {
-			continue
-		}
-		if len(e.pushed) > 0 {
+		age := now.Sub(e.read)
+		if len(e.pushed) > 0 && age >= c.ttl/2 {
 			users = append(users, u)
-			pushedFrom[u] = e
 			continue
 		}
-		delete(c.users, u)
+		if age >= c.ttl {
+			delete(c.users, u) // never pushed from, so in no route
+		}
 	}
-	return users, pushedFrom
+	routes := map[string]int64{}
+	for conv, r := range c.convs {
+		if r.gen != c.gen || now.Sub(r.read) >= c.ttl {
+			delete(c.convs, conv)
+		} else if r.used {
+			// Kept meanwhile: the reads take a while, and messages go
+			// along it until they replace its entries.
+			routes[conv] = r.version
+			r.used = false
+		}
+	}
+	return users, routes
+}
+
+// route returns the route of conversation conv if it is still good for
+// its member list at version, or nil.
+func (c *routeCache) route(conv string, version int64) *convRoute {
+	if c == nil {
+		return nil
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.convs[conv]
+	if r == nil || r.version != version || r.gen != c.gen || now.Sub(r.read) >= c.ttl {
+		return nil
+	}
+	r.used = true
+	return r
+}
+
+// keepRoute makes the route of conversation conv (its member list at
+// version) from its members' fresh entries, and marks them as pushed from
+// for conv: pushes along the route are pushes from them, and a session they
+// did not hold is owed a resync for conv when they are read again. No route
+// is made if a member has no fresh entry (looked up exactly for this batch)
+// or one that may not be pushed from for more conversations.
+func (c *routeCache) keepRoute(conv string, version int64, members []string) {
+	if c == nil {
+		return
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.convs) >= maxConvRoutes && c.convs[conv] == nil {
+		return
+	}
+	for _, u := range members {
+		e := c.users[u]
+		if e == nil || now.Sub(e.read) >= c.ttl || (!e.pushed[conv] && len(e.pushed) >= maxRouteConvs) {
+			return
+		}
+	}
+	r := &convRoute{version: version, gen: c.gen, read: now, perGateway: map[string][]string{}, members: len(members)}
+	for _, u := range members {
+		e := c.users[u]
+		e.pushed[conv] = true
+		if e.read.Before(r.read) {
+			r.read = e.read
+		}
+		if len(e.sessions) == 0 {
+			r.offline = append(r.offline, u)
+		}
+		for _, s := range e.sessions {
+			r.perGateway[s.Gateway] = append(r.perGateway[s.Gateway], s.SessionId)
+		}
+		r.sessions = append(r.sessions, e.sessions...)
+	}
+	c.convs[conv] = r
+}
+
+// deliver adds an item's pushes along the route, leaving out the session
+// it came from. The route's lists are shared, never changed.
+func (r *convRoute) deliver(perGateway map[string][]delivery, it item) map[string][]delivery {
+	for gw, sids := range r.perGateway {
+		if it.skipSess != "" {
+			if i := slices.Index(sids, it.skipSess); i >= 0 {
+				sids = slices.Delete(slices.Clone(sids), i, i+1)
+			}
+		}
+		if len(sids) > 0 {
+			perGateway[gw] = append(perGateway[gw], delivery{convID: it.convID, d: &gochatv1.Delivery{SessionIds: sids, Frame: it.frame}})
+		}
+	}
+	return perGateway
+}
+
+// anyDown reports whether a gateway of the route is cooling down after a
+// failed push: its sessions' users then count as offline, which only the
+// member-by-member path works out.
+func (t *Task) anyDown(r *convRoute) bool {
+	for gw := range r.perGateway {
+		if t.gateways.isDown(gw) {
+			return true
+		}
+	}
+	return false
 }
 
 // lookup reads the live sessions of users from presence, in chunks, a few
@@ -213,11 +341,14 @@ func (t *Task) lookup(ctx context.Context, users []string) ([]*gochatv1.Session,
 	return out, nil
 }
 
-// refreshRoutes looks up, every TTL, the users whose entries expired after
-// something was pushed from them, and resyncs their new sessions: a user
-// who came online just after a group's last message still gets it.
+// refreshRoutes reads again, every half TTL, the users whose entries were
+// pushed from before they expire, and resyncs their new sessions: a user
+// who came online just after a group's last message still gets it. It then
+// makes again the routes used since the last time, so that a busy large
+// conversation is always pushed along a fresh route and no message waits
+// for its members' presence to be read.
 func (t *Task) refreshRoutes(ctx context.Context) {
-	tick := time.NewTicker(t.routes.ttl)
+	tick := time.NewTicker(t.routes.ttl / 2)
 	defer tick.Stop()
 	for {
 		select {
@@ -225,24 +356,32 @@ func (t *Task) refreshRoutes(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		users, _ := t.routes.expired()
-		if len(users) == 0 {
-			continue
+		users, routes := t.routes.due()
+		if len(users) > 0 {
+			read := t.routes.now()
+			live, err := t.lookup(ctx, users)
+			if err != nil {
+				// The entries stay pushed from: the next tick tries again.
+				t.log.Warn("refresh routes of large conversations", "users", len(users), "err", err)
+				continue
+			}
+			routeLookups.WithLabelValues("refresh").Add(float64(len(users)))
+			sessions := map[string][]*gochatv1.Session{}
+			for _, s := range live {
+				sessions[s.UserId] = append(sessions[s.UserId], s)
+			}
+			if resync := t.routes.store(read, users, sessions, nil); len(resync) > 0 {
+				t.pushResyncs(ctx, resync)
+			}
 		}
-		read := t.routes.now()
-		live, err := t.lookup(ctx, users)
-		if err != nil {
-			// The entries stay expired and pushed from: the next tick tries again.
-			t.log.Warn("refresh routes of large conversations", "users", len(users), "err", err)
-			continue
-		}
-		routeLookups.WithLabelValues("refresh").Add(float64(len(users)))
-		sessions := map[string][]*gochatv1.Session{}
-		for _, s := range live {
-			sessions[s.UserId] = append(sessions[s.UserId], s)
-		}
-		if resync := t.routes.store(read, users, sessions, nil); len(resync) > 0 {
-			t.pushResyncs(ctx, resync)
+		for conv, version := range routes {
+			if l := t.lists.at(conv, version); l != nil {
+				ids := make([]string, len(l.Members))
+				for i, m := range l.Members {
+					ids[i] = m.UserId
+				}
+				t.routes.keepRoute(conv, version, ids)
+			}
 		}
 	}
 }
@@ -260,4 +399,87 @@ func (t *Task) pushResyncs(ctx context.Context, perGateway map[string][]delivery
 		return
 	}
 	resyncs.Add(float64(n))
+}
+
+// maxHeldLists bounds the member lists held; past it one is dropped for each
+// new one (and read again in full when next needed).
+const maxHeldLists = 256
+
+// memberLists holds the member lists of large conversations by version, so
+// that GetMembers sends a 10,000-member list only when it changed.
+type memberLists struct {
+	mu    sync.Mutex
+	lists map[string]*gochatv1.MemberList
+}
+
+func newMemberLists() *memberLists {
+	return &memberLists{lists: map[string]*gochatv1.MemberList{}}
+}
+
+// known returns the lists held for convIDs.
+func (m *memberLists) known(convIDs []string) map[string]*gochatv1.MemberList {
+	out := map[string]*gochatv1.MemberList{}
+	if m == nil {
+		return out
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, id := range convIDs {
+		if l := m.lists[id]; l != nil {
+			out[id] = l
+		}
+	}
+	return out
+}
+
+// at returns the list held for conv if it is at version.
+func (m *memberLists) at(conv string, version int64) *gochatv1.MemberList {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l := m.lists[conv]; l != nil && l.Version == version {
+		return l
+	}
+	return nil
+}
+
+// resolve fills in the lists answered unchanged from held (what known
+// returned for the request) and holds the large ones answered in full.
+func (m *memberLists) resolve(answered []*gochatv1.MemberList, held map[string]*gochatv1.MemberList) ([]*gochatv1.MemberList, error) {
+	out := make([]*gochatv1.MemberList, len(answered))
+	for i, l := range answered {
+		if l.Unchanged {
+			h := held[l.ConversationId]
+			if h == nil || h.Version != l.Version {
+				return nil, fmt.Errorf("get members: conversation %s answered unchanged at version %d, which is not held", l.ConversationId, l.Version)
+			}
+			out[i] = h
+			continue
+		}
+		out[i] = l
+	}
+	if m == nil {
+		return out, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range answered {
+		if l.Unchanged {
+			continue
+		}
+		if len(l.Members) < RouteCacheMinMembers {
+			delete(m.lists, l.ConversationId)
+			continue
+		}
+		if len(m.lists) >= maxHeldLists && m.lists[l.ConversationId] == nil {
+			for id := range m.lists {
+				delete(m.lists, id)
+				break
+			}
+		}
+		m.lists[l.ConversationId] = l
+	}
+	return out, nil
 }

@@ -87,7 +87,8 @@ type Task struct {
 	gateways *gatewayConns
 	notifier *notifier
 	order    *pushOrder
-	routes   *routeCache // nil: off
+	routes   *routeCache  // nil: off
+	lists    *memberLists // with routes
 	kafka    kafkaHealth
 }
 
@@ -97,6 +98,7 @@ func New(cfg Config, repo gochatv1.RepoServiceClient, log *slog.Logger) *Task {
 		gateways: &gatewayConns{conns: map[string]*grpc.ClientConn{}, id: cfg.TLS, downTill: map[string]time.Time{}, cooldown: map[string]time.Duration{}}}
 	if cfg.RouteCacheTTL > 0 {
 		t.routes = newRouteCache(cfg.RouteCacheTTL)
+		t.lists = newMemberLists()
 	}
 	if cfg.WebhookURL != "" {
 		t.notifier = newNotifier(cfg.WebhookURL, cfg.WebhookSecret, log)
@@ -286,12 +288,42 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 	}
 	var lists []*gochatv1.MemberList
 	for start := 0; start < len(convIDs); start += maxConvsPerGetMembers {
-		mr, err := t.repo.GetMembers(ctx, &gochatv1.GetMembersRequest{ConversationIds: convIDs[start:min(start+maxConvsPerGetMembers, len(convIDs))]})
+		chunk := convIDs[start:min(start+maxConvsPerGetMembers, len(convIDs))]
+		held := t.lists.known(chunk)
+		req := &gochatv1.GetMembersRequest{ConversationIds: chunk}
+		if len(held) > 0 {
+			req.KnownVersions = make(map[string]int64, len(held))
+			for id, l := range held {
+				req.KnownVersions[id] = l.Version
+			}
+		}
+		mr, err := t.repo.GetMembers(ctx, req)
 		if err != nil {
 			return fmt.Errorf("get members: %w", err)
 		}
-		lists = append(lists, mr.Lists...)
+		got, err := t.lists.resolve(mr.Lists, held)
+		if err != nil {
+			return err
+		}
+		lists = append(lists, got...)
 	}
+	// Large conversations whose route is still good are pushed from it, and
+	// their members are not looked at one by one (unless an item names
+	// extra recipients, or a gateway of the route is down).
+	fast := map[string]*convRoute{}
+	for _, l := range lists {
+		if len(l.Members) >= RouteCacheMinMembers {
+			if r := t.routes.route(l.ConversationId, l.Version); r != nil && !t.anyDown(r) {
+				fast[l.ConversationId] = r
+			}
+		}
+	}
+	for _, it := range items {
+		if len(it.extra) > 0 {
+			delete(fast, it.convID)
+		}
+	}
+	version := map[string]int64{}
 	members := make(map[string][]string, len(lists))
 	userSet := map[string]bool{}
 	var users []string
@@ -316,6 +348,10 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 	cacheable := []string{}
 	pushing := map[string][]string{} // user -> large conversations of this batch with a message
 	for _, l := range lists {
+		if fast[l.ConversationId] != nil {
+			continue
+		}
+		version[l.ConversationId] = l.Version
 		large := t.routes != nil && len(l.Members) >= RouteCacheMinMembers
 		for _, m := range l.Members {
 			members[l.ConversationId] = append(members[l.ConversationId], m.UserId)
@@ -373,6 +409,12 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 		resync = t.routes.store(read, readNow, sessions, pushing)
 		routeLookups.WithLabelValues("presence").Add(float64(len(readNow)))
 		routeLookups.WithLabelValues("cache").Add(float64(len(hit)))
+		// The next messages of these conversations go by their route.
+		for conv := range hasMessage {
+			if ms := members[conv]; len(ms) >= RouteCacheMinMembers {
+				t.routes.keepRoute(conv, version[conv], ms)
+			}
+		}
 	}
 	for u, ss := range hit {
 		if len(ss) > 0 {
@@ -406,6 +448,18 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 	perGateway := map[string][]delivery{}
 	var offline []Notification
 	for _, it := range items {
+		if r := fast[it.convID]; r != nil {
+			routeLookups.WithLabelValues("route").Add(float64(r.members))
+			perGateway = r.deliver(perGateway, it)
+			if it.msg != nil {
+				for _, u := range r.offline {
+					if u != it.notifyFrom {
+						offline = append(offline, Notification{UserID: u, ConversationID: it.convID, Message: clientapi.MessageFrom(it.msg)})
+					}
+				}
+			}
+			continue
+		}
 		targets := map[string][]string{}
 		recipients := append(append([]string(nil), members[it.convID]...), it.extra...)
 		seen := map[string]bool{}
@@ -444,6 +498,9 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 			gone[s.Gateway+"/"+s.SessionId] = true
 		}
 		t.routes.forget(gone)
+		for _, r := range fast {
+			known = append(known, r.sessions...)
+		}
 		t.dropStale(ctx, unknown, known)
 	}
 	now := time.Now()

@@ -918,8 +918,11 @@ func (x *ListConversationsResponse) GetConversations() []*Conversation {
 type GetMembersRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	ConversationIds []string               `protobuf:"bytes,1,rep,name=conversation_ids,json=conversationIds,proto3" json:"conversation_ids,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The member list versions the caller holds, by conversation id: a list
+	// still at that version is answered with unchanged set and no members.
+	KnownVersions map[string]int64 `protobuf:"bytes,2,rep,name=known_versions,json=knownVersions,proto3" json:"known_versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetMembersRequest) Reset() {
@@ -959,12 +962,23 @@ func (x *GetMembersRequest) GetConversationIds() []string {
 	return nil
 }
 
+func (x *GetMembersRequest) GetKnownVersions() map[string]int64 {
+	if x != nil {
+		return x.KnownVersions
+	}
+	return nil
+}
+
 type MemberList struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
 	Members        []*Member              `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The version of the list (it grows with every change of the members).
+	Version int64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// The caller's known version is current: members is empty, keep the list held.
+	Unchanged     bool `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MemberList) Reset() {
@@ -1009,6 +1023,20 @@ func (x *MemberList) GetMembers() []*Member {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *MemberList) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *MemberList) GetUnchanged() bool {
+	if x != nil {
+		return x.Unchanged
+	}
+	return false
 }
 
 type GetMembersResponse struct {
@@ -2469,13 +2497,19 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"Z\n" +
 	"\x19ListConversationsResponse\x12=\n" +
-	"\rconversations\x18\x01 \x03(\v2\x17.gochat.v1.ConversationR\rconversations\">\n" +
+	"\rconversations\x18\x01 \x03(\v2\x17.gochat.v1.ConversationR\rconversations\"\xd8\x01\n" +
 	"\x11GetMembersRequest\x12)\n" +
-	"\x10conversation_ids\x18\x01 \x03(\tR\x0fconversationIds\"b\n" +
+	"\x10conversation_ids\x18\x01 \x03(\tR\x0fconversationIds\x12V\n" +
+	"\x0eknown_versions\x18\x02 \x03(\v2/.gochat.v1.GetMembersRequest.KnownVersionsEntryR\rknownVersions\x1a@\n" +
+	"\x12KnownVersionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x9a\x01\n" +
 	"\n" +
 	"MemberList\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12+\n" +
-	"\amembers\x18\x02 \x03(\v2\x11.gochat.v1.MemberR\amembers\"A\n" +
+	"\amembers\x18\x02 \x03(\v2\x11.gochat.v1.MemberR\amembers\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x03R\aversion\x12\x1c\n" +
+	"\tunchanged\x18\x04 \x01(\bR\tunchanged\"A\n" +
 	"\x12GetMembersResponse\x12+\n" +
 	"\x05lists\x18\x01 \x03(\v2\x15.gochat.v1.MemberListR\x05lists\"\xbc\x01\n" +
 	"\x13StoreMessageRequest\x12'\n" +
@@ -2599,7 +2633,7 @@ func file_gochat_v1_repo_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_repo_proto_rawDescData
 }
 
-var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_gochat_v1_repo_proto_goTypes = []any{
 	(*CreateUserRequest)(nil),          // 0: gochat.v1.CreateUserRequest
 	(*CreateUserResponse)(nil),         // 1: gochat.v1.CreateUserResponse
@@ -2645,83 +2679,85 @@ var file_gochat_v1_repo_proto_goTypes = []any{
 	(*UserPresence)(nil),               // 41: gochat.v1.UserPresence
 	(*ListContactsRequest)(nil),        // 42: gochat.v1.ListContactsRequest
 	(*ListContactsResponse)(nil),       // 43: gochat.v1.ListContactsResponse
-	(*User)(nil),                       // 44: gochat.v1.User
-	(*Conversation)(nil),               // 45: gochat.v1.Conversation
-	(*Member)(nil),                     // 46: gochat.v1.Member
-	(*Message)(nil),                    // 47: gochat.v1.Message
-	(*Session)(nil),                    // 48: gochat.v1.Session
-	(*DispatchEvent)(nil),              // 49: gochat.v1.DispatchEvent
+	nil,                                // 44: gochat.v1.GetMembersRequest.KnownVersionsEntry
+	(*User)(nil),                       // 45: gochat.v1.User
+	(*Conversation)(nil),               // 46: gochat.v1.Conversation
+	(*Member)(nil),                     // 47: gochat.v1.Member
+	(*Message)(nil),                    // 48: gochat.v1.Message
+	(*Session)(nil),                    // 49: gochat.v1.Session
+	(*DispatchEvent)(nil),              // 50: gochat.v1.DispatchEvent
 }
 var file_gochat_v1_repo_proto_depIdxs = []int32{
-	44, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
-	44, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
-	44, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
-	45, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
+	45, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
+	45, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
+	45, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
+	46, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
 	34, // 4: gochat.v1.ConversationResponse.event:type_name -> gochat.v1.OutboxEvent
-	45, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
+	46, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
 	34, // 6: gochat.v1.AddMembersResponse.event:type_name -> gochat.v1.OutboxEvent
 	34, // 7: gochat.v1.RemoveMemberResponse.event:type_name -> gochat.v1.OutboxEvent
-	45, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
-	46, // 9: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
-	17, // 10: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
-	47, // 11: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
-	47, // 12: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
-	34, // 13: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
-	26, // 14: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
-	48, // 15: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	48, // 16: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	48, // 17: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
-	41, // 18: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
-	49, // 19: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
-	47, // 20: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
-	34, // 21: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
-	0,  // 22: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
-	2,  // 23: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
-	4,  // 24: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
-	6,  // 25: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
-	8,  // 26: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
-	9,  // 27: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
-	11, // 28: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
-	13, // 29: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
-	14, // 30: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
-	16, // 31: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
-	19, // 32: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
-	21, // 33: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
-	23, // 34: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
-	25, // 35: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
-	35, // 36: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
-	37, // 37: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
-	28, // 38: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
-	30, // 39: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
-	32, // 40: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
-	39, // 41: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
-	42, // 42: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
-	1,  // 43: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
-	3,  // 44: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
-	5,  // 45: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
-	7,  // 46: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
-	7,  // 47: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
-	10, // 48: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
-	12, // 49: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
-	7,  // 50: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
-	15, // 51: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	18, // 52: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
-	20, // 53: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
-	22, // 54: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	24, // 55: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
-	27, // 56: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
-	36, // 57: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
-	38, // 58: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
-	29, // 59: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
-	31, // 60: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
-	33, // 61: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
-	40, // 62: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
-	43, // 63: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
-	43, // [43:64] is the sub-list for method output_type
-	22, // [22:43] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	46, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
+	44, // 9: gochat.v1.GetMembersRequest.known_versions:type_name -> gochat.v1.GetMembersRequest.KnownVersionsEntry
+	47, // 10: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
+	17, // 11: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
+	48, // 12: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
+	48, // 13: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
+	34, // 14: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
+	26, // 15: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
+	49, // 16: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	49, // 17: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	49, // 18: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
+	41, // 19: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
+	50, // 20: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
+	48, // 21: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
+	34, // 22: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
+	0,  // 23: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
+	2,  // 24: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
+	4,  // 25: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
+	6,  // 26: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
+	8,  // 27: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
+	9,  // 28: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
+	11, // 29: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
+	13, // 30: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
+	14, // 31: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
+	16, // 32: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
+	19, // 33: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
+	21, // 34: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
+	23, // 35: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
+	25, // 36: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
+	35, // 37: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
+	37, // 38: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
+	28, // 39: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
+	30, // 40: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
+	32, // 41: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
+	39, // 42: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
+	42, // 43: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
+	1,  // 44: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
+	3,  // 45: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
+	5,  // 46: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
+	7,  // 47: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
+	7,  // 48: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
+	10, // 49: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
+	12, // 50: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
+	7,  // 51: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
+	15, // 52: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	18, // 53: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
+	20, // 54: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
+	22, // 55: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	24, // 56: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
+	27, // 57: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
+	36, // 58: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
+	38, // 59: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
+	29, // 60: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
+	31, // 61: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
+	33, // 62: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
+	40, // 63: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
+	43, // 64: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
+	44, // [44:65] is the sub-list for method output_type
+	23, // [23:44] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_repo_proto_init() }
@@ -2740,7 +2776,7 @@ func file_gochat_v1_repo_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_repo_proto_rawDesc), len(file_gochat_v1_repo_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
