@@ -27,6 +27,10 @@ Every service's gRPC is mutual TLS: `+"`--tls-ca`, `--tls-cert` and `--tls-key`"
 `+"`gochat dev`"+` makes its own CA and certificates; the operator mounts them from Secrets
 (docs/architecture.md, "Internal authentication").
 
+`+"`GOCHAT_PPROF=1`"+` (no flag) adds Go's profiles, `+"`/debug/pprof/`"+`, to a service's
+`+"`--metrics-addr`"+`: off by default, since they expose the process's internals to
+whoever reaches that port (`+"`curl -o cpu.pprof http://127.0.0.1:9100/debug/pprof/profile?seconds=15`"+`).
+
 This page is generated from the code: `+"`go test ./services/cmd/gochat -run TestConfigDocs -update`"+`.
 `)
 	for _, c := range commands {
