@@ -96,15 +96,21 @@ func (s *session) enqueueOp(op ws.OpCode, payload []byte) bool {
 		s.closeWith(ws.StatusGoingAway, "too slow to read")
 		return false
 	}
-	s.queue = append(s.queue, outItem{op: op, payload: payload})
 	s.queuedBytes += len(payload)
+	s.queueLocked(outItem{op: op, payload: payload})
+	return true
+}
+
+// queueLocked queues a frame, unlocks s.mu, and hands the session to its
+// writer unless one has it already.
+func (s *session) queueLocked(it outItem) {
+	s.queue = append(s.queue, it)
 	start := !s.writing
 	s.writing = true
 	s.mu.Unlock()
 	if start {
 		s.g.scheduleWrite(s)
 	}
-	return true
 }
 
 // tellReconnect queues the drain's reconnect frame, once: a session that
@@ -130,13 +136,7 @@ func (s *session) closeWith(code ws.StatusCode, reason string) bool {
 		return false
 	}
 	s.closing = true
-	s.queue = append(s.queue, outItem{op: ws.OpClose, payload: ws.NewCloseFrameBody(code, reason)})
-	start := !s.writing
-	s.writing = true
-	s.mu.Unlock()
-	if start {
-		s.g.scheduleWrite(s)
-	}
+	s.queueLocked(outItem{op: ws.OpClose, payload: ws.NewCloseFrameBody(code, reason)})
 	return true
 }
 

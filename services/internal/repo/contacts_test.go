@@ -1,7 +1,6 @@
 package repo_test
 
 import (
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -9,7 +8,6 @@ import (
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
 	"github.com/gochat/gochat/services/internal/repo"
-	tc "github.com/gochat/gochat/services/testcluster"
 )
 
 // testPresenceTransitions checks that presence reports the first session of
@@ -86,15 +84,7 @@ func testContacts(t *testing.T, e *env) {
 		{d, nil},
 	}
 	for _, tt := range tests {
-		r, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: tt.user.Id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := slices.Sorted(slices.Values(r.UserIds))
-		want := slices.Sorted(slices.Values(tt.want))
-		if !slices.Equal(got, want) {
-			t.Fatalf("contacts of %s: got %v, want %v", tt.user.Nickname, got, want)
-		}
+		checkContacts(t, e, tt.user, tt.want)
 	}
 	_, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: "not an id"})
 	wantCode(t, err, apierror.InvalidArgument)
@@ -106,12 +96,7 @@ func testContacts(t *testing.T, e *env) {
 func TestPresenceBound(t *testing.T) {
 	for _, dialect := range []string{"mysql", "sqlite"} {
 		t.Run(dialect, func(t *testing.T) {
-			var cfg repo.DBConfig
-			if dialect == "mysql" {
-				cfg.MySQLDSN = tc.FreshDatabase(t)
-			} else {
-				cfg.SQLitePath = filepath.Join(t.TempDir(), "gochat.db")
-			}
+			cfg := dbConfig(t, dialect)
 			e := startWith(t, cfg, repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 1, StoreMaxBatch: 16, PresenceMaxGroupMembers: 3})
 			a, b, c, d, f, g := user(t, e, "a"), user(t, e, "b"), user(t, e, "c"), user(t, e, "d"), user(t, e, "f"), user(t, e, "g")
 			group(t, e, a, b, c)    // 3 members: at the bound, carries presence
@@ -130,16 +115,21 @@ func TestPresenceBound(t *testing.T) {
 				{"large group and direct", g, []string{a.Id}},
 			}
 			for _, tt := range tests {
-				r, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: tt.user.Id})
-				if err != nil {
-					t.Fatal(err)
-				}
-				got := slices.Sorted(slices.Values(r.UserIds))
-				want := slices.Sorted(slices.Values(tt.want))
-				if !slices.Equal(got, want) {
-					t.Errorf("%s: contacts of %s: got %v, want %v", tt.name, tt.user.Nickname, got, want)
-				}
+				t.Run(tt.name, func(t *testing.T) { checkContacts(t, e, tt.user, tt.want) })
 			}
 		})
+	}
+}
+
+// checkContacts checks ListContacts of user against want, in any order.
+func checkContacts(t *testing.T, e *env, user *gochatv1.User, want []string) {
+	t.Helper()
+	r, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: user.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := slices.Sorted(slices.Values(r.UserIds))
+	if w := slices.Sorted(slices.Values(want)); !slices.Equal(got, w) {
+		t.Fatalf("contacts of %s: got %v, want %v", user.Nickname, got, w)
 	}
 }

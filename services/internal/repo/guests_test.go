@@ -1,7 +1,6 @@
 package repo_test
 
 import (
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,12 +15,7 @@ import (
 func TestGuestExpiry(t *testing.T) {
 	for _, dialect := range []string{"mysql", "sqlite"} {
 		t.Run(dialect, func(t *testing.T) {
-			var cfg repo.DBConfig
-			if dialect == "mysql" {
-				cfg.MySQLDSN = tc.FreshDatabase(t)
-			} else {
-				cfg.SQLitePath = filepath.Join(t.TempDir(), "gochat.db")
-			}
+			cfg := dbConfig(t, dialect)
 			// Batches of 2, so the seven unused guests take several.
 			e := startWith(t, cfg, repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 1, StoreMaxBatch: 16,
 				GuestTTL: 2 * time.Second, GuestSweepEvery: 200 * time.Millisecond, GuestSweepBatch: 2})

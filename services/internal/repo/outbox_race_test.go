@@ -116,16 +116,7 @@ func TestOutboxUnderLoad(t *testing.T) {
 	if n > 0 {
 		t.Fatalf("%d calls failed", n)
 	}
-	total := 0
-	for _, c := range convs {
-		seqs := allSeqs(t, e, c.Id, owner.Id)
-		for i, s := range seqs {
-			if s != int64(i+1) {
-				t.Fatalf("conversation %s: seq %d at position %d", c.Id, s, i)
-			}
-		}
-		total += len(seqs)
-	}
+	total := checkGapless(t, e, convs, owner.Id)
 	if total != senders*each {
 		t.Fatalf("stored %d messages, want %d", total, senders*each)
 	}

@@ -35,14 +35,40 @@ type env struct {
 // given dialect and a Redis key prefix of the test's own.
 func start(t *testing.T, dialect string) *env {
 	t.Helper()
+	return startWith(t, dbConfig(t, dialect), repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64, OutboxLease: time.Second})
+}
+
+// dbConfig is a fresh database of the dialect: a MariaDB database of the
+// test's own, or a SQLite file in its temporary directory.
+func dbConfig(t *testing.T, dialect string) repo.DBConfig {
+	t.Helper()
 	var cfg repo.DBConfig
 	switch dialect {
 	case "mysql":
 		cfg.MySQLDSN = tc.FreshDatabase(t)
 	case "sqlite":
 		cfg.SQLitePath = filepath.Join(t.TempDir(), "gochat.db")
+	default:
+		t.Fatalf("unknown dialect %q", dialect)
 	}
-	return startWith(t, cfg, repo.Config{MemberCacheTTL: time.Minute, StoreWorkers: 4, StoreMaxBatch: 64, OutboxLease: time.Second})
+	return cfg
+}
+
+// checkGapless checks that each conversation's messages have the seqs 1..n
+// with no gap, and returns how many they are in all.
+func checkGapless(t *testing.T, e *env, convs []*gochatv1.Conversation, viewer string) int {
+	t.Helper()
+	total := 0
+	for _, c := range convs {
+		seqs := allSeqs(t, e, c.Id, viewer)
+		for i, s := range seqs {
+			if s != int64(i+1) {
+				t.Fatalf("conversation %s: seq %d at position %d", c.Id, s, i)
+			}
+		}
+		total += len(seqs)
+	}
+	return total
 }
 
 func startWith(t testing.TB, cfg repo.DBConfig, rcfg repo.Config) *env {
@@ -200,17 +226,11 @@ func testSeqs(t *testing.T, e *env) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	total := 0
+	total := checkGapless(t, e, convs, owner.Id)
 	for _, c := range convs {
-		seqs := allSeqs(t, e, c.Id, owner.Id)
-		for i, s := range seqs {
-			if s != int64(i+1) {
-				t.Fatalf("conversation %s: seq %d at position %d", c.Id, s, i)
-			}
-		}
-		total += len(seqs)
+		n := len(allSeqs(t, e, c.Id, owner.Id))
 		got, err := e.client.GetConversation(ctx, &gochatv1.GetConversationRequest{ConversationId: c.Id, ViewerId: owner.Id})
-		if err != nil || got.Conversation.MaxSeq != int64(len(seqs)) || got.Conversation.ReadSeq != got.Conversation.MaxSeq {
+		if err != nil || got.Conversation.MaxSeq != int64(n) || got.Conversation.ReadSeq != got.Conversation.MaxSeq {
 			t.Fatalf("conversation %+v %v: max_seq must match, own messages count as read", got, err)
 		}
 	}
