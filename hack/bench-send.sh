@@ -42,6 +42,25 @@ waitport() {
   for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
   echo "nothing on port $1; the end of $2's log:" >&2; tail -5 "$work/$2.log" >&2; exit 1
 }
+# cpusnap "name=pid ...": each process's CPU ticks so far (0 once it is gone).
+cpusnap() {
+  for np in $1; do
+    local name=${np%%=*} pid=${np#*=}
+    echo "$name=$(awk '{print $14+$15}' /proc/$pid/stat 2>/dev/null || echo 0)"
+  done
+}
+# cpureport SNAP0 SNAP1 T0 T1 ACKED: each process's share of a core over the
+# interval, and its CPU per acked message.
+cpureport() {
+  awk -v a="$1" -v b="$2" -v t0="$3" -v t1="$4" -v n="$5" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(a, x, " "); for (i in x) { split(x[i], kv, "="); s0[kv[1]] = kv[2] }
+    split(b, y, " "); total = 0; line = ""
+    for (i in y) { split(y[i], kv, "="); name[i] = kv[1]; d[kv[1]] = (kv[2] - s0[kv[1]]) / hz }
+    secs = t1 - t0
+    for (k in d) { total += d[k]; line = line sprintf(" %s %.0f %% (%.0f µs/msg)", k, 100 * d[k] / secs, (n > 0 ? 1e6 * d[k] / n : 0)) }
+    printf "CPU over %.1f s of sending, %% of a core (per acked message):%s; all %.0f %% (%.0f µs/msg)\n", secs, line, 100 * total / secs, (n > 0 ? 1e6 * total / n : 0)
+  }'
+}
 deadlocks() { $MYSQL -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'" | awk '{print $2}'; }
 
 # run RATE DURATION LABEL
@@ -51,6 +70,7 @@ run() {
   db=bench_send_$RANDOM$RANDOM
   $MYSQL -e "CREATE DATABASE $db"
   "$work/gochat" dev-kafka --addr 127.0.0.1:$KAFKA_PORT >"$work/kafka-$label.log" 2>&1 & pids+=($!)
+  local kafka=$!
   waitport $KAFKA_PORT "kafka-$label"
   GOCHAT_PPROF=${GOCHAT_PPROF:-} "$work/gochat" dev --http-addr 127.0.0.1:$HTTP_PORT --data-dir "$work/data-$label" --metrics-addr 127.0.0.1:19490 \
     --mysql-dsn "root@tcp(127.0.0.1:3306)/$db" --redis-addr 127.0.0.1:6379 \
@@ -60,11 +80,30 @@ run() {
   waitport $HTTP_PORT "dev-$label"
   local before; before=$(deadlocks)
   echo "== $label: $rate msg/s offered ($pairs senders at $PER_SENDER/s) for $duration, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  local cpu0; cpu0=$(awk '{print $14+$15}' /proc/$dev/stat)
+  # CPU over the sending and the wait for its last deliveries (not the
+  # setup), per process: the services (one gochat dev), the Kafka broker,
+  # MariaDB, Redis and the load tool itself.
+  local procs="dev=$dev kafka=$kafka mariadb=$(pgrep -xo mariadbd || echo 0) redis=$(pgrep -xo redis-server || echo 0)"
   "$work/gochat-load" send --url http://127.0.0.1:$HTTP_PORT --pairs "$pairs" --rate "$PER_SENDER" --duration "$duration" \
-    | tee "$work/send-$label.txt"
-  local cpu1; cpu1=$(awk '{print $14+$15}' /proc/$dev/stat)
-  echo "deadlocks during the run: $(( $(deadlocks) - before )); gochat dev CPU: $(( (cpu1 - cpu0) / $(getconf CLK_TCK) )) s (setup included); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    >"$work/send-$label.txt" &
+  local load=$!
+  until grep -q '^sending$' "$work/send-$label.txt" 2>/dev/null || ! kill -0 $load 2>/dev/null; do sleep 0.05; done
+  local t0; t0=$(date +%s.%N)
+  local snap0; snap0=$(cpusnap "$procs load=$load")
+  local snap1=""
+  local snap
+  while kill -0 $load 2>/dev/null; do
+    snap=$(cpusnap "$procs load=$load")
+    # The load tool's last reading is the one taken before it exited.
+    if ! grep -qx 'load=0' <<<"$snap"; then snap1=$snap; fi
+    sleep 0.2
+  done
+  wait $load || { cat "$work/send-$label.txt"; exit 1; }
+  local t1; t1=$(date +%s.%N)
+  grep -v '^sending$' "$work/send-$label.txt"
+  local acked; acked=$(sed -n 's/.*acked \([0-9]*\),.*/\1/p' "$work/send-$label.txt")
+  echo "deadlocks during the run: $(( $(deadlocks) - before )); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  cpureport "$snap0" "$snap1" "$t0" "$t1" "$acked"
   stopall
 }
 

@@ -248,6 +248,9 @@ func sendMain(args []string) error {
 	}
 
 	content := strings.Repeat("x", *size)
+	// A marker for scripts that measure the servers' CPU over the sending
+	// only, without the setup (hack/bench-send.sh).
+	fmt.Println("sending")
 	start := time.Now()
 	end := start.Add(*duration)
 	var senders sync.WaitGroup
