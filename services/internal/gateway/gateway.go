@@ -141,7 +141,7 @@ type Gateway struct {
 
 	ctx      context.Context // lives as long as Run; parent of every call a session makes
 	spawnWG  sync.WaitGroup
-	spawnMu  sync.Mutex
+	spawnMu  sync.RWMutex // stopping, against spawns and writes scheduled
 	stopping bool
 
 	drainMu   sync.Mutex
@@ -162,7 +162,7 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 	}
 	h := newHub()
 	g := &Gateway{
-		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p, writers: newWriters(0),
+		cfg: cfg, log: log, keys: keys, logic: logic, hub: h, poller: p, writers: newWriters(),
 		presence:  newRegistrar(repo, cfg.Advertise, cfg.PresenceTTL, h, log),
 		httpSend:  newUserLimits(cfg.SendRate, cfg.SendBurst),
 		userSess:  newSessionCounts(cfg.MaxUserSessions),
@@ -216,13 +216,9 @@ func (g *Gateway) Sessions() int64 { return g.hub.count.Load() }
 // spawn runs fn on a goroutine the gateway waits for when it stops; false
 // when the gateway is stopping and fn was not run.
 func (g *Gateway) spawn(fn func()) bool {
-	g.spawnMu.Lock()
-	if g.stopping {
-		g.spawnMu.Unlock()
+	if !g.addSpawn() {
 		return false
 	}
-	g.spawnWG.Add(1)
-	g.spawnMu.Unlock()
 	go func() {
 		defer g.spawnWG.Done()
 		fn()
@@ -233,14 +229,22 @@ func (g *Gateway) spawn(fn func()) bool {
 // scheduleWrite hands a session with frames queued to its writer; the
 // gateway waits for it to be written when it stops, as for a spawn.
 func (g *Gateway) scheduleWrite(s *session) {
-	g.spawnMu.Lock()
+	if g.addSpawn() {
+		g.writers.schedule(s)
+	}
+}
+
+// addSpawn counts one more piece of work the stop waits for, unless the
+// gateway is stopping. Pushes to thousands of sessions call it once each,
+// so it takes the read side of the lock: only the stop takes the other.
+func (g *Gateway) addSpawn() bool {
+	g.spawnMu.RLock()
+	defer g.spawnMu.RUnlock()
 	if g.stopping {
-		g.spawnMu.Unlock()
-		return
+		return false
 	}
 	g.spawnWG.Add(1)
-	g.spawnMu.Unlock()
-	g.writers.schedule(s)
+	return true
 }
 
 // Serve accepts clients on ln until ctx ends, then stops: with DrainOnStop

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,15 @@ func (l *logicStub) Send(ctx context.Context, in *gochatv1.SendRequest, _ ...grp
 	defer l.mu.Unlock()
 	l.sends = append(l.sends, in)
 	return &gochatv1.SendResponse{Message: &gochatv1.Message{Id: "m", ConversationId: in.ConversationId, Seq: int64(len(l.sends)), Content: in.Content}}, nil
+}
+
+// sent returns the sends that reached the stub. It is read under its lock:
+// the gateway's writers write to sockets directly, which the race detector
+// does not see as an edge between the stub's goroutine and the test's.
+func (l *logicStub) sent() []*gochatv1.SendRequest {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.sends)
 }
 
 // ListMessages answers up to 200 messages of 4 KiB of characters that JSON
@@ -323,7 +333,7 @@ func TestProtocol(t *testing.T) {
 			}
 		})
 	}
-	if n := len(f.logic.sends); n != 0 {
+	if n := len(f.logic.sent()); n != 0 {
 		t.Fatalf("%d sends reached im-logic", n)
 	}
 }
@@ -336,12 +346,7 @@ func TestSendForwardsCallerAndSession(t *testing.T) {
 	if ack["type"] != "ack" {
 		t.Fatalf("got %v", ack)
 	}
-	// The stub's record is read under its lock: the gateway's writers write
-	// to the socket directly, which the race detector does not see as an
-	// edge between the stub's goroutine and this one.
-	f.logic.mu.Lock()
-	in := f.logic.sends[0]
-	f.logic.mu.Unlock()
+	in := f.logic.sent()[0]
 	if in.CallerId != "u1" || in.SessionId == "" || in.ConversationId != "c1" || in.Content != "hi" {
 		t.Fatalf("forwarded %+v", in)
 	}

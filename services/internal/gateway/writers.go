@@ -37,11 +37,8 @@ type writeLane struct {
 	wake  chan struct{} // one token: the lane has sessions
 }
 
-func newWriters(n int) *writers {
-	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
-	}
-	w := &writers{lanes: make([]*writeLane, n)}
+func newWriters() *writers {
+	w := &writers{lanes: make([]*writeLane, runtime.GOMAXPROCS(0))}
 	for i := range w.lanes {
 		w.lanes[i] = &writeLane{wake: make(chan struct{}, 1)}
 	}
@@ -162,41 +159,23 @@ func (s *session) encode(buf []byte, batch []outItem) ([]byte, int) {
 // rest, and what follows, waiting for the client (flushBlocking).
 func (s *session) writeSome(buf []byte) ([]byte, bool) {
 	for round := 0; round < maxWriteRounds; round++ {
-		s.mu.Lock()
-		if s.closed {
-			s.queue, s.queuedBytes, s.writing = nil, 0, false
-			s.mu.Unlock()
+		batch, ok := s.takeQueue()
+		if !ok {
 			return buf, false
 		}
-		if len(s.queue) == 0 {
-			s.writing = false
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
-				s.shutdown("closed by server")
-			}
-			return buf, false
-		}
-		batch := s.queue
-		s.queue, s.queuedBytes = nil, 0
-		s.mu.Unlock()
-
 		var texts int
 		buf, texts = s.encode(buf[:0], batch)
 		n, err := writeNow(s, buf)
 		if err != nil {
-			s.mu.Lock()
-			s.writing = false
-			s.mu.Unlock()
-			s.shutdown("write failed")
+			s.writeFailed()
 			return buf, false
 		}
+		s.g.metrics.framesOut.Add(float64(texts))
 		if n < len(buf) {
 			// The socket is full: the rest waits for the client on a
 			// goroutine of its own, as long as --write-timeout allows.
 			rest := append([]byte(nil), buf[n:]...)
 			s.g.metrics.blockedWrites.Inc()
-			s.g.metrics.framesOut.Add(float64(texts))
 			if !s.g.spawn(func() { s.flushBlocking(rest) }) {
 				s.mu.Lock()
 				s.writing = false
@@ -204,9 +183,42 @@ func (s *session) writeSome(buf []byte) ([]byte, bool) {
 			}
 			return buf, false
 		}
-		s.g.metrics.framesOut.Add(float64(texts))
 	}
 	return buf, true
+}
+
+// takeQueue takes the frames queued. With none (or the session closed) the
+// writing turn ends: ok is false, and a session whose close frame went out
+// is shut down.
+func (s *session) takeQueue() (batch []outItem, ok bool) {
+	s.mu.Lock()
+	if s.closed {
+		s.queue, s.queuedBytes, s.writing = nil, 0, false
+		s.mu.Unlock()
+		return nil, false
+	}
+	batch = s.queue
+	s.queue, s.queuedBytes = nil, 0
+	if len(batch) == 0 {
+		s.writing = false
+		closing := s.closing
+		s.mu.Unlock()
+		if closing {
+			s.shutdown("closed by server")
+		}
+		return nil, false
+	}
+	s.mu.Unlock()
+	return batch, true
+}
+
+// writeFailed ends the writing turn of a session its socket refused, and
+// closes it.
+func (s *session) writeFailed() {
+	s.mu.Lock()
+	s.writing = false
+	s.mu.Unlock()
+	s.shutdown("write failed")
 }
 
 // flushBlocking writes pending (bytes a non-blocking write left over), then
@@ -215,34 +227,15 @@ func (s *session) writeSome(buf []byte) ([]byte, bool) {
 // read for that long is disconnected.
 func (s *session) flushBlocking(pending []byte) {
 	for {
-		if len(pending) > 0 {
-			_ = s.conn.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout))
-			if _, err := s.conn.Write(pending); err != nil {
-				s.mu.Lock()
-				s.writing = false
-				s.mu.Unlock()
-				s.shutdown("write failed")
-				return
-			}
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.queue, s.queuedBytes, s.writing = nil, 0, false
-			s.mu.Unlock()
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout))
+		if _, err := s.conn.Write(pending); err != nil {
+			s.writeFailed()
 			return
 		}
-		batch := s.queue
-		s.queue, s.queuedBytes = nil, 0
-		if len(batch) == 0 {
-			s.writing = false
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
-				s.shutdown("closed by server")
-			}
+		batch, ok := s.takeQueue()
+		if !ok {
 			return
 		}
-		s.mu.Unlock()
 		var texts int
 		pending, texts = s.encode(pending[:0], batch)
 		s.g.metrics.framesOut.Add(float64(texts))
