@@ -77,3 +77,23 @@ func TestNewValidates(t *testing.T) {
 		t.Fatal("zero ttl accepted")
 	}
 }
+
+// BenchmarkVerify is what a WebSocket connect pays to check its token, on
+// the direct path Verify takes for issued tokens and on the general parser.
+func BenchmarkVerify(b *testing.B) {
+	k, _ := New(secret, time.Hour)
+	tok, _, _ := k.Issue("0196c0de-7f3a-7000-8000-00000000abcd", true, &Profile{Username: "guest-7f3a", Nickname: "Visitor", CreatedAtMs: 1764400000123}, time.Now())
+	for _, bm := range []struct {
+		name   string
+		verify func(string) (Claims, error)
+	}{{"direct", k.Verify}, {"general", k.verifyAny}} {
+		b.Run(bm.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bm.verify(tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
