@@ -969,3 +969,43 @@ func TestCallWindow(t *testing.T) {
 		t.Fatalf("%d acked, %d rate_limited of %d sent at once; want at least the window (%d) acked and the rest limited", acked, limited, n, maxInFlight)
 	}
 }
+
+// TestFrameRate: past --frame-burst frames at once a session's frames are
+// refused with rate_limited until its bucket refills at --frame-rate, and
+// past ten times --max-bad-frames refusals the connection is closed 1008.
+func TestFrameRate(t *testing.T) {
+	f := start(t, func(c *Config) { c.FrameRate, c.FrameBurst, c.MaxBadFrames = 5, 3, 1 })
+	c := f.dial(t)
+	ping := func() {
+		c.write(masked(ws.OpText, true), []byte(`{"type":"ping","data":{}}`))
+	}
+	for i := 0; i < 4; i++ {
+		ping()
+	}
+	for i, want := range []string{"pong", "pong", "pong", "rate_limited"} {
+		got := c.next()
+		code, _ := got["data"].(map[string]any)["code"].(string)
+		if got["type"] != want && code != want {
+			t.Fatalf("answer %d: %v, want %s", i, got, want)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // more than a frame's worth at 5/s
+	ping()
+	if got := c.next(); got["type"] != "pong" {
+		t.Fatalf("after the refill: %v, want a pong", got)
+	}
+	for i := 0; i < 15; i++ { // 10 x --max-bad-frames refusals and more
+		if c.tryWrite(masked(ws.OpText, true), []byte(`{"type":"ping","data":{}}`)) != nil {
+			break
+		}
+	}
+	for {
+		got := c.next()
+		if got["type"] == "close" {
+			if got["code"] != float64(ws.StatusPolicyViolation) {
+				t.Fatalf("closed %v, want 1008", got)
+			}
+			return
+		}
+	}
+}

@@ -117,3 +117,30 @@ func (p *pendingConns) release(addr string) {
 	}
 	p.byAddr[addr]--
 }
+
+// frameBucket is one session's token bucket of frames. It lives inline in
+// the session, 16 bytes, where a rate.Limiter was 80 more bytes on the heap
+// for every session that ever sent a frame, idle ones included; only the
+// session's reader touches it (under readMu).
+type frameBucket struct {
+	tokens float64
+	last   time.Duration // since monoEpoch; 0: the bucket has not started (full)
+}
+
+// monoEpoch makes time.Since monotonic and small enough to keep in a field.
+var monoEpoch = time.Now()
+
+// allow takes a token if there is one, refilling at perSecond up to burst.
+func (b *frameBucket) allow(now time.Duration, perSecond float64, burst int) bool {
+	if b.last == 0 {
+		b.tokens = float64(burst)
+	} else if elapsed := now - b.last; elapsed > 0 {
+		b.tokens = min(float64(burst), b.tokens+elapsed.Seconds()*perSecond)
+	}
+	b.last = max(now, 1)
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	"golang.org/x/time/rate"
 
 	"github.com/gochat/gochat/services/internal/clientapi"
 )
@@ -52,25 +51,42 @@ type session struct {
 	// Go's memory model; readMu (never contended) is that edge.
 	readMu     sync.Mutex
 	frames     frameReader
-	frameLimit *rate.Limiter
+	frameLimit frameBucket
 	// partialSince is when the frame now half read began (Unix ms, 0: none);
 	// the sweeper closes a session that leaves a frame unfinished too long.
 	partialSince atomic.Int64
 
+	// calls is made by the session's first backend call or bad frame: an
+	// idle session never needs one, and as fields it cost every session 72
+	// bytes.
+	calls atomic.Pointer[sessionCalls]
+
+	typingAt map[string]time.Time // conversation -> last relayed typing
+}
+
+// sessionCalls is a session's backend calls and error count.
+type sessionCalls struct {
+	mu sync.Mutex
 	// Calls to the backends run off the reader, in order, at most
 	// maxInFlight queued per session.
-	callMu  sync.Mutex
-	calls   []func(context.Context) error
-	calling bool
-	// cancelCall ends the call in flight when the session closes: nobody is
-	// left to answer, and a stopping gateway must not wait for it.
-	cancelCall context.CancelFunc
-
-	errMu      sync.Mutex // the reader and the call runner both report errors
+	queue   []func(context.Context) error
+	running bool
+	// cancel ends the call in flight when the session closes: nobody is left
+	// to answer, and a stopping gateway must not wait for it.
+	cancel context.CancelFunc
+	// The reader and the call runner both report errors.
 	errWindow  int64
 	errCount   int
 	rateErrors int
-	typingAt   map[string]time.Time // conversation -> last relayed typing
+}
+
+// callState returns the session's sessionCalls, making it on first use.
+func (s *session) callState() *sessionCalls {
+	if c := s.calls.Load(); c != nil {
+		return c
+	}
+	s.calls.CompareAndSwap(nil, &sessionCalls{})
+	return s.calls.Load()
 }
 
 func (s *session) touch(now time.Time) { s.lastSeen.Store(now.UnixMilli()) }
@@ -150,11 +166,13 @@ func (s *session) shutdown(reason string) {
 	s.closed = true
 	s.queue = nil
 	s.mu.Unlock()
-	s.callMu.Lock()
-	if s.cancelCall != nil {
-		s.cancelCall()
+	if c := s.calls.Load(); c != nil {
+		c.mu.Lock()
+		if c.cancel != nil {
+			c.cancel()
+		}
+		c.mu.Unlock()
 	}
-	s.callMu.Unlock()
 	s.g.poller.remove(s)
 	_ = s.conn.Close()
 	s.g.hub.remove(s)

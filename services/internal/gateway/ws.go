@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
@@ -306,27 +305,25 @@ func (g *Gateway) clientError(s *session, e *apierror.Error, clientMsgID string)
 	g.metrics.clientErrors.WithLabelValues(string(e.Code)).Inc()
 	s.enqueue(clientapi.ErrorFrame(string(e.Code), e.Message, clientMsgID))
 	now := time.Now().Unix()
-	s.errMu.Lock()
-	defer s.errMu.Unlock()
-	if now-s.errWindow >= 10 {
-		s.errWindow, s.errCount, s.rateErrors = now, 0, 0
+	c := s.callState()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now-c.errWindow >= 10 {
+		c.errWindow, c.errCount, c.rateErrors = now, 0, 0
 	}
 	if e.Code == apierror.RateLimited {
-		s.rateErrors++
+		c.rateErrors++
 	} else if e.Code != apierror.NotFound && e.Code != apierror.Unavailable && e.Code != apierror.Internal {
-		s.errCount++
+		c.errCount++
 	}
-	if s.errCount > g.cfg.MaxBadFrames || s.rateErrors > 10*g.cfg.MaxBadFrames {
+	if c.errCount > g.cfg.MaxBadFrames || c.rateErrors > 10*g.cfg.MaxBadFrames {
 		return &protocolError{ws.StatusPolicyViolation, "too many bad frames"}
 	}
 	return nil
 }
 
 func (g *Gateway) handleFrame(s *session, payload []byte) error {
-	if s.frameLimit == nil {
-		s.frameLimit = rate.NewLimiter(rate.Limit(g.cfg.FrameRate), g.cfg.FrameBurst)
-	}
-	if !s.frameLimit.Allow() {
+	if !s.frameLimit.allow(time.Since(monoEpoch), g.cfg.FrameRate, g.cfg.FrameBurst) {
 		return g.clientError(s, apierror.New(apierror.RateLimited, "too many frames, slow down"), "")
 	}
 	f, e := clientapi.DecodeInFrame(payload)
@@ -359,15 +356,16 @@ var pongFrame = clientapi.Frame(clientapi.TypePong, struct{}{})
 // at a time per session so that a client's sends keep their order, and at
 // most maxInFlight wait: past that the client is told to slow down.
 func (g *Gateway) call(s *session, clientMsgID string, fn func(context.Context) error) error {
-	s.callMu.Lock()
-	if len(s.calls) >= maxInFlight {
-		s.callMu.Unlock()
+	c := s.callState()
+	c.mu.Lock()
+	if len(c.queue) >= maxInFlight {
+		c.mu.Unlock()
 		return g.clientError(s, apierror.New(apierror.RateLimited, "%d requests in flight, wait for their answers", maxInFlight), clientMsgID)
 	}
-	s.calls = append(s.calls, fn)
-	start := !s.calling
-	s.calling = true
-	s.callMu.Unlock()
+	c.queue = append(c.queue, fn)
+	start := !c.running
+	c.running = true
+	c.mu.Unlock()
 	if start {
 		g.spawn(func() { g.runCalls(s) })
 	}
@@ -377,19 +375,20 @@ func (g *Gateway) call(s *session, clientMsgID string, fn func(context.Context) 
 // runCalls runs the session's queued calls in order; the goroutine ends
 // when the queue is empty.
 func (g *Gateway) runCalls(s *session) {
+	c := s.callState()
 	for {
-		s.callMu.Lock()
-		if len(s.calls) == 0 || s.isClosed() {
-			s.calls, s.calling = nil, false
-			s.callMu.Unlock()
+		c.mu.Lock()
+		if len(c.queue) == 0 || s.isClosed() {
+			c.queue, c.running = nil, false
+			c.mu.Unlock()
 			return
 		}
-		fn := s.calls[0]
-		s.calls[0] = nil
-		s.calls = s.calls[1:]
+		fn := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
 		ctx, cancel := context.WithTimeout(g.ctx, g.cfg.CallTimeout)
-		s.cancelCall = cancel
-		s.callMu.Unlock()
+		c.cancel = cancel
+		c.mu.Unlock()
 		err := fn(ctx)
 		cancel()
 		s.touch(time.Now()) // a session whose calls run is alive, read or not
