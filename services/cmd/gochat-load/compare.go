@@ -522,6 +522,13 @@ func runConnect(ad adapter, o compareOpts) (compareResult, error) {
 	if res.Label == "" {
 		res.Label = fmt.Sprintf("%d connections", o.conns)
 	}
+	// The RSS before is read before the logins: GoChat's go through the
+	// gateway (HTTP, then im-logic), and the heap they grow would otherwise
+	// be counted as free room the sessions then fill.
+	rssBefore, err := procRSS(o.pids[0])
+	if err != nil {
+		return res, err
+	}
 	users, err := ad.logins(o.users, o.parallel)
 	if err != nil {
 		return res, fmt.Errorf("log in %d users: %w", o.users, err)
@@ -531,10 +538,6 @@ func runConnect(ad adapter, o compareOpts) (compareResult, error) {
 		creds[i] = users[i%len(users)]
 	}
 	time.Sleep(time.Second)
-	rssBefore, err := procRSS(o.pids[0])
-	if err != nil {
-		return res, err
-	}
 	m := startMeasure(o.pids)
 	t0 := time.Now()
 	var wg sync.WaitGroup
