@@ -73,6 +73,7 @@ test-go: lint verify-generated envtest $(BIN)/kustomize $(BIN)/helm ## every tes
 	$(GO) test -count=1 -timeout 20m github.com/gochat/gochat/api/... github.com/gochat/gochat/operator/...
 	$(GO) test -run '^$$' -fuzz '^FuzzFrameReader$$' -fuzztime 150000x github.com/gochat/gochat/services/internal/gateway
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeInFrame$$' -fuzztime 150000x github.com/gochat/gochat/services/internal/clientapi
+	$(GO) test -run '^$$' -fuzz '^FuzzDirectPath$$' -fuzztime 50000x github.com/gochat/gochat/services/internal/authtoken
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
