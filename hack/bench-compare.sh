@@ -20,6 +20,7 @@
 #   DURATION   how long each fan-out publishes (smoke 15s, FULL 30s)
 #   SERVERS    which servers, in order (default "centrifugo gochat")
 #   RESULTS    the results file (default: a new one in the run's directory; appended to)
+#   TASK_FLAGS extra flags for im-task, to measure a setting (e.g. "--route-cache-ttl=10s")
 set -euo pipefail
 CENTRIFUGO_VERSION=${CENTRIFUGO_VERSION:-v6.9.1}
 if [ -n "${FULL:-}" ]; then
@@ -174,7 +175,7 @@ run_gochat() {
   logic=$(start logic env $(as logic) "$work/gochat" logic --grpc-addr 127.0.0.1:19301 --metrics-addr 127.0.0.1:19311 \
     --repo-addr 127.0.0.1:19302 --max-group-members $(( (members > 1000 ? members : 1000) + 1 ))); pids+=("$logic"); waitport 19301 logic
   task=$(start task env $(as task) GOCHAT_CONSUMER_GROUP=$topics "$work/gochat" task --metrics-addr 127.0.0.1:19313 \
-    --repo-addr 127.0.0.1:19302); pids+=("$task"); waitport 19313 task
+    --repo-addr 127.0.0.1:19302 ${TASK_FLAGS:-}); pids+=("$task"); waitport 19313 task
   # Every client comes from loopback: the per-address limits are raised.
   gw=$(start gateway env $(as gateway) "$work/gochat" gateway --http-addr 127.0.0.1:$GW_HTTP --grpc-addr 127.0.0.1:19390 \
     --metrics-addr 127.0.0.1:19380 --logic-addr 127.0.0.1:19301 --repo-addr 127.0.0.1:19302 \

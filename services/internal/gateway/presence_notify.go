@@ -2,8 +2,12 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/clientapi"
@@ -119,6 +123,7 @@ func (n *presenceNotifier) sendBatch(ctx context.Context, users []string, now ti
 		n.g.log.Warn("read presence to announce", "users", len(users), "err", err)
 		return
 	}
+	var changed []*gochatv1.UserPresence
 	for _, p := range r.Users {
 		n.mu.Lock()
 		last, ok := n.sent[p.UserId]
@@ -127,20 +132,64 @@ func (n *presenceNotifier) sendBatch(ctx context.Context, users []string, now ti
 		if ok && last.online == p.Online {
 			continue // flapped back within the window: nothing changed for the contacts
 		}
-		n.announce(ctx, p)
+		changed = append(changed, p)
+	}
+	if len(changed) == 0 {
+		return
+	}
+	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+	contacts, err := n.contacts(lctx, changed)
+	lcancel()
+	if err != nil {
+		n.g.log.Warn("list contacts to announce presence", "users", len(changed), "err", err)
+		return
+	}
+	for i, p := range changed {
+		if len(contacts[i]) > 0 {
+			n.announce(ctx, p, contacts[i])
+		}
 	}
 }
 
-func (n *presenceNotifier) announce(ctx context.Context, p *gochatv1.UserPresence) {
+func (n *presenceNotifier) announce(ctx context.Context, p *gochatv1.UserPresence, contacts []string) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := n.g.repo.ListContacts(cctx, &gochatv1.ListContactsRequest{UserId: p.UserId})
-	if err != nil {
-		n.g.log.Warn("list contacts to announce presence", "user_id", p.UserId, "err", err)
-		return
-	}
 	frame := clientapi.Frame(clientapi.TypePresence, clientapi.PresenceFrom(p))
-	if _, err := n.g.relay(cctx, c.UserIds, frame); err != nil {
+	if _, err := n.g.relay(cctx, contacts, frame); err != nil {
 		n.g.log.Warn("relay presence", "user_id", p.UserId, "err", err)
 	}
+}
+
+// contacts lists the contacts of each of users (at most a batch of 500) in
+// one call: a reconnect storm's thousands of users cost a call and a few
+// queries per 500, where a call per user cost thousands of queries while
+// the storm's messages waited for the same cores. An im-repo older than
+// ListContactsBatch is asked user by user.
+func (n *presenceNotifier) contacts(ctx context.Context, users []*gochatv1.UserPresence) ([][]string, error) {
+	ids := make([]string, len(users))
+	for i, p := range users {
+		ids[i] = p.UserId
+	}
+	out := make([][]string, len(users))
+	r, err := n.g.repo.ListContactsBatch(ctx, &gochatv1.ListContactsBatchRequest{UserIds: ids})
+	if status.Code(err) == codes.Unimplemented {
+		for i, id := range ids {
+			c, err := n.g.repo.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: id})
+			if err != nil {
+				return nil, fmt.Errorf("list contacts of %s: %w", id, err)
+			}
+			out[i] = c.UserIds
+		}
+		return out, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list contacts of %d users: %w", len(ids), err)
+	}
+	if len(r.Users) != len(ids) {
+		return nil, fmt.Errorf("list contacts of %d users: im-repo answered for %d", len(ids), len(r.Users))
+	}
+	for i, u := range r.Users {
+		out[i] = u.ContactIds
+	}
+	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
+	"github.com/gochat/gochat/services/internal/ids"
 	"github.com/gochat/gochat/services/internal/repo"
 )
 
@@ -86,8 +87,40 @@ func testContacts(t *testing.T, e *env) {
 	for _, tt := range tests {
 		checkContacts(t, e, tt.user, tt.want)
 	}
-	_, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: "not an id"})
+	// All of them in one batch: each gets its own answer, in order.
+	r, err := e.client.ListContactsBatch(ctx, &gochatv1.ListContactsBatchRequest{UserIds: []string{d.Id, a.Id, b.Id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Users) != 3 || r.Users[0].UserId != d.Id || r.Users[1].UserId != a.Id || r.Users[2].UserId != b.Id {
+		t.Fatalf("batch answer for d, a, b: %v", r.Users)
+	}
+	for i, want := range [][]string{nil, {b.Id, c.Id}, {a.Id, c.Id}} {
+		if got := slices.Sorted(slices.Values(r.Users[i].ContactIds)); !slices.Equal(got, want) {
+			t.Fatalf("batch: contacts of %s: got %v, want %v", r.Users[i].UserId, got, want)
+		}
+	}
+	r, err = e.client.ListContactsBatch(ctx, &gochatv1.ListContactsBatchRequest{UserIds: []string{a.Id}, Limit: 1})
+	if err != nil || len(r.Users) != 1 || len(r.Users[0].ContactIds) != 1 {
+		t.Fatalf("batch with limit 1: %v %v", r, err)
+	}
+	_, err = e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: "not an id"})
 	wantCode(t, err, apierror.InvalidArgument)
+	tooMany := make([]string, 501)
+	for i := range tooMany {
+		tooMany[i] = ids.New()
+	}
+	for name, users := range map[string][]string{
+		"none":      nil,
+		"501 users": tooMany,
+		"a bad id":  {a.Id, "not an id"},
+		"twice":     {a.Id, a.Id},
+	} {
+		t.Run("batch with "+name, func(t *testing.T) {
+			_, err := e.client.ListContactsBatch(ctx, &gochatv1.ListContactsBatchRequest{UserIds: users})
+			wantCode(t, err, apierror.InvalidArgument)
+		})
+	}
 }
 
 // TestPresenceBound checks that presence goes only through direct
@@ -121,15 +154,26 @@ func TestPresenceBound(t *testing.T) {
 	}
 }
 
-// checkContacts checks ListContacts of user against want, in any order.
+// checkContacts checks ListContacts and ListContactsBatch of user against
+// want, in any order.
 func checkContacts(t *testing.T, e *env, user *gochatv1.User, want []string) {
 	t.Helper()
 	r, err := e.client.ListContacts(ctx, &gochatv1.ListContactsRequest{UserId: user.Id})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := slices.Sorted(slices.Values(r.UserIds))
-	if w := slices.Sorted(slices.Values(want)); !slices.Equal(got, w) {
+	w := slices.Sorted(slices.Values(want))
+	if got := slices.Sorted(slices.Values(r.UserIds)); !slices.Equal(got, w) {
 		t.Fatalf("contacts of %s: got %v, want %v", user.Nickname, got, w)
+	}
+	b, err := e.client.ListContactsBatch(ctx, &gochatv1.ListContactsBatchRequest{UserIds: []string{user.Id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Users) != 1 || b.Users[0].UserId != user.Id {
+		t.Fatalf("batch answer for %s: %v", user.Nickname, b.Users)
+	}
+	if got := slices.Sorted(slices.Values(b.Users[0].ContactIds)); !slices.Equal(got, w) {
+		t.Fatalf("batch: contacts of %s: got %v, want %v", user.Nickname, got, w)
 	}
 }

@@ -2440,6 +2440,158 @@ func (x *ListContactsResponse) GetUserIds() []string {
 	return nil
 }
 
+type ListContactsBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 500 distinct users.
+	UserIds []string `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	// At most this many contacts per user (default and cap 5000).
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListContactsBatchRequest) Reset() {
+	*x = ListContactsBatchRequest{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListContactsBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListContactsBatchRequest) ProtoMessage() {}
+
+func (x *ListContactsBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListContactsBatchRequest.ProtoReflect.Descriptor instead.
+func (*ListContactsBatchRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListContactsBatchRequest) GetUserIds() []string {
+	if x != nil {
+		return x.UserIds
+	}
+	return nil
+}
+
+func (x *ListContactsBatchRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// UserContacts is one user's contacts.
+type UserContacts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	ContactIds    []string               `protobuf:"bytes,2,rep,name=contact_ids,json=contactIds,proto3" json:"contact_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserContacts) Reset() {
+	*x = UserContacts{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserContacts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserContacts) ProtoMessage() {}
+
+func (x *UserContacts) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserContacts.ProtoReflect.Descriptor instead.
+func (*UserContacts) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *UserContacts) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UserContacts) GetContactIds() []string {
+	if x != nil {
+		return x.ContactIds
+	}
+	return nil
+}
+
+// One entry per requested user, in the request's order.
+type ListContactsBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Users         []*UserContacts        `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListContactsBatchResponse) Reset() {
+	*x = ListContactsBatchResponse{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListContactsBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListContactsBatchResponse) ProtoMessage() {}
+
+func (x *ListContactsBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListContactsBatchResponse.ProtoReflect.Descriptor instead.
+func (*ListContactsBatchResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListContactsBatchResponse) GetUsers() []*UserContacts {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
 var File_gochat_v1_repo_proto protoreflect.FileDescriptor
 
 const file_gochat_v1_repo_proto_rawDesc = "" +
@@ -2594,7 +2746,16 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"1\n" +
 	"\x14ListContactsResponse\x12\x19\n" +
-	"\buser_ids\x18\x01 \x03(\tR\auserIds2\xe1\r\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds\"K\n" +
+	"\x18ListContactsBatchRequest\x12\x19\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"H\n" +
+	"\fUserContacts\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1f\n" +
+	"\vcontact_ids\x18\x02 \x03(\tR\n" +
+	"contactIds\"J\n" +
+	"\x19ListContactsBatchResponse\x12-\n" +
+	"\x05users\x18\x01 \x03(\v2\x17.gochat.v1.UserContactsR\x05users2\xc1\x0e\n" +
 	"\vRepoService\x12I\n" +
 	"\n" +
 	"CreateUser\x12\x1c.gochat.v1.CreateUserRequest\x1a\x1d.gochat.v1.CreateUserResponse\x12@\n" +
@@ -2619,7 +2780,8 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x12UnregisterSessions\x12$.gochat.v1.UnregisterSessionsRequest\x1a%.gochat.v1.UnregisterSessionsResponse\x12L\n" +
 	"\vGetPresence\x12\x1d.gochat.v1.GetPresenceRequest\x1a\x1e.gochat.v1.GetPresenceResponse\x12O\n" +
 	"\fGatewayAlive\x12\x1e.gochat.v1.GatewayAliveRequest\x1a\x1f.gochat.v1.GatewayAliveResponse\x12O\n" +
-	"\fListContacts\x12\x1e.gochat.v1.ListContactsRequest\x1a\x1f.gochat.v1.ListContactsResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
+	"\fListContacts\x12\x1e.gochat.v1.ListContactsRequest\x1a\x1f.gochat.v1.ListContactsResponse\x12^\n" +
+	"\x11ListContactsBatch\x12#.gochat.v1.ListContactsBatchRequest\x1a$.gochat.v1.ListContactsBatchResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
 
 var (
 	file_gochat_v1_repo_proto_rawDescOnce sync.Once
@@ -2633,7 +2795,7 @@ func file_gochat_v1_repo_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_repo_proto_rawDescData
 }
 
-var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_gochat_v1_repo_proto_goTypes = []any{
 	(*CreateUserRequest)(nil),          // 0: gochat.v1.CreateUserRequest
 	(*CreateUserResponse)(nil),         // 1: gochat.v1.CreateUserResponse
@@ -2679,85 +2841,91 @@ var file_gochat_v1_repo_proto_goTypes = []any{
 	(*UserPresence)(nil),               // 41: gochat.v1.UserPresence
 	(*ListContactsRequest)(nil),        // 42: gochat.v1.ListContactsRequest
 	(*ListContactsResponse)(nil),       // 43: gochat.v1.ListContactsResponse
-	nil,                                // 44: gochat.v1.GetMembersRequest.KnownVersionsEntry
-	(*User)(nil),                       // 45: gochat.v1.User
-	(*Conversation)(nil),               // 46: gochat.v1.Conversation
-	(*Member)(nil),                     // 47: gochat.v1.Member
-	(*Message)(nil),                    // 48: gochat.v1.Message
-	(*Session)(nil),                    // 49: gochat.v1.Session
-	(*DispatchEvent)(nil),              // 50: gochat.v1.DispatchEvent
+	(*ListContactsBatchRequest)(nil),   // 44: gochat.v1.ListContactsBatchRequest
+	(*UserContacts)(nil),               // 45: gochat.v1.UserContacts
+	(*ListContactsBatchResponse)(nil),  // 46: gochat.v1.ListContactsBatchResponse
+	nil,                                // 47: gochat.v1.GetMembersRequest.KnownVersionsEntry
+	(*User)(nil),                       // 48: gochat.v1.User
+	(*Conversation)(nil),               // 49: gochat.v1.Conversation
+	(*Member)(nil),                     // 50: gochat.v1.Member
+	(*Message)(nil),                    // 51: gochat.v1.Message
+	(*Session)(nil),                    // 52: gochat.v1.Session
+	(*DispatchEvent)(nil),              // 53: gochat.v1.DispatchEvent
 }
 var file_gochat_v1_repo_proto_depIdxs = []int32{
-	45, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
-	45, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
-	45, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
-	46, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
+	48, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
+	48, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
+	48, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
+	49, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
 	34, // 4: gochat.v1.ConversationResponse.event:type_name -> gochat.v1.OutboxEvent
-	46, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
+	49, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
 	34, // 6: gochat.v1.AddMembersResponse.event:type_name -> gochat.v1.OutboxEvent
 	34, // 7: gochat.v1.RemoveMemberResponse.event:type_name -> gochat.v1.OutboxEvent
-	46, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
-	44, // 9: gochat.v1.GetMembersRequest.known_versions:type_name -> gochat.v1.GetMembersRequest.KnownVersionsEntry
-	47, // 10: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
+	49, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
+	47, // 9: gochat.v1.GetMembersRequest.known_versions:type_name -> gochat.v1.GetMembersRequest.KnownVersionsEntry
+	50, // 10: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
 	17, // 11: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
-	48, // 12: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
-	48, // 13: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
+	51, // 12: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
+	51, // 13: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
 	34, // 14: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
 	26, // 15: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
-	49, // 16: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	49, // 17: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	49, // 18: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
+	52, // 16: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	52, // 17: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	52, // 18: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
 	41, // 19: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
-	50, // 20: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
-	48, // 21: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
+	53, // 20: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
+	51, // 21: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
 	34, // 22: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
-	0,  // 23: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
-	2,  // 24: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
-	4,  // 25: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
-	6,  // 26: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
-	8,  // 27: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
-	9,  // 28: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
-	11, // 29: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
-	13, // 30: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
-	14, // 31: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
-	16, // 32: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
-	19, // 33: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
-	21, // 34: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
-	23, // 35: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
-	25, // 36: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
-	35, // 37: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
-	37, // 38: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
-	28, // 39: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
-	30, // 40: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
-	32, // 41: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
-	39, // 42: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
-	42, // 43: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
-	1,  // 44: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
-	3,  // 45: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
-	5,  // 46: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
-	7,  // 47: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
-	7,  // 48: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
-	10, // 49: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
-	12, // 50: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
-	7,  // 51: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
-	15, // 52: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	18, // 53: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
-	20, // 54: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
-	22, // 55: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	24, // 56: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
-	27, // 57: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
-	36, // 58: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
-	38, // 59: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
-	29, // 60: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
-	31, // 61: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
-	33, // 62: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
-	40, // 63: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
-	43, // 64: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
-	44, // [44:65] is the sub-list for method output_type
-	23, // [23:44] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	45, // 23: gochat.v1.ListContactsBatchResponse.users:type_name -> gochat.v1.UserContacts
+	0,  // 24: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
+	2,  // 25: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
+	4,  // 26: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
+	6,  // 27: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
+	8,  // 28: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
+	9,  // 29: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
+	11, // 30: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
+	13, // 31: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
+	14, // 32: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
+	16, // 33: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
+	19, // 34: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
+	21, // 35: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
+	23, // 36: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
+	25, // 37: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
+	35, // 38: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
+	37, // 39: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
+	28, // 40: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
+	30, // 41: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
+	32, // 42: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
+	39, // 43: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
+	42, // 44: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
+	44, // 45: gochat.v1.RepoService.ListContactsBatch:input_type -> gochat.v1.ListContactsBatchRequest
+	1,  // 46: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
+	3,  // 47: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
+	5,  // 48: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
+	7,  // 49: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
+	7,  // 50: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
+	10, // 51: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
+	12, // 52: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
+	7,  // 53: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
+	15, // 54: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	18, // 55: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
+	20, // 56: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
+	22, // 57: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	24, // 58: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
+	27, // 59: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
+	36, // 60: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
+	38, // 61: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
+	29, // 62: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
+	31, // 63: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
+	33, // 64: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
+	40, // 65: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
+	43, // 66: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
+	46, // 67: gochat.v1.RepoService.ListContactsBatch:output_type -> gochat.v1.ListContactsBatchResponse
+	46, // [46:68] is the sub-list for method output_type
+	24, // [24:46] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_repo_proto_init() }
@@ -2776,7 +2944,7 @@ func file_gochat_v1_repo_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_repo_proto_rawDesc), len(file_gochat_v1_repo_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,7 @@ const (
 	RepoService_GetPresence_FullMethodName        = "/gochat.v1.RepoService/GetPresence"
 	RepoService_GatewayAlive_FullMethodName       = "/gochat.v1.RepoService/GatewayAlive"
 	RepoService_ListContacts_FullMethodName       = "/gochat.v1.RepoService/ListContacts"
+	RepoService_ListContactsBatch_FullMethodName  = "/gochat.v1.RepoService/ListContactsBatch"
 )
 
 // RepoServiceClient is the client API for RepoService service.
@@ -87,6 +88,9 @@ type RepoServiceClient interface {
 	// ListContacts returns the users who share at least one conversation with
 	// a user: the audience of that user's presence changes.
 	ListContacts(ctx context.Context, in *ListContactsRequest, opts ...grpc.CallOption) (*ListContactsResponse, error)
+	// ListContactsBatch is ListContacts for up to 500 users in one call and a
+	// few queries: a gateway announces a reconnect storm's users with it.
+	ListContactsBatch(ctx context.Context, in *ListContactsBatchRequest, opts ...grpc.CallOption) (*ListContactsBatchResponse, error)
 }
 
 type repoServiceClient struct {
@@ -307,6 +311,16 @@ func (c *repoServiceClient) ListContacts(ctx context.Context, in *ListContactsRe
 	return out, nil
 }
 
+func (c *repoServiceClient) ListContactsBatch(ctx context.Context, in *ListContactsBatchRequest, opts ...grpc.CallOption) (*ListContactsBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListContactsBatchResponse)
+	err := c.cc.Invoke(ctx, RepoService_ListContactsBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RepoServiceServer is the server API for RepoService service.
 // All implementations must embed UnimplementedRepoServiceServer
 // for forward compatibility.
@@ -352,6 +366,9 @@ type RepoServiceServer interface {
 	// ListContacts returns the users who share at least one conversation with
 	// a user: the audience of that user's presence changes.
 	ListContacts(context.Context, *ListContactsRequest) (*ListContactsResponse, error)
+	// ListContactsBatch is ListContacts for up to 500 users in one call and a
+	// few queries: a gateway announces a reconnect storm's users with it.
+	ListContactsBatch(context.Context, *ListContactsBatchRequest) (*ListContactsBatchResponse, error)
 	mustEmbedUnimplementedRepoServiceServer()
 }
 
@@ -424,6 +441,9 @@ func (UnimplementedRepoServiceServer) GatewayAlive(context.Context, *GatewayAliv
 }
 func (UnimplementedRepoServiceServer) ListContacts(context.Context, *ListContactsRequest) (*ListContactsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListContacts not implemented")
+}
+func (UnimplementedRepoServiceServer) ListContactsBatch(context.Context, *ListContactsBatchRequest) (*ListContactsBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListContactsBatch not implemented")
 }
 func (UnimplementedRepoServiceServer) mustEmbedUnimplementedRepoServiceServer() {}
 func (UnimplementedRepoServiceServer) testEmbeddedByValue()                     {}
@@ -824,6 +844,24 @@ func _RepoService_ListContacts_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RepoService_ListContactsBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListContactsBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepoServiceServer).ListContactsBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepoService_ListContactsBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepoServiceServer).ListContactsBatch(ctx, req.(*ListContactsBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RepoService_ServiceDesc is the grpc.ServiceDesc for RepoService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -914,6 +952,10 @@ var RepoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListContacts",
 			Handler:    _RepoService_ListContacts_Handler,
+		},
+		{
+			MethodName: "ListContactsBatch",
+			Handler:    _RepoService_ListContactsBatch_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
