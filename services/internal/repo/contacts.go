@@ -21,6 +21,13 @@ const maxContactsBatch = 500
 // a frame to every other member, members² frames when they all connect.
 const DefaultPresenceMaxGroupMembers = 300
 
+// carriesPresence is the condition on a membership mine of conversation c
+// that its conversation carries presence: direct (first argument), or a
+// group with no member past the bound (second), found by reading at most
+// bound+1 index entries rather than counting a 10,000-member group.
+const carriesPresence = `(c.type = ? OR
+	(SELECT n.user_id FROM members n WHERE n.conversation_id = mine.conversation_id ORDER BY n.user_id LIMIT 1 OFFSET ?) IS NULL)`
+
 // Contacts returns the distinct users, other than userID, who share with
 // userID a direct conversation or a group of at most maxGroup members, at
 // most limit of them.
@@ -32,9 +39,7 @@ func (s *Store) Contacts(ctx context.Context, userID string, maxGroup, limit int
 	var convs []string
 	err := s.db.WithContext(ctx).Raw(
 		`SELECT mine.conversation_id FROM members mine JOIN conversations c ON c.id = mine.conversation_id
-		 WHERE mine.user_id = ? AND (c.type = ? OR
-		   (SELECT n.user_id FROM members n WHERE n.conversation_id = mine.conversation_id ORDER BY n.user_id LIMIT 1 OFFSET ?) IS NULL)`,
-		userID, convDirect, maxGroup).Scan(&convs).Error
+		 WHERE mine.user_id = ? AND `+carriesPresence, userID, convDirect, maxGroup).Scan(&convs).Error
 	if err != nil {
 		return nil, fmt.Errorf("list conversations of %s that carry presence: %w", userID, err)
 	}
@@ -81,9 +86,7 @@ func (s *Store) ContactsOf(ctx context.Context, userIDs []string, maxGroup, limi
 	}
 	err := s.db.WithContext(ctx).Raw(
 		`SELECT mine.user_id, mine.conversation_id FROM members mine JOIN conversations c ON c.id = mine.conversation_id
-		 WHERE mine.user_id IN ? AND (c.type = ? OR
-		   (SELECT n.user_id FROM members n WHERE n.conversation_id = mine.conversation_id ORDER BY n.user_id LIMIT 1 OFFSET ?) IS NULL)`,
-		userIDs, convDirect, maxGroup).Scan(&pairs).Error
+		 WHERE mine.user_id IN ? AND `+carriesPresence, userIDs, convDirect, maxGroup).Scan(&pairs).Error
 	if err != nil {
 		return nil, fmt.Errorf("list conversations of %d users that carry presence: %w", len(userIDs), err)
 	}
