@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"math"
 	"strings"
 	"sync"
@@ -131,11 +132,7 @@ func (k *Keys) verifyIssued(token string, now time.Time) (c Claims, ok, settled 
 	if n, err := base64.RawURLEncoding.Decode(got[:], []byte(sig)); err != nil || n != sha256.Size || base64.RawURLEncoding.EncodedLen(n) != len(sig) {
 		return Claims{}, false, false
 	}
-	mac := k.macs.Get().(interface {
-		Write([]byte) (int, error)
-		Sum([]byte) []byte
-		Reset()
-	})
+	mac := k.macs.Get().(hash.Hash)
 	mac.Reset()
 	_, _ = mac.Write([]byte(token[:len(header)+1+len(payload)]))
 	mac.Sum(want[:0])
