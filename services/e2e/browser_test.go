@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -217,6 +219,22 @@ func drainMidConversation(t *testing.T, dev *tc.Process, dataDir, adminAddr stri
 		if texts[w] != 1 {
 			t.Fatalf("%q appears %d times on bob's page: %+v", w, texts[w], got)
 		}
+	}
+	// In the order alice typed them: the ones typed while she was offline
+	// are resent before any typed once she is back.
+	bySeq := make([]string, len(got)+1)
+	for _, m := range got {
+		n, _ := strconv.Atoi(m.Seq)
+		bySeq[n] = m.Text
+	}
+	var order []string
+	for _, text := range bySeq {
+		if slices.Contains(want, text) {
+			order = append(order, text)
+		}
+	}
+	if !slices.Equal(order, want) {
+		t.Fatalf("alice's messages on bob's page in seq order: %q, want %q", order, want)
 	}
 	shot(t, pageB, "after-drain")
 }

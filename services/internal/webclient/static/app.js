@@ -322,16 +322,18 @@ function onFrame(f) {
   }
 }
 
-// catchUp, after every (re)connect, refreshes the conversation list, syncs
-// every conversation held from its last seq, and resends what was never
-// acked (the same client_msg_id: the server dedupes).
+// catchUp, after every (re)connect, resends what was never acked (the same
+// client_msg_id: the server dedupes), then refreshes the conversation list
+// and syncs every conversation held from its last seq. The resends go
+// first, before any await: a message typed once the socket is open must not
+// overtake the ones typed while it was closed.
 async function catchUp() {
-  try { await loadConversations(); } catch { /* the socket's own errors will tell */ }
-  for (const id of state.convs.keys()) syncConversation(id);
   for (const [cmid, p] of pending) {
     if (!p.failed) send("send", { client_msg_id: cmid, conversation_id: p.conversation_id, content: p.content });
   }
   markPendingWaiting();
+  try { await loadConversations(); } catch { /* the socket's own errors will tell */ }
+  for (const id of state.convs.keys()) syncConversation(id);
 }
 
 function syncConversation(id) {
