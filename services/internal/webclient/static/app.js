@@ -254,8 +254,11 @@ function scheduleReconnect(delay, jitter = true) {
   markPendingWaiting();
 }
 
+// send sends a frame on a connection the server has greeted: between the
+// socket's open and the hello, a frame would overtake the resends catchUp
+// makes at the hello, so it waits among them instead.
 function send(type, data) {
-  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN || state.greeted !== state.ws) return false;
   state.ws.send(JSON.stringify({ type, data }));
   return true;
 }
@@ -276,6 +279,7 @@ function onFrame(f) {
   const d = f.data || {};
   switch (f.type) {
     case "hello":
+      state.greeted = state.ws;
       state.backoff = 500;
       state.heartbeatMs = Math.max(1000, Math.floor(d.heartbeat_ms * 0.8));
       setStatus("online", "Connected");
