@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -118,139 +119,102 @@ func sendMain(args []string) error {
 	duration := fs.Duration("duration", 20*time.Second, "how long to send")
 	size := fs.Int("size", 100, "content bytes per message")
 	_ = fs.Parse(args)
-
-	type pair struct {
-		conv     string
-		from, to *wsConn
+	o := sendOpts{base: *base, pairs: *pairs, rate: *rate, duration: *duration, size: *size}
+	// A marker for scripts that measure the servers' CPU over the sending
+	// only, without the setup (hack/bench-send.sh).
+	o.onSending = func() { fmt.Println("sending") }
+	r, err := runSend(o)
+	if err != nil {
+		return err
 	}
-	ps := make([]pair, *pairs)
+	fmt.Printf("senders %d at %.0f/s each for %s, %d-byte messages\n", o.pairs, o.rate, o.duration, o.size)
+	fmt.Printf("sent %d (%.0f/s), acked %d, errors %d, delivered %d unique (conversation_id, seq) (%.0f/s over %s), %d duplicate frames, %d acked but not delivered\n",
+		r.sent, float64(r.sent)/r.sendTime.Seconds(), r.acked, r.errors, r.delivered, float64(r.delivered)/r.total.Seconds(), r.total.Round(time.Millisecond), r.duplicates, r.missing)
+	fmt.Printf("ack latency      p50 %s  p99 %s  max %s\n", r.ackLat.quantile(0.5).Round(time.Microsecond*100), r.ackLat.quantile(0.99).Round(time.Microsecond*100), r.ackLat.quantile(1).Round(time.Microsecond*100))
+	fmt.Printf("delivery latency p50 %s  p99 %s  max %s\n", r.deliverLat.quantile(0.5).Round(time.Microsecond*100), r.deliverLat.quantile(0.99).Round(time.Microsecond*100), r.deliverLat.quantile(1).Round(time.Microsecond*100))
+	if r.frames > 0 {
+		fmt.Printf("load tool: %.1f µs CPU per received frame (%d frames; sending included)\n", float64(r.toolCPU.Microseconds())/float64(r.frames), r.frames)
+	}
+	if r.missing > 0 {
+		return fmt.Errorf("%d acked messages were not delivered to their connected recipient", r.missing)
+	}
+	return nil
+}
+
+type sendOpts struct {
+	base      string
+	pairs     int
+	rate      float64 // per sender
+	duration  time.Duration
+	size      int
+	onSending func() // called once the setup is done and the sending starts
+}
+
+type sendResult struct {
+	sent, acked, errors, delivered, duplicates, frames int64
+	missing                                            int
+	sendTime, total, toolCPU                           time.Duration
+	ackLat, deliverLat                                 *latencies
+}
+
+// runSend has pairs of guests, each in a direct conversation over
+// WebSocket, send for the duration, then waits up to 30 s for the acks and
+// deliveries, counted by unique (conversation_id, seq).
+func runSend(o sendOpts) (sendResult, error) {
+	base, pairs, rate, duration, size := &o.base, &o.pairs, &o.rate, &o.duration, &o.size
+	ps := make([]*sendPair, *pairs)
 	for i := range ps {
 		a, err := newGuest(*base, 2*i)
 		if err != nil {
-			return err
+			return sendResult{}, err
 		}
 		b, err := newGuest(*base, 2*i+1)
 		if err != nil {
-			return err
+			return sendResult{}, err
 		}
 		conv, err := directConversation(*base, a, b)
 		if err != nil {
-			return err
+			return sendResult{}, err
 		}
-		from, err := dialWS(*base, a.token)
+		wsURL := "ws" + strings.TrimPrefix(*base, "http") + "/v1/ws?token="
+		from, err := dialSession(wsURL + a.token)
 		if err != nil {
-			return err
+			return sendResult{}, err
 		}
-		to, err := dialWS(*base, b.token)
+		to, err := dialSession(wsURL + b.token)
 		if err != nil {
-			return err
+			return sendResult{}, err
 		}
-		ps[i] = pair{conv: conv, from: from, to: to}
+		ps[i] = &sendPair{conv: conv, from: from, to: to, acked: map[int64]bool{}, delivered: map[int64]bool{}}
 	}
 
 	var (
-		sentAt              sync.Map // client_msg_id -> time.Time
-		sent, acked, failed atomic.Int64
-		// Delivery is counted by unique (conversation_id, seq), never by
-		// frames: a redelivered message is one message.
-		ackedSeqs, deliveredSeqs sync.Map // "conversation_id/seq" -> struct{}
-		delivered, duplicates    atomic.Int64
-		ackLat, deliverLat       latencies
-		wg                       sync.WaitGroup
+		sent, failed atomic.Int64
+		wg           sync.WaitGroup
 	)
-	seqKey := func(data json.RawMessage) (string, bool) {
-		var d struct {
-			ConversationID string `json:"conversation_id"`
-			Seq            int64  `json:"seq"`
-			Message        *struct {
-				ConversationID string `json:"conversation_id"`
-				Seq            int64  `json:"seq"`
-			} `json:"message"`
-		}
-		if json.Unmarshal(data, &d) != nil {
-			return "", false
-		}
-		if d.Message != nil { // an ack carries the stored message
-			d.ConversationID, d.Seq = d.Message.ConversationID, d.Message.Seq
-		}
-		if d.ConversationID == "" || d.Seq <= 0 {
-			return "", false
-		}
-		return fmt.Sprintf("%s/%d", d.ConversationID, d.Seq), true
-	}
-	type frame struct {
-		Type string          `json:"type"`
-		Data json.RawMessage `json:"data"`
-	}
-	read := func(c *wsConn, onFrame func(frame)) {
-		defer wg.Done()
-		for {
-			_ = c.conn.SetReadDeadline(time.Now().Add(*duration + 30*time.Second))
-			msg, err := wsutil.ReadServerText(c.r)
-			if err != nil {
-				return
-			}
-			var f frame
-			if json.Unmarshal(msg, &f) == nil {
-				onFrame(f)
-			}
-		}
-	}
-	// since is how long ago the message a frame names (by client_msg_id) was sent.
-	since := func(data json.RawMessage) (time.Duration, bool) {
-		var d struct {
-			ClientMsgID string `json:"client_msg_id"`
-		}
-		_ = json.Unmarshal(data, &d)
-		t, ok := sentAt.Load(d.ClientMsgID)
-		if !ok {
-			return 0, false
-		}
-		return time.Since(t.(time.Time)), true
-	}
+	// Each pair's readers keep their own counts (one conversation each):
+	// nothing is shared between the readers while they run.
 	for _, p := range ps {
+		// One deadline for the whole run: a deadline per frame would cost a
+		// timer update per frame.
+		deadline := time.Now().Add(*duration + time.Minute)
+		_ = p.from.conn.SetReadDeadline(deadline)
+		_ = p.to.conn.SetReadDeadline(deadline)
 		wg.Add(2)
-		go read(p.from, func(f frame) {
-			switch f.Type {
-			case "ack":
-				k, ok := seqKey(f.Data)
-				if !ok {
-					return
-				}
-				if _, dup := ackedSeqs.LoadOrStore(k, struct{}{}); dup {
-					return
-				}
-				if d, ok := since(f.Data); ok {
-					ackLat.add(d)
-				}
-				acked.Add(1)
-			case "error":
-				failed.Add(1)
-			}
-		})
-		go read(p.to, func(f frame) {
-			if f.Type != "message" {
-				return
-			}
-			k, ok := seqKey(f.Data)
-			if !ok {
-				return
-			}
-			if _, dup := deliveredSeqs.LoadOrStore(k, struct{}{}); dup {
-				duplicates.Add(1)
-				return
-			}
-			if d, ok := since(f.Data); ok {
-				deliverLat.add(d)
-			}
-			delivered.Add(1)
-		})
+		go func() {
+			defer wg.Done()
+			p.read(p.from, p.onSenderFrame)
+		}()
+		go func() {
+			defer wg.Done()
+			p.read(p.to, p.onRecipientFrame)
+		}()
 	}
 
-	content := strings.Repeat("x", *size)
-	// A marker for scripts that measure the servers' CPU over the sending
-	// only, without the setup (hack/bench-send.sh).
-	fmt.Println("sending")
+	if o.onSending != nil {
+		o.onSending()
+	}
+	m := startMeasure(nil)
 	start := time.Now()
 	end := start.Add(*duration)
 	var senders sync.WaitGroup
@@ -260,12 +224,11 @@ func sendMain(args []string) error {
 			defer senders.Done()
 			tick := time.NewTicker(time.Duration(float64(time.Second) / *rate))
 			defer tick.Stop()
+			var b []byte
 			for n := 0; time.Now().Before(end); n++ {
 				<-tick.C
-				id := fmt.Sprintf("p%d-%d", i, n)
-				b, _ := json.Marshal(map[string]any{"type": "send", "data": map[string]any{"client_msg_id": id, "conversation_id": p.conv, "content": content}})
-				sentAt.Store(id, time.Now())
-				if err := p.from.send(b); err != nil {
+				b = appendSend(b[:0], p.conv, i, n, time.Now().UnixNano(), *size)
+				if err := p.from.write(b); err != nil {
 					failed.Add(1)
 					return
 				}
@@ -275,31 +238,166 @@ func sendMain(args []string) error {
 	}
 	senders.Wait()
 	sendTime := time.Since(start)
+	settled := func() bool {
+		var acked, errs, delivered int64
+		for _, p := range ps {
+			a, e, d := p.counts()
+			acked, errs, delivered = acked+a, errs+e, delivered+d
+		}
+		return acked+errs+failed.Load() >= sent.Load() && delivered >= acked
+	}
 	deadline := time.Now().Add(30 * time.Second)
-	for (acked.Load()+failed.Load() < sent.Load() || delivered.Load() < acked.Load()) && time.Now().Before(deadline) {
+	for !settled() && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	total := time.Since(start)
+	toolCPU, _, _ := m.end()
 	for _, p := range ps {
 		p.from.conn.Close()
 		p.to.conn.Close()
 	}
 	wg.Wait()
-	fmt.Printf("senders %d at %.0f/s each for %s, %d-byte messages\n", *pairs, *rate, duration.String(), *size)
-	// Every acked (conversation_id, seq) must have been delivered.
-	missing := 0
-	ackedSeqs.Range(func(k, _ any) bool {
-		if _, ok := deliveredSeqs.Load(k); !ok {
-			missing++
+
+	r := sendResult{sent: sent.Load(), errors: failed.Load(), sendTime: sendTime, total: total, toolCPU: toolCPU, ackLat: &latencies{}, deliverLat: &latencies{}}
+	for _, p := range ps {
+		r.acked += int64(len(p.acked))
+		r.delivered += int64(len(p.delivered))
+		r.duplicates += p.duplicates
+		r.errors += p.errors
+		r.frames += p.frames.Load()
+		r.ackLat.d = append(r.ackLat.d, p.ackLat...)
+		r.deliverLat.d = append(r.deliverLat.d, p.deliverLat...)
+		// Every acked (conversation_id, seq) must have been delivered.
+		for seq := range p.acked {
+			if !p.delivered[seq] {
+				r.missing++
+			}
 		}
-		return true
-	})
-	fmt.Printf("sent %d (%.0f/s), acked %d, errors %d, delivered %d unique (conversation_id, seq) (%.0f/s over %s), %d duplicate frames, %d acked but not delivered\n",
-		sent.Load(), float64(sent.Load())/sendTime.Seconds(), acked.Load(), failed.Load(), delivered.Load(), float64(delivered.Load())/total.Seconds(), total.Round(time.Millisecond), duplicates.Load(), missing)
-	fmt.Printf("ack latency      p50 %s  p99 %s  max %s\n", ackLat.quantile(0.5).Round(time.Microsecond*100), ackLat.quantile(0.99).Round(time.Microsecond*100), ackLat.quantile(1).Round(time.Microsecond*100))
-	fmt.Printf("delivery latency p50 %s  p99 %s  max %s\n", deliverLat.quantile(0.5).Round(time.Microsecond*100), deliverLat.quantile(0.99).Round(time.Microsecond*100), deliverLat.quantile(1).Round(time.Microsecond*100))
-	if missing > 0 {
-		return fmt.Errorf("%d acked messages were not delivered to their connected recipient", missing)
 	}
-	return nil
+	return r, nil
+}
+
+// sendPair is one sender and its recipient, in their direct conversation.
+// Each map and slice is written by one reader goroutine only and read once
+// both have stopped; mu guards the counts the main goroutine polls.
+type sendPair struct {
+	conv     string
+	from, to *session
+
+	mu                          sync.Mutex
+	nAcked, nErrors, nDelivered int64
+
+	// Delivery is counted by unique (conversation_id, seq), never by
+	// frames: a redelivered message is one message. The conversation is
+	// the pair's, so the seq is the key.
+	acked, delivered   map[int64]bool
+	duplicates, errors int64
+	ackLat, deliverLat []time.Duration
+	frames             atomic.Int64
+}
+
+func (p *sendPair) counts() (acked, errs, delivered int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nAcked, p.nErrors, p.nDelivered
+}
+
+// sendFrame is what the tool reads of a frame: an ack carries the stored
+// message, a message frame is the message. The content starts with the
+// send time.
+type sendFrame struct {
+	Type string `json:"type"`
+	Data struct {
+		sentMessage
+		Message *sentMessage `json:"message"`
+	} `json:"data"`
+}
+
+type sentMessage struct {
+	ConversationID string `json:"conversation_id"`
+	Seq            int64  `json:"seq"`
+	Content        string `json:"content"`
+}
+
+// sentAt is the send time a message's content starts with ("t:<unix ns> ").
+func (m *sentMessage) sentAt() (time.Time, bool) {
+	c, ok := strings.CutPrefix(m.Content, "t:")
+	if !ok {
+		return time.Time{}, false
+	}
+	if i := strings.IndexByte(c, ' '); i >= 0 {
+		c = c[:i]
+	}
+	ns, err := strconv.ParseInt(c, 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
+}
+
+// appendSend appends a send frame whose content is the send time padded to
+// size bytes.
+func appendSend(b []byte, conv string, sender, n int, nowNs int64, size int) []byte {
+	b = fmt.Appendf(b, `{"type":"send","data":{"client_msg_id":"p%d-%d","conversation_id":%q,"content":"t:%d `, sender, n, conv, nowNs)
+	pad := size - len(fmt.Sprint(nowNs)) - 3
+	for range max(pad, 0) {
+		b = append(b, 'x')
+	}
+	return append(b, `"}}`...)
+}
+
+func (p *sendPair) read(s *session, onFrame func(*sendFrame)) {
+	var buf []byte
+	for {
+		b, err := s.readFrame(buf)
+		if err != nil {
+			return
+		}
+		buf = b
+		p.frames.Add(1)
+		var f sendFrame
+		if json.Unmarshal(b, &f) == nil {
+			onFrame(&f)
+		}
+	}
+}
+
+func (p *sendPair) onSenderFrame(f *sendFrame) {
+	switch f.Type {
+	case "ack":
+		m := f.Data.Message
+		if m == nil || m.ConversationID != p.conv || m.Seq <= 0 || p.acked[m.Seq] {
+			return
+		}
+		p.acked[m.Seq] = true
+		if t, ok := m.sentAt(); ok {
+			p.ackLat = append(p.ackLat, time.Since(t))
+		}
+		p.mu.Lock()
+		p.nAcked++
+		p.mu.Unlock()
+	case "error":
+		p.errors++
+		p.mu.Lock()
+		p.nErrors++
+		p.mu.Unlock()
+	}
+}
+
+func (p *sendPair) onRecipientFrame(f *sendFrame) {
+	m := &f.Data.sentMessage
+	if f.Type != "message" || m.ConversationID != p.conv || m.Seq <= 0 {
+		return
+	}
+	if p.delivered[m.Seq] {
+		p.duplicates++
+		return
+	}
+	p.delivered[m.Seq] = true
+	if t, ok := m.sentAt(); ok {
+		p.deliverLat = append(p.deliverLat, time.Since(t))
+	}
+	p.mu.Lock()
+	p.nDelivered++
+	p.mu.Unlock()
 }

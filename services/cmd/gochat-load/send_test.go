@@ -1,0 +1,70 @@
+package main
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/gochat/gochat/services/testcluster"
+)
+
+// TestSendContent holds the send frame's content to its size and its send
+// time readable back from a message, whatever the size.
+func TestSendContent(t *testing.T) {
+	now := time.Date(2026, 11, 30, 15, 0, 0, 123456789, time.UTC)
+	for _, size := range []int{0, 10, 100, 4096} {
+		b := appendSend(nil, "06h2sv4nsk9rcjtz72xrd0awtc", 3, 7, now.UnixNano(), size)
+		var f struct {
+			Type string `json:"type"`
+			Data struct {
+				ClientMsgID    string `json:"client_msg_id"`
+				ConversationID string `json:"conversation_id"`
+				Content        string `json:"content"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatalf("size %d: %v: %s", size, err, b)
+		}
+		if f.Type != "send" || f.Data.ClientMsgID != "p3-7" || f.Data.ConversationID != "06h2sv4nsk9rcjtz72xrd0awtc" {
+			t.Errorf("size %d: %s", size, b)
+		}
+		if min := len("t:") + len("1796050800123456789") + 1; len(f.Data.Content) != max(size, min) {
+			t.Errorf("size %d: content of %d bytes: %q", size, len(f.Data.Content), f.Data.Content)
+		}
+		m := sentMessage{Content: f.Data.Content}
+		if at, ok := m.sentAt(); !ok || !at.Equal(now) {
+			t.Errorf("size %d: sent at %v, %v; want %v", size, at, ok, now)
+		}
+	}
+	for _, c := range []string{"", "x", "t:", "t:12ab x", "hello"} {
+		m := sentMessage{Content: c}
+		if _, ok := m.sentAt(); ok {
+			t.Errorf("content %q read as a send time", c)
+		}
+	}
+}
+
+// TestSendGoChat runs the send path's load (make bench-send's tool) against
+// GoChat as separate processes on MariaDB, Redis and Kafka: every message is
+// acked and delivered once, counted by unique (conversation_id, seq), and
+// the tool reports its latencies and its own cost.
+func TestSendGoChat(t *testing.T) {
+	c := testcluster.StartCluster(t, testcluster.Options{})
+	r, err := runSend(sendOpts{base: c.URL(), pairs: 4, rate: 10, duration: 2 * time.Second, size: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sent %d acked %d delivered %d frames %d tool CPU %s ack p50 %s delivery p50 %s",
+		r.sent, r.acked, r.delivered, r.frames, r.toolCPU, r.ackLat.quantile(0.5), r.deliverLat.quantile(0.5))
+	if r.sent < 4*10 || r.acked != r.sent || r.delivered != r.acked || r.errors != 0 || r.duplicates != 0 || r.missing != 0 {
+		t.Errorf("sent %d, acked %d, delivered %d, errors %d, duplicates %d, missing %d: want every message acked and delivered once",
+			r.sent, r.acked, r.delivered, r.errors, r.duplicates, r.missing)
+	}
+	if len(r.ackLat.d) != int(r.acked) || len(r.deliverLat.d) != int(r.delivered) || r.ackLat.quantile(0.5) <= 0 || r.deliverLat.quantile(0.5) <= 0 {
+		t.Errorf("latencies: %d acks, %d deliveries timed", len(r.ackLat.d), len(r.deliverLat.d))
+	}
+	// Each message is an ack to its sender and a message to its recipient.
+	if r.frames < r.acked+r.delivered || r.toolCPU <= 0 {
+		t.Errorf("%d frames received, tool CPU %s", r.frames, r.toolCPU)
+	}
+}
