@@ -91,6 +91,10 @@ type presenceStub struct {
 	gochatv1.RepoServiceClient
 	mu       sync.Mutex
 	sessions map[string]bool
+	// registered, when set, is called with the sessions a call registered
+	// before the call returns: what im-task may do as soon as they are in
+	// presence.
+	registered func(ids []string)
 }
 
 func (p *presenceStub) RegisterSessions(ctx context.Context, in *gochatv1.RegisterSessionsRequest, _ ...grpc.CallOption) (*gochatv1.RegisterSessionsResponse, error) {
@@ -98,14 +102,20 @@ func (p *presenceStub) RegisterSessions(ctx context.Context, in *gochatv1.Regist
 		return nil, err
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	out := &gochatv1.RegisterSessionsResponse{}
+	var ids []string
 	for _, s := range in.Sessions {
 		if in.CheckUsers && s.UserId != "u1" { // as logicStub, u1 is the only user
 			out.UnknownUsers = append(out.UnknownUsers, s.UserId)
 			continue
 		}
 		p.sessions[s.SessionId] = true
+		ids = append(ids, s.SessionId)
+	}
+	hook := p.registered
+	p.mu.Unlock()
+	if hook != nil && len(ids) > 0 {
+		hook(ids)
 	}
 	return out, nil
 }
@@ -476,6 +486,44 @@ func TestHandshakeRefusals(t *testing.T) {
 		t.Fatalf("/healthz: %v %v", resp, err)
 	}
 	resp.Body.Close()
+}
+
+// TestPushDuringRegistration pushes to a session the moment it is in
+// presence, before its handshake has finished, as im-task may: the gateway
+// holds the session (were it unknown, im-task would drop it from presence
+// and its next messages would not be pushed), and the client gets its hello
+// first, then the message.
+func TestPushDuringRegistration(t *testing.T) {
+	f := start(t, nil)
+	type pushed struct {
+		resp *gochatv1.PushResponse
+		err  error
+	}
+	results := make(chan pushed, 1)
+	f.presence.mu.Lock()
+	f.presence.registered = func(ids []string) {
+		resp, err := f.g.PushServer().Push(context.Background(), &gochatv1.PushRequest{Deliveries: []*gochatv1.Delivery{
+			{SessionIds: ids, Frame: []byte(`{"type":"message","data":{"conversation_id":"c1","seq":7}}`)},
+		}})
+		select {
+		case results <- pushed{resp, err}:
+		default:
+		}
+	}
+	f.presence.mu.Unlock()
+	c := f.dial(t) // fails unless the hello comes first
+	r := <-results
+	if r.err != nil || r.resp.Queued != 1 || len(r.resp.UnknownSessionIds) != 0 {
+		t.Fatalf("push during registration: %+v, %v; want it queued to the session", r.resp, r.err)
+	}
+	m := c.next()
+	data, _ := m["data"].(map[string]any)
+	if m["type"] != "message" || data["seq"] != float64(7) {
+		t.Fatalf("after the hello: %v", m)
+	}
+	if f.presence.count() != 1 || f.g.Sessions() != 1 {
+		t.Fatalf("presence %d, sessions %d", f.presence.count(), f.g.Sessions())
+	}
 }
 
 func TestHelloUser(t *testing.T) {

@@ -83,12 +83,17 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 			return ws.HandshakeHeaderString(""), nil
 		},
 	}
+	// The handshake's answer is kept, not written: it goes out with the
+	// hello (or with the error that ends the connection) in one write, one
+	// system call and one packet less per connect.
+	var answer frameBuffer
 	_ = conn.SetDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
-	if _, err := u.Upgrade(readWriter{br, conn}); err != nil {
+	if _, err := u.Upgrade(readWriter{br, &answer}); err != nil {
 		g.metrics.handshakeErrors.Inc()
 		if claims.UserID != "" {
 			g.userSess.release(claims.UserID)
 		}
+		_, _ = conn.Write(answer.b) // the refusal, if the upgrader wrote one
 		_ = conn.Close()
 		return
 	}
@@ -103,7 +108,8 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 	}()
 	if br.Buffered() > 0 {
 		// RFC 6455: a client must wait for the handshake answer before sending frames.
-		_ = ws.WriteFrame(conn, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusProtocolError, "frame sent before the handshake completed")))
+		_ = ws.WriteFrame(&answer, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusProtocolError, "frame sent before the handshake completed")))
+		_, _ = conn.Write(answer.b)
 		_ = conn.Close()
 		return
 	}
@@ -112,7 +118,7 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 	defer cancel()
 	user, err := g.helloUser(ctx, claims)
 	if err != nil {
-		g.closeEarly(conn, err)
+		g.closeEarly(conn, answer.b, err)
 		return
 	}
 	s := &session{id: ids.New(), userID: claims.UserID, conn: conn, g: g}
@@ -122,23 +128,33 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 	if raw, fd, err := rawFD(conn); err == nil {
 		s.raw, s.fd = raw, fd
 	}
+	// The hello is the session's first frame. It is queued before anything
+	// can find the session and held there (writing set, no writer
+	// scheduled) until the session is registered: frames pushed meanwhile
+	// queue behind it.
+	hello := clientapi.Frame(clientapi.TypeHello, clientapi.Hello{User: user, SessionID: s.id, HeartbeatMs: g.cfg.Heartbeat.Milliseconds()})
+	s.queue, s.queuedBytes, s.writing = []outItem{{op: ws.OpText, payload: hello}}, len(hello), true
 	sessionMade = true
 	s.touch(time.Now())
+	// The session is in the hub before it is in presence: a push routed to
+	// it by presence always finds it here (a session the gateway said it did
+	// not hold would be dropped from presence as stale).
+	g.hub.add(s)
 	// Registration also refuses a user who no longer exists, which the
 	// token's profile cannot know.
 	if err := g.presence.register(ctx, s); err != nil {
-		g.userSess.release(s.userID)
 		if apierror.From(err).Code != apierror.NotFound {
 			err = apierror.New(apierror.Unavailable, "presence is unavailable, try again")
 		}
-		g.closeEarly(conn, err)
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write(appendEarlyClose(answer.b, err))
+		s.shutdown("handshake failed")
 		return
 	}
-	g.hub.add(s)
 	g.metrics.connects.Inc()
-	s.enqueue(clientapi.Frame(clientapi.TypeHello, clientapi.Hello{
-		User: user, SessionID: s.id, HeartbeatMs: g.cfg.Heartbeat.Milliseconds(),
-	}))
+	if !s.writeHandshake(answer.b) {
+		return
+	}
 	if err := g.poller.add(s); err != nil {
 		g.log.Error("watch session", "err", err)
 		s.shutdown("poller refused the connection")
@@ -152,6 +168,48 @@ func (g *Gateway) upgradeWS(conn net.Conn, br *bufio.Reader) {
 			s.closeWith(ws.StatusGoingAway, drainReason)
 		}
 	}
+}
+
+// writeHandshake writes the handshake's answer and the frames held since
+// (the hello first) in one write, then lets the session's writer take over.
+// False when the session is gone.
+func (s *session) writeHandshake(answer []byte) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	batch := s.queue
+	s.queue, s.queuedBytes = nil, 0
+	s.mu.Unlock()
+	buf, texts := s.encode(answer, batch)
+	n, err := writeNow(s, buf)
+	if err != nil {
+		s.writeFailed()
+		return false
+	}
+	s.g.metrics.framesOut.Add(float64(texts))
+	if n < len(buf) {
+		// Not a socket the writers write to directly (or, unlikely on a new
+		// connection, a full one): the rest waits for the client.
+		rest := append([]byte(nil), buf[n:]...)
+		if !s.g.spawn(func() { s.flushBlocking(rest) }) {
+			s.mu.Lock()
+			s.writing = false
+			s.mu.Unlock()
+		}
+		return true
+	}
+	s.mu.Lock()
+	more := len(s.queue) > 0 || s.closing
+	if !more {
+		s.writing = false
+	}
+	s.mu.Unlock()
+	if more {
+		s.g.scheduleWrite(s) // frames pushed meanwhile, or a close
+	}
+	return true
 }
 
 // helloUser is the user a hello shows: the profile the token carries, or,
@@ -169,19 +227,28 @@ func (g *Gateway) helloUser(ctx context.Context, c authtoken.Claims) (clientapi.
 	return clientapi.UserFrom(r.User), nil
 }
 
-// closeEarly ends a connection that was upgraded but could not become a session.
-func (g *Gateway) closeEarly(conn net.Conn, err error) {
-	e := apierror.From(err)
+// closeEarly ends a connection that was upgraded but could not become a
+// session: the handshake's answer, then the error, then the close.
+func (g *Gateway) closeEarly(conn net.Conn, answer []byte, err error) {
 	_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = ws.WriteFrame(conn, ws.NewTextFrame(clientapi.ErrorFrame(string(e.Code), e.Message, "")))
+	_, _ = conn.Write(appendEarlyClose(answer, err))
+	_ = conn.Close()
+}
+
+// appendEarlyClose appends the error frame and the close frame that end a
+// connection refused after its upgrade.
+func appendEarlyClose(b []byte, err error) []byte {
+	e := apierror.From(err)
 	status := ws.StatusInternalServerError
 	if e.Code == apierror.Unavailable {
 		status = ws.StatusGoingAway
 	} else if e.Code == apierror.NotFound || e.Code == apierror.Unauthenticated {
 		status = ws.StatusPolicyViolation
 	}
-	_ = ws.WriteFrame(conn, ws.NewCloseFrame(ws.NewCloseFrameBody(status, e.Message)))
-	_ = conn.Close()
+	fb := frameBuffer{b: b}
+	_ = ws.WriteFrame(&fb, ws.NewTextFrame(clientapi.ErrorFrame(string(e.Code), e.Message, "")))
+	_ = ws.WriteFrame(&fb, ws.NewCloseFrame(ws.NewCloseFrameBody(status, e.Message)))
+	return fb.b
 }
 
 type readWriter struct {
