@@ -9,7 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -89,25 +89,18 @@ func (c *wsConn) send(b []byte) error {
 	return wsutil.WriteClientText(c.conn, b)
 }
 
-// latencies collects durations; quantiles are read once at the end.
+// latencies are durations, gathered once the readers stopped.
 type latencies struct {
-	mu sync.Mutex
-	d  []time.Duration
-}
-
-func (l *latencies) add(d time.Duration) {
-	l.mu.Lock()
-	l.d = append(l.d, d)
-	l.mu.Unlock()
+	d []time.Duration
 }
 
 func (l *latencies) quantile(q float64) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	if len(l.d) == 0 {
 		return 0
 	}
-	sort.Slice(l.d, func(i, j int) bool { return l.d[i] < l.d[j] })
+	if !slices.IsSorted(l.d) {
+		slices.Sort(l.d)
+	}
 	return l.d[int(q*float64(len(l.d)-1))]
 }
 
