@@ -21,6 +21,7 @@
 #   SERVERS    which servers, in order (default "centrifugo gochat")
 #   RESULTS    the results file (default: a new one in the run's directory; appended to)
 #   TASK_FLAGS extra flags for im-task, to measure a setting (e.g. "--route-cache-ttl=10s")
+#   GATEWAY_FLAGS extra flags for the gateway (e.g. "--gc-percent=100")
 set -euo pipefail
 CENTRIFUGO_VERSION=${CENTRIFUGO_VERSION:-v6.9.1}
 if [ -n "${FULL:-}" ]; then
@@ -179,7 +180,7 @@ run_gochat() {
   # Every client comes from loopback: the per-address limits are raised.
   gw=$(start gateway env $(as gateway) "$work/gochat" gateway --http-addr 127.0.0.1:$GW_HTTP --grpc-addr 127.0.0.1:19390 \
     --metrics-addr 127.0.0.1:19380 --logic-addr 127.0.0.1:19301 --repo-addr 127.0.0.1:19302 \
-    --auth-rate=100000 --auth-burst=100000 --guests-per-hour=100000000 --max-pending-per-ip=10000 --max-user-sessions=10); pids+=("$gw")
+    --auth-rate=100000 --auth-burst=100000 --guests-per-hour=100000000 --max-pending-per-ip=10000 --max-user-sessions=10 ${GATEWAY_FLAGS:-}); pids+=("$gw")
   waitport $GW_HTTP gateway
   # The gateway holds the sessions (its RSS is the per-connection figure);
   # the CPU is that of every GoChat process (MariaDB and Redis are shared

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -343,8 +344,18 @@ type Gateway struct {
 	RepoAddr    string
 	Auth        AuthFlags
 	TLS         TLSFlags
+	// GCPercent is the Go GC target set at start (0: Go's default).
+	GCPercent int
 	gateway.Config
 }
+
+// defaultGatewayGCPercent is the gateway's GC target. Its heap is mostly
+// the held sessions, long-lived and small, so the runtime's default (100:
+// the heap grows to twice what is live before a collection, and RSS with
+// it) costs as much memory as the sessions themselves; 50 keeps about half
+// a kilobyte less per idle session for a few more collections under load
+// (docs/benchmarks.md "Idle WebSocket sessions per gateway").
+const defaultGatewayGCPercent = 50
 
 // Register adds im-gateway's flags.
 func (o *Gateway) Register(fs *flag.FlagSet) {
@@ -354,6 +365,7 @@ func (o *Gateway) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Advertise, "advertise-addr", "", "host:port im-task dials for pushes (default: $POD_IP or 127.0.0.1, with the gRPC port)")
 	fs.StringVar(&o.LogicAddr, "logic-addr", "127.0.0.1:9001", "im-logic's gRPC address")
 	fs.StringVar(&o.RepoAddr, "repo-addr", "127.0.0.1:9002", "im-repo's gRPC address (presence)")
+	fs.IntVar(&o.GCPercent, "gc-percent", defaultGatewayGCPercent, "Go's GC target (GOGC) for the gateway: the heap may grow this many percent over what is live; lower keeps less memory per session for more GC CPU (10 to 1000; GOGC in the environment wins)")
 	o.Auth.Register(fs)
 	o.TLS.Register(fs)
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 25*time.Second, "heartbeat_ms told to clients; silent for 3 heartbeats means gone")
@@ -402,8 +414,28 @@ func (o *Gateway) advertise() (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
+// setGCPercent applies --gc-percent unless GOGC is set, which is the
+// operator's explicit choice.
+func (o *Gateway) setGCPercent(log *slog.Logger) error {
+	if o.GCPercent == 0 {
+		return nil
+	}
+	if o.GCPercent < 10 || o.GCPercent > 1000 {
+		return fmt.Errorf("--gc-percent %d: give 10 to 1000", o.GCPercent)
+	}
+	if v, ok := os.LookupEnv("GOGC"); ok {
+		log.Info("GOGC is set: --gc-percent is not applied", "GOGC", v, "gc_percent", o.GCPercent)
+		return nil
+	}
+	debug.SetGCPercent(o.GCPercent)
+	return nil
+}
+
 // Run serves im-gateway until ctx ends.
 func (o *Gateway) Run(ctx context.Context, log *slog.Logger) error {
+	if err := o.setGCPercent(log); err != nil {
+		return err
+	}
 	keys, err := o.Auth.Keys()
 	if err != nil {
 		return err
