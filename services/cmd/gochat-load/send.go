@@ -256,7 +256,7 @@ func runSend(o sendOpts) (sendResult, error) {
 		r.acked += int64(len(p.acked))
 		r.delivered += int64(len(p.delivered))
 		r.duplicates += p.duplicates
-		r.errors += p.errors
+		r.errors += p.errors.Load()
 		r.frames += p.frames.Load()
 		r.ackLat.d = append(r.ackLat.d, p.ackLat...)
 		r.deliverLat.d = append(r.deliverLat.d, p.deliverLat...)
@@ -272,27 +272,40 @@ func runSend(o sendOpts) (sendResult, error) {
 
 // sendPair is one sender and its recipient, in their direct conversation.
 // Each map and slice is written by one reader goroutine only and read once
-// both have stopped; mu guards the counts the main goroutine polls.
+// both have stopped; the counts are polled while they run.
 type sendPair struct {
 	conv     string
 	from, to *session
 
-	mu                          sync.Mutex
-	nAcked, nErrors, nDelivered int64
-
 	// Delivery is counted by unique (conversation_id, seq), never by
 	// frames: a redelivered message is one message. The conversation is
 	// the pair's, so the seq is the key.
-	acked, delivered   map[int64]bool
-	duplicates, errors int64
-	ackLat, deliverLat []time.Duration
-	frames             atomic.Int64
+	acked, delivered           map[int64]bool
+	ackLat, deliverLat         []time.Duration
+	nAcked, nDelivered, errors atomic.Int64
+	duplicates                 int64
+	frames                     atomic.Int64
 }
 
 func (p *sendPair) counts() (acked, errs, delivered int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.nAcked, p.nErrors, p.nDelivered
+	return p.nAcked.Load(), p.errors.Load(), p.nDelivered.Load()
+}
+
+// record counts a message of the pair's conversation once by its seq and
+// times it from the send time in its content; false if it was seen.
+func (p *sendPair) record(m *sentMessage, seen map[int64]bool, lat *[]time.Duration, n *atomic.Int64) bool {
+	if m.ConversationID != p.conv || m.Seq <= 0 {
+		return true
+	}
+	if seen[m.Seq] {
+		return false
+	}
+	seen[m.Seq] = true
+	if t, ok := m.sentAt(); ok {
+		*lat = append(*lat, time.Since(t))
+	}
+	n.Add(1)
+	return true
 }
 
 // sendFrame is what the tool reads of a frame: an ack carries the stored
@@ -358,39 +371,16 @@ func (p *sendPair) read(s *session, onFrame func(*sendFrame)) {
 func (p *sendPair) onSenderFrame(f *sendFrame) {
 	switch f.Type {
 	case "ack":
-		m := f.Data.Message
-		if m == nil || m.ConversationID != p.conv || m.Seq <= 0 || p.acked[m.Seq] {
-			return
+		if m := f.Data.Message; m != nil {
+			p.record(m, p.acked, &p.ackLat, &p.nAcked)
 		}
-		p.acked[m.Seq] = true
-		if t, ok := m.sentAt(); ok {
-			p.ackLat = append(p.ackLat, time.Since(t))
-		}
-		p.mu.Lock()
-		p.nAcked++
-		p.mu.Unlock()
 	case "error":
-		p.errors++
-		p.mu.Lock()
-		p.nErrors++
-		p.mu.Unlock()
+		p.errors.Add(1)
 	}
 }
 
 func (p *sendPair) onRecipientFrame(f *sendFrame) {
-	m := &f.Data.sentMessage
-	if f.Type != "message" || m.ConversationID != p.conv || m.Seq <= 0 {
-		return
-	}
-	if p.delivered[m.Seq] {
+	if f.Type == "message" && !p.record(&f.Data.sentMessage, p.delivered, &p.deliverLat, &p.nDelivered) {
 		p.duplicates++
-		return
 	}
-	p.delivered[m.Seq] = true
-	if t, ok := m.sentAt(); ok {
-		p.deliverLat = append(p.deliverLat, time.Since(t))
-	}
-	p.mu.Lock()
-	p.nDelivered++
-	p.mu.Unlock()
 }
