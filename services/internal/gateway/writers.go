@@ -172,19 +172,24 @@ func (s *session) writeSome(buf []byte) ([]byte, bool) {
 		}
 		s.g.metrics.framesOut.Add(float64(texts))
 		if n < len(buf) {
-			// The socket is full: the rest waits for the client on a
-			// goroutine of its own, as long as --write-timeout allows.
-			rest := append([]byte(nil), buf[n:]...)
-			s.g.metrics.blockedWrites.Inc()
-			if !s.g.spawn(func() { s.flushBlocking(rest) }) {
-				s.mu.Lock()
-				s.writing = false
-				s.mu.Unlock()
-			}
+			s.writeLater(buf[n:])
 			return buf, false
 		}
 	}
 	return buf, true
+}
+
+// writeLater hands what a non-blocking write left over to a goroutine of
+// the session's own, which waits for the client as long as --write-timeout
+// allows (flushBlocking); the writing turn stays with it.
+func (s *session) writeLater(left []byte) {
+	rest := append([]byte(nil), left...)
+	s.g.metrics.blockedWrites.Inc()
+	if !s.g.spawn(func() { s.flushBlocking(rest) }) {
+		s.mu.Lock()
+		s.writing = false
+		s.mu.Unlock()
+	}
 }
 
 // takeQueue takes the frames queued. With none (or the session closed) the

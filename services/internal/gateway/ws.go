@@ -191,13 +191,8 @@ func (s *session) writeHandshake(answer []byte) bool {
 	s.g.metrics.framesOut.Add(float64(texts))
 	if n < len(buf) {
 		// Not a socket the writers write to directly (or, unlikely on a new
-		// connection, a full one): the rest waits for the client.
-		rest := append([]byte(nil), buf[n:]...)
-		if !s.g.spawn(func() { s.flushBlocking(rest) }) {
-			s.mu.Lock()
-			s.writing = false
-			s.mu.Unlock()
-		}
+		// connection, a full one).
+		s.writeLater(buf[n:])
 		return true
 	}
 	s.mu.Lock()
