@@ -154,22 +154,21 @@ type sendResult struct {
 // WebSocket, send for the duration, then waits up to 30 s for the acks and
 // deliveries, counted by unique (conversation_id, seq).
 func runSend(o sendOpts) (sendResult, error) {
-	base, pairs, rate, duration, size := &o.base, &o.pairs, &o.rate, &o.duration, &o.size
-	ps := make([]*sendPair, *pairs)
+	ps := make([]*sendPair, o.pairs)
 	for i := range ps {
-		a, err := newGuest(*base, 2*i)
+		a, err := newGuest(o.base, 2*i)
 		if err != nil {
 			return sendResult{}, err
 		}
-		b, err := newGuest(*base, 2*i+1)
+		b, err := newGuest(o.base, 2*i+1)
 		if err != nil {
 			return sendResult{}, err
 		}
-		conv, err := directConversation(*base, a, b)
+		conv, err := directConversation(o.base, a, b)
 		if err != nil {
 			return sendResult{}, err
 		}
-		wsURL := "ws" + strings.TrimPrefix(*base, "http") + "/v1/ws?token="
+		wsURL := "ws" + strings.TrimPrefix(o.base, "http") + "/v1/ws?token="
 		from, err := dialSession(wsURL + a.token)
 		if err != nil {
 			return sendResult{}, err
@@ -190,7 +189,7 @@ func runSend(o sendOpts) (sendResult, error) {
 	for _, p := range ps {
 		// One deadline for the whole run: a deadline per frame would cost a
 		// timer update per frame.
-		deadline := time.Now().Add(*duration + time.Minute)
+		deadline := time.Now().Add(o.duration + time.Minute)
 		_ = p.from.conn.SetReadDeadline(deadline)
 		_ = p.to.conn.SetReadDeadline(deadline)
 		wg.Add(2)
@@ -209,18 +208,18 @@ func runSend(o sendOpts) (sendResult, error) {
 	}
 	m := startMeasure(nil)
 	start := time.Now()
-	end := start.Add(*duration)
+	end := start.Add(o.duration)
 	var senders sync.WaitGroup
 	for i, p := range ps {
 		senders.Add(1)
 		go func() {
 			defer senders.Done()
-			tick := time.NewTicker(time.Duration(float64(time.Second) / *rate))
+			tick := time.NewTicker(time.Duration(float64(time.Second) / o.rate))
 			defer tick.Stop()
 			var b []byte
 			for n := 0; time.Now().Before(end); n++ {
 				<-tick.C
-				b = appendSend(b[:0], p.conv, i, n, time.Now().UnixNano(), *size)
+				b = appendSend(b[:0], p.conv, i, n, time.Now().UnixNano(), o.size)
 				if err := p.from.write(b); err != nil {
 					failed.Add(1)
 					return

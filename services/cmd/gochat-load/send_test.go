@@ -28,7 +28,7 @@ func TestSendContent(t *testing.T) {
 		if f.Type != "send" || f.Data.ClientMsgID != "p3-7" || f.Data.ConversationID != "06h2sv4nsk9rcjtz72xrd0awtc" {
 			t.Errorf("size %d: %s", size, b)
 		}
-		if min := len("t:") + len("1796050800123456789") + 1; len(f.Data.Content) != max(size, min) {
+		if least := len("t:") + len("1796050800123456789") + 1; len(f.Data.Content) != max(size, least) {
 			t.Errorf("size %d: content of %d bytes: %q", size, len(f.Data.Content), f.Data.Content)
 		}
 		m := sentMessage{Content: f.Data.Content}
