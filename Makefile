@@ -74,6 +74,7 @@ test-go: lint verify-generated envtest $(BIN)/kustomize $(BIN)/helm ## every tes
 	$(GO) test -run '^$$' -fuzz '^FuzzFrameReader$$' -fuzztime 150000x github.com/gochat/gochat/services/internal/gateway
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeInFrame$$' -fuzztime 150000x github.com/gochat/gochat/services/internal/clientapi
 	$(GO) test -run '^$$' -fuzz '^FuzzDirectPath$$' -fuzztime 50000x github.com/gochat/gochat/services/internal/authtoken
+	$(GO) test -run '^$$' -fuzz '^FuzzCanonicalClaims$$' -fuzztime 100000x github.com/gochat/gochat/services/internal/authtoken
 
 bench: ## Go benchmarks (docs/benchmarks.md; gochat-load for load)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)

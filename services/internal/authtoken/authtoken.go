@@ -146,7 +146,7 @@ func (k *Keys) verifyIssued(token string, now time.Time) (c Claims, ok, settled 
 		return Claims{}, false, false
 	}
 	var jc issuedClaims
-	if err := json.Unmarshal(raw, &jc); err != nil {
+	if err := decodeClaims(raw, &jc); err != nil {
 		return Claims{}, false, false
 	}
 	exp, okExp := numericDate(jc.ExpiresAt)

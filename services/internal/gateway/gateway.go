@@ -373,10 +373,7 @@ func (g *Gateway) acceptLoop(ctx context.Context, ln net.Listener, httpLn *chanL
 var wsPrefix = []byte("GET " + wsPath)
 
 func (g *Gateway) route(conn net.Conn, httpLn *chanListener) {
-	addr := conn.RemoteAddr().String()
-	if host, _, err := net.SplitHostPort(addr); err == nil {
-		addr = host
-	}
+	addr := peerAddr(conn)
 	if !g.pending.acquire(addr) {
 		g.metrics.handshakeErrors.Inc()
 		_ = conn.Close()

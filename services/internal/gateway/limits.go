@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -88,15 +90,27 @@ func (c *sessionCounts) release(userID string) {
 type pendingConns struct {
 	perAddr, total int
 	mu             sync.Mutex
-	byAddr         map[string]int
+	byAddr         map[netip.Addr]int
 	n              int
 }
 
 func newPendingConns(perAddr, total int) *pendingConns {
-	return &pendingConns{perAddr: perAddr, total: total, byAddr: map[string]int{}}
+	return &pendingConns{perAddr: perAddr, total: total, byAddr: map[netip.Addr]int{}}
 }
 
-func (p *pendingConns) acquire(addr string) bool {
+// peerAddr is a connection's peer address without its port. It is read,
+// not formatted: formatting it was 3 % of the gateway's CPU per connect.
+func peerAddr(conn net.Conn) netip.Addr {
+	if a, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{} // not an IP peer: all such share one allowance
+}
+
+func (p *pendingConns) acquire(addr netip.Addr) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.n >= p.total || p.byAddr[addr] >= p.perAddr {
@@ -107,7 +121,7 @@ func (p *pendingConns) acquire(addr string) bool {
 	return true
 }
 
-func (p *pendingConns) release(addr string) {
+func (p *pendingConns) release(addr netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.n--
