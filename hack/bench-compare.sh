@@ -39,6 +39,7 @@ CENTRIFUGO_PORT=18700
 GW_HTTP=18780
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/hack/lib/services.sh"
 cache=${GOCHAT_CACHE:-$HOME/.cache/gochat}/centrifugo-$CENTRIFUGO_VERSION
 work=$(mktemp -d /tmp/gochat-bench-compare.XXXXXX)
 RESULTS=${RESULTS:-$work/results.jsonl}
@@ -152,15 +153,7 @@ EOF
 
 run_gochat() {
   # Internal gRPC is mutual TLS: a throwaway CA and a certificate per component.
-  local tls=$work/tls
-  mkdir -p "$tls"
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/ca.key" 2>/dev/null
-  openssl req -x509 -new -key "$tls/ca.key" -subj /CN=gochat-bench-compare -days 1 -out "$tls/ca.pem" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-  for c in repo logic task gateway; do
-    "$work/gochat" issue-cert --ca-cert "$tls/ca.pem" --ca-key "$tls/ca.key" --component $c --validity 12h --out-dir "$tls" 2>/dev/null
-  done
-  as() { echo GOCHAT_TLS_CA="$tls/ca.crt" GOCHAT_TLS_CERT="$tls/$1.crt" GOCHAT_TLS_KEY="$tls/$1.key"; }
+  mint_certs "$work/tls" "$work/gochat" repo logic task gateway
   db=bench_compare_$RANDOM$RANDOM
   $MYSQL -e "CREATE DATABASE $db"
   local topics=benchcmp$RANDOM
@@ -180,7 +173,7 @@ run_gochat() {
   # Every client comes from loopback: the per-address limits are raised.
   gw=$(start gateway env $(as gateway) "$work/gochat" gateway --http-addr 127.0.0.1:$GW_HTTP --grpc-addr 127.0.0.1:19390 \
     --metrics-addr 127.0.0.1:19380 --logic-addr 127.0.0.1:19301 --repo-addr 127.0.0.1:19302 \
-    --auth-rate=100000 --auth-burst=100000 --guests-per-hour=100000000 --max-pending-per-ip=10000 --max-user-sessions=10 ${GATEWAY_FLAGS:-}); pids+=("$gw")
+    "${LOOPBACK_GATEWAY_FLAGS[@]}" ${GATEWAY_FLAGS:-}); pids+=("$gw")
   waitport $GW_HTTP gateway
   # The gateway holds the sessions (its RSS is the per-connection figure);
   # the CPU is that of every GoChat process (MariaDB and Redis are shared

@@ -26,17 +26,9 @@ work=$(mktemp -d /tmp/gochat-bench-roll.XXXXXX)
 (cd "$root/services" && go build -o "$work/gochat" ./cmd/gochat && go build -o "$work/gochat-load" ./cmd/gochat-load)
 # Internal gRPC is mutual TLS: a throwaway CA, a certificate per component,
 # and an admin credential for the load tool's Drain and Stats calls.
+source "$root/hack/lib/services.sh"
 tls=$work/tls
-mkdir -p "$tls"
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/ca.key" 2>/dev/null
-openssl req -x509 -new -key "$tls/ca.key" -subj /CN=gochat-bench-roll -days 1 -out "$tls/ca.pem" \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-for c in repo logic task gateway admin; do
-  "$work/gochat" issue-cert --ca-cert "$tls/ca.pem" --ca-key "$tls/ca.key" --component $c --validity 12h --out-dir "$tls" 2>/dev/null
-done
-as() { # component: the environment that gives a process that identity
-  echo GOCHAT_TLS_CA="$tls/ca.crt" GOCHAT_TLS_CERT="$tls/$1.crt" GOCHAT_TLS_KEY="$tls/$1.key"
-}
+mint_certs "$tls" "$work/gochat" repo logic task gateway admin
 db=bench_roll_$RANDOM$RANDOM
 $MYSQL -e "CREATE DATABASE $db"
 secret=bench-roll-secret-bench-roll-secret
@@ -72,7 +64,7 @@ startgw() {
   # handshake limits are raised for the benchmark.
   start "gateway$i-$(date +%s)" env $(as gateway) "$work/gochat" gateway --http-addr 127.0.0.1:$((18080+i)) --grpc-addr 127.0.0.1:$((19100+i)) --metrics-addr 127.0.0.1:$((19200+i)) \
     --logic-addr 127.0.0.1:19001 --repo-addr 127.0.0.1:19002 --drain-window "$WINDOW" --drain-timeout "$TIMEOUT" \
-    --auth-rate=100000 --auth-burst=100000 --guests-per-hour=100000000 --max-pending-per-ip=10000 --max-user-sessions=10 >"$work/gateway$i.pid"
+    "${LOOPBACK_GATEWAY_FLAGS[@]}" >"$work/gateway$i.pid"
   waitport $((18080+i))
 }
 for i in $(seq 0 $((GATEWAYS-1))); do

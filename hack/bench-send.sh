@@ -10,6 +10,7 @@
 #   hack/bench-send.sh                          # 1k, 2k, 5k, 8k, 10k msg/s for 30 s each
 #   LONG=10m hack/bench-send.sh                 # and 10 minutes at 5,000 msg/s
 #   RATES="5000" DURATION=60s hack/bench-send.sh
+#   TOPOLOGY=split hack/bench-send.sh           # the services as separate processes, as deployed
 set -euo pipefail
 RATES=${RATES:-"1000 2000 5000 8000 10000"}
 PER_SENDER=${PER_SENDER:-5}
@@ -17,15 +18,25 @@ DURATION=${DURATION:-30s}
 LONG=${LONG:-}
 LONG_RATE=${LONG_RATE:-5000}
 STORE_WORKERS=${STORE_WORKERS:-1}
+# dev: the four services in one `gochat dev` process; split: im-repo,
+# im-logic, im-task and one gateway as their own processes, with mutual TLS
+# between them, as a deployment runs them.
+TOPOLOGY=${TOPOLOGY:-dev}
 MYSQL=${MYSQL:-mysql -uroot -h127.0.0.1}
 KAFKA_PORT=19492
 HTTP_PORT=19400
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/hack/lib/services.sh"
 work=$(mktemp -d /tmp/gochat-bench-send.XXXXXX)
 ulimit -n "$(ulimit -Hn)"
 (cd "$root/services" && go build -o "$work/gochat" ./cmd/gochat && go build -o "$work/gochat-load" ./cmd/gochat-load)
-for port in $KAFKA_PORT $HTTP_PORT; do
+case $TOPOLOGY in
+  dev) ;;
+  split) mint_certs "$work/tls" "$work/gochat" repo logic task gateway ;;
+  *) echo "TOPOLOGY is dev or split, not $TOPOLOGY" >&2; exit 1 ;;
+esac
+for port in $KAFKA_PORT $HTTP_PORT 19490 19491 19493 19494 19401 19402 19403; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is taken: is another run going?" >&2; exit 1; fi
 done
 
@@ -72,18 +83,43 @@ run() {
   "$work/gochat" dev-kafka --addr 127.0.0.1:$KAFKA_PORT >"$work/kafka-$label.log" 2>&1 & pids+=($!)
   local kafka=$!
   waitport $KAFKA_PORT "kafka-$label"
-  GOCHAT_PPROF=${GOCHAT_PPROF:-} "$work/gochat" dev --http-addr 127.0.0.1:$HTTP_PORT --data-dir "$work/data-$label" --metrics-addr 127.0.0.1:19490 \
-    --mysql-dsn "root@tcp(127.0.0.1:3306)/$db" --redis-addr 127.0.0.1:6379 \
-    --kafka-brokers 127.0.0.1:$KAFKA_PORT --log-level warn --store-workers "$STORE_WORKERS" \
-    >"$work/dev-$label.log" 2>&1 & pids+=($!)
-  local dev=$!
-  waitport $HTTP_PORT "dev-$label"
+  local services
+  if [ "$TOPOLOGY" = dev ]; then
+    GOCHAT_PPROF=${GOCHAT_PPROF:-} "$work/gochat" dev --http-addr 127.0.0.1:$HTTP_PORT --data-dir "$work/data-$label" --metrics-addr 127.0.0.1:19490 \
+      --mysql-dsn "root@tcp(127.0.0.1:3306)/$db" --redis-addr 127.0.0.1:6379 \
+      --kafka-brokers 127.0.0.1:$KAFKA_PORT --log-level warn --store-workers "$STORE_WORKERS" \
+      >"$work/dev-$label.log" 2>&1 & pids+=($!)
+    services="dev=$!"
+    waitport $HTTP_PORT "dev-$label"
+  else
+    # im-repo's metrics are on 19490 in both topologies (the store batches').
+    local common=(GOCHAT_PPROF=${GOCHAT_PPROF:-} GOCHAT_JWT_SECRET=$(openssl rand -hex 32) GOCHAT_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+      GOCHAT_KAFKA_TOPIC_PREFIX=$db GOCHAT_LOG_LEVEL=warn)
+    env "${common[@]}" $(as repo) GOCHAT_MYSQL_DSN="root@tcp(127.0.0.1:3306)/$db" GOCHAT_REDIS_ADDR=127.0.0.1:6379 GOCHAT_REDIS_PREFIX=$db: \
+      "$work/gochat" repo --grpc-addr 127.0.0.1:19402 --metrics-addr 127.0.0.1:19490 --migrate --store-workers "$STORE_WORKERS" \
+      >"$work/repo-$label.log" 2>&1 & pids+=($!)
+    services="repo=$!"
+    waitport 19402 "repo-$label"
+    env "${common[@]}" $(as logic) "$work/gochat" logic --grpc-addr 127.0.0.1:19401 --metrics-addr 127.0.0.1:19491 --repo-addr 127.0.0.1:19402 \
+      >"$work/logic-$label.log" 2>&1 & pids+=($!)
+    services="$services logic=$!"
+    waitport 19401 "logic-$label"
+    env "${common[@]}" $(as task) GOCHAT_CONSUMER_GROUP=$db "$work/gochat" task --metrics-addr 127.0.0.1:19493 --repo-addr 127.0.0.1:19402 \
+      >"$work/task-$label.log" 2>&1 & pids+=($!)
+    services="$services task=$!"
+    waitport 19493 "task-$label"
+    env "${common[@]}" $(as gateway) "$work/gochat" gateway --http-addr 127.0.0.1:$HTTP_PORT --grpc-addr 127.0.0.1:19403 --metrics-addr 127.0.0.1:19494 \
+      --logic-addr 127.0.0.1:19401 --repo-addr 127.0.0.1:19402 "${LOOPBACK_GATEWAY_FLAGS[@]}" \
+      >"$work/gateway-$label.log" 2>&1 & pids+=($!)
+    services="$services gateway=$!"
+    waitport $HTTP_PORT "gateway-$label"
+  fi
   local before; before=$(deadlocks)
   echo "== $label: $rate msg/s offered ($pairs senders at $PER_SENDER/s) for $duration, load average $(cut -d' ' -f1-3 /proc/loadavg)"
   # CPU over the sending and the wait for its last deliveries (not the
-  # setup), per process: the services (one gochat dev), the Kafka broker,
+  # setup), per process: the services (one gochat dev, or each of them), the Kafka broker,
   # MariaDB, Redis and the load tool itself.
-  local procs="dev=$dev kafka=$kafka mariadb=$(pgrep -xo mariadbd || echo 0) redis=$(pgrep -xo redis-server || echo 0)"
+  local procs="$services kafka=$kafka mariadb=$(pgrep -xo mariadbd || echo 0) redis=$(pgrep -xo redis-server || echo 0)"
   "$work/gochat-load" send --url http://127.0.0.1:$HTTP_PORT --pairs "$pairs" --rate "$PER_SENDER" --duration "$duration" \
     >"$work/send-$label.txt" &
   local load=$!
@@ -107,6 +143,6 @@ run() {
   stopall
 }
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(go version | cut -d' ' -f3); MariaDB innodb_flush_log_at_trx_commit=$($MYSQL -N -e 'SELECT @@innodb_flush_log_at_trx_commit')"
+echo "topology: $TOPOLOGY; machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(go version | cut -d' ' -f3); MariaDB innodb_flush_log_at_trx_commit=$($MYSQL -N -e 'SELECT @@innodb_flush_log_at_trx_commit')"
 for r in $RATES; do run "$r" "$DURATION" "$r"; done
 if [ -n "$LONG" ]; then run "$LONG_RATE" "$LONG" "long-$LONG_RATE"; fi

@@ -139,8 +139,11 @@ type Gateway struct {
 	authName *userLimits // login attempts per username
 	guests   *userLimits // guest accounts per source address
 
-	ctx      context.Context // lives as long as Run; parent of every call a session makes
-	spawnWG  sync.WaitGroup
+	ctx     context.Context // lives as long as Run; parent of every call a session makes
+	spawnWG sync.WaitGroup
+	// idle hands spawned work to a waiting spawnWorker (unbuffered: a
+	// send succeeds only when one is free).
+	idle     chan func()
 	spawnMu  sync.RWMutex // stopping, against spawns and writes scheduled
 	stopping bool
 
@@ -171,6 +174,7 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		authName:  newUserLimits(cfg.AuthRate/5, max(1, cfg.AuthBurst/2)),
 		guests:    newUserLimits(cfg.GuestsPerHour/3600, max(1, int(cfg.GuestsPerHour))),
 		ctx:       context.Background(),
+		idle:      make(chan func()),
 		drainStop: make(chan struct{}),
 		repo:      repo,
 		peers:     newPeers(cfg.Identity),
@@ -219,11 +223,36 @@ func (g *Gateway) spawn(fn func()) bool {
 	if !g.addSpawn() {
 		return false
 	}
-	go func() {
+	task := func() {
 		defer g.spawnWG.Done()
 		fn()
-	}()
+	}
+	select {
+	case g.idle <- task:
+	default:
+		go task()
+	}
 	return true
+}
+
+// spawnWorkers is how many goroutines wait for spawned work. A session's
+// calls run on spawned goroutines, and a fresh goroutine's stack grew
+// several times on the way through a gRPC call (runtime.copystack was a
+// tenth of the send path's CPU); a worker's stack has grown already. Work
+// that finds every worker busy gets a goroutine of its own, so the pool
+// bounds nothing and delays nothing.
+const spawnWorkers = 64
+
+// spawnWorker runs spawned work until ctx ends.
+func (g *Gateway) spawnWorker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case task := <-g.idle:
+			task()
+		}
+	}
 }
 
 // scheduleWrite hands a session with frames queued to its writer; the
@@ -273,7 +302,10 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	wg.Add(7)
+	wg.Add(7 + spawnWorkers)
+	for range spawnWorkers {
+		go func() { defer wg.Done(); g.spawnWorker(runCtx) }()
+	}
 	defer g.peers.closeAll()
 	// The writers stop with runCtx, which ends only after every session
 	// scheduled for writing was written (spawnWG, below).
