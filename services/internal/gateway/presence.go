@@ -35,25 +35,12 @@ type registrar struct {
 	waiters []chan error
 	removes []*gochatv1.Session
 	kick    chan struct{}
-
-	// slots bounds the registration calls in flight; calls tracks them,
-	// so that a removal goes out only after every registration sent
-	// before it has landed (a session removed while its registration was
-	// in flight would otherwise be added back, stale until its TTL).
-	slots chan struct{}
-	calls sync.WaitGroup
 }
 
 const presenceBatch = 2000
 
-// registerCalls is how many registration calls may be in flight at once. A
-// connect waits for its registration before its hello: with one call at a
-// time, a connect that arrived during a call waited for that call and then
-// its own, which was most of the handshake's time in a connect storm.
-const registerCalls = 4
-
 func newRegistrar(repo gochatv1.RepoServiceClient, gateway string, ttl time.Duration, h *hub, log *slog.Logger) *registrar {
-	return &registrar{repo: repo, gateway: gateway, ttl: ttl, hub: h, log: log, kick: make(chan struct{}, 1), slots: make(chan struct{}, registerCalls)}
+	return &registrar{repo: repo, gateway: gateway, ttl: ttl, hub: h, log: log, kick: make(chan struct{}, 1)}
 }
 
 func (r *registrar) notify(users []string) {
@@ -129,7 +116,6 @@ func (r *registrar) finalFlush() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	r.flush(ctx)
-	r.calls.Wait()
 }
 
 func (r *registrar) call(ctx context.Context, f func(context.Context) error) error {
@@ -140,14 +126,6 @@ func (r *registrar) call(ctx context.Context, f func(context.Context) error) err
 
 func (r *registrar) flush(ctx context.Context) {
 	for {
-		r.mu.Lock()
-		pending := len(r.adds) > 0
-		r.mu.Unlock()
-		if pending {
-			// A free slot first, then the batch: whatever queued while
-			// waiting for the slot goes in this call.
-			r.slots <- struct{}{}
-		}
 		r.mu.Lock()
 		n := min(len(r.adds), presenceBatch)
 		adds, waiters := r.adds[:n:n], r.waiters[:n:n]
@@ -160,75 +138,55 @@ func (r *registrar) flush(ctx context.Context) {
 			return
 		}
 		if n > 0 {
-			r.calls.Add(1)
-			go func() {
-				defer r.calls.Done()
-				defer func() { <-r.slots }()
-				r.registerBatch(ctx, adds, waiters)
-			}()
+			var unknown []string
+			if r.addCalls != nil {
+				r.addCalls.Inc()
+			}
+			err := r.call(ctx, func(ctx context.Context) error {
+				resp, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: adds, TtlMs: r.ttl.Milliseconds(), CheckUsers: true})
+				if err == nil {
+					r.notify(resp.CameOnline)
+					unknown = resp.UnknownUsers
+				}
+				return err
+			})
+			if err != nil {
+				r.log.Error("register sessions in presence", "count", n, "err", err)
+			}
+			gone := make(map[string]bool, len(unknown))
+			for _, id := range unknown {
+				gone[id] = true
+			}
+			for i, w := range waiters {
+				if err == nil && gone[adds[i].UserId] {
+					w <- errUserGone()
+					continue
+				}
+				w <- err
+			}
 		}
 		if m > 0 {
-			r.calls.Wait()
-			if !r.unregisterBatch(ctx, removes) {
+			err := r.call(ctx, func(ctx context.Context) error {
+				resp, err := r.repo.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: removes})
+				if err == nil {
+					r.notify(resp.WentOffline)
+				}
+				return err
+			})
+			if err != nil && ctx.Err() != nil {
+				// Stopping: put them back for the final flush, which has a
+				// context of its own.
+				r.mu.Lock()
+				r.removes = append(removes, r.removes...)
+				r.mu.Unlock()
 				return
+			}
+			if err != nil {
+				// They expire with their TTL anyway.
+				r.log.Warn("unregister sessions from presence", "count", m, "err", err)
 			}
 		}
 	}
-}
-
-// registerBatch registers new sessions and answers each one's waiter.
-func (r *registrar) registerBatch(ctx context.Context, adds []*gochatv1.Session, waiters []chan error) {
-	var unknown []string
-	if r.addCalls != nil {
-		r.addCalls.Inc()
-	}
-	err := r.call(ctx, func(ctx context.Context) error {
-		resp, err := r.repo.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: adds, TtlMs: r.ttl.Milliseconds(), CheckUsers: true})
-		if err == nil {
-			r.notify(resp.CameOnline)
-			unknown = resp.UnknownUsers
-		}
-		return err
-	})
-	if err != nil {
-		r.log.Error("register sessions in presence", "count", len(adds), "err", err)
-	}
-	gone := make(map[string]bool, len(unknown))
-	for _, id := range unknown {
-		gone[id] = true
-	}
-	for i, w := range waiters {
-		if err == nil && gone[adds[i].UserId] {
-			w <- errUserGone()
-			continue
-		}
-		w <- err
-	}
-}
-
-// unregisterBatch removes sessions; false when the gateway is stopping and
-// they were put back for the final flush.
-func (r *registrar) unregisterBatch(ctx context.Context, removes []*gochatv1.Session) bool {
-	err := r.call(ctx, func(ctx context.Context) error {
-		resp, err := r.repo.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: removes})
-		if err == nil {
-			r.notify(resp.WentOffline)
-		}
-		return err
-	})
-	if err != nil && ctx.Err() != nil {
-		// Stopping: put them back for the final flush, which has a
-		// context of its own.
-		r.mu.Lock()
-		r.removes = append(removes, r.removes...)
-		r.mu.Unlock()
-		return false
-	}
-	if err != nil {
-		// They expire with their TTL anyway.
-		r.log.Warn("unregister sessions from presence", "count", len(removes), "err", err)
-	}
-	return true
 }
 
 func (r *registrar) renewAll(ctx context.Context) {
