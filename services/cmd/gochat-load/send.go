@@ -123,6 +123,12 @@ func sendMain(args []string) error {
 	fmt.Printf("senders %d at %.0f/s each for %s, %d-byte messages\n", o.pairs, o.rate, o.duration, o.size)
 	fmt.Printf("sent %d (%.0f/s), acked %d, errors %d, delivered %d unique (conversation_id, seq) (%.0f/s over %s), %d duplicate frames, %d acked but not delivered\n",
 		r.sent, float64(r.sent)/r.sendTime.Seconds(), r.acked, r.errors, r.delivered, float64(r.delivered)/r.total.Seconds(), r.total.Round(time.Millisecond), r.duplicates, r.missing)
+	if r.errors > 0 {
+		fmt.Printf("errors by code: %v\n", r.errCodes)
+	}
+	if r.lastAck > 0 {
+		fmt.Printf("acked %.0f/s until the last ack, %s after the first send\n", float64(r.acked)/r.lastAck.Seconds(), r.lastAck.Round(time.Millisecond))
+	}
 	fmt.Printf("ack latency      p50 %s  p99 %s  max %s\n", r.ackLat.quantile(0.5).Round(time.Microsecond*100), r.ackLat.quantile(0.99).Round(time.Microsecond*100), r.ackLat.quantile(1).Round(time.Microsecond*100))
 	fmt.Printf("delivery latency p50 %s  p99 %s  max %s\n", r.deliverLat.quantile(0.5).Round(time.Microsecond*100), r.deliverLat.quantile(0.99).Round(time.Microsecond*100), r.deliverLat.quantile(1).Round(time.Microsecond*100))
 	if r.frames > 0 {
@@ -145,9 +151,13 @@ type sendOpts struct {
 
 type sendResult struct {
 	sent, acked, errors, delivered, duplicates, frames int64
+	errCodes                                           map[string]int64
 	missing                                            int
-	sendTime, total, toolCPU                           time.Duration
-	ackLat, deliverLat                                 *latencies
+	// lastAck is when the last ack came, from the start: the acked rate
+	// over it is what the path stored, without the wait for acks that
+	// never come after the last one.
+	sendTime, total, toolCPU, lastAck time.Duration
+	ackLat, deliverLat                *latencies
 }
 
 // runSend has pairs of guests, each in a direct conversation over
@@ -256,6 +266,15 @@ func runSend(o sendOpts) (sendResult, error) {
 		r.delivered += int64(len(p.delivered))
 		r.duplicates += p.duplicates
 		r.errors += p.errors.Load()
+		for code, n := range p.errCodes {
+			if r.errCodes == nil {
+				r.errCodes = map[string]int64{}
+			}
+			r.errCodes[code] += n
+		}
+		if !p.lastAck.IsZero() {
+			r.lastAck = max(r.lastAck, p.lastAck.Sub(start))
+		}
 		r.frames += p.frames.Load()
 		r.ackLat.d = append(r.ackLat.d, p.ackLat...)
 		r.deliverLat.d = append(r.deliverLat.d, p.deliverLat...)
@@ -282,6 +301,8 @@ type sendPair struct {
 	acked, delivered           map[int64]bool
 	ackLat, deliverLat         []time.Duration
 	nAcked, nDelivered, errors atomic.Int64
+	errCodes                   map[string]int64 // the sender's reader's, read after it ends
+	lastAck                    time.Time        // the same
 	duplicates                 int64
 	frames                     atomic.Int64
 }
@@ -308,14 +329,38 @@ func (p *sendPair) record(m *sentMessage, seen map[int64]bool, lat *[]time.Durat
 }
 
 // sendFrame is what the tool reads of a frame: an ack carries the stored
-// message, a message frame is the message. The content starts with the
-// send time.
+// message, a message frame is the message, an error frame its code. The
+// content starts with the send time.
 type sendFrame struct {
 	Type string `json:"type"`
 	Data struct {
 		sentMessage
-		Message *sentMessage `json:"message"`
+		Message ackMessage `json:"message"`
+		Code    string     `json:"code"`
 	} `json:"data"`
+}
+
+// ackMessage is an ack's "message", the stored message. An error frame's
+// "message" is its text: read as nothing, not as a failed decode (which
+// dropped the whole error frame, so that refused sends went uncounted and
+// the tool waited for their acks).
+type ackMessage struct{ m *sentMessage }
+
+func (a *ackMessage) UnmarshalJSON(b []byte) error {
+	if len(b) == 0 || b[0] != '{' {
+		return nil
+	}
+	a.m = new(sentMessage)
+	return json.Unmarshal(b, a.m)
+}
+
+// decodeSendFrame reads a frame; false for one that is not JSON.
+func decodeSendFrame(b []byte) (*sendFrame, bool) {
+	var f sendFrame
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, false
+	}
+	return &f, true
 }
 
 type sentMessage struct {
@@ -360,9 +405,8 @@ func (p *sendPair) read(s *session, onFrame func(*sendFrame)) {
 		}
 		buf = b
 		p.frames.Add(1)
-		var f sendFrame
-		if json.Unmarshal(b, &f) == nil {
-			onFrame(&f)
+		if f, ok := decodeSendFrame(b); ok {
+			onFrame(f)
 		}
 	}
 }
@@ -370,11 +414,15 @@ func (p *sendPair) read(s *session, onFrame func(*sendFrame)) {
 func (p *sendPair) onSenderFrame(f *sendFrame) {
 	switch f.Type {
 	case "ack":
-		if m := f.Data.Message; m != nil {
-			p.record(m, p.acked, &p.ackLat, &p.nAcked)
+		if m := f.Data.Message.m; m != nil && p.record(m, p.acked, &p.ackLat, &p.nAcked) {
+			p.lastAck = time.Now()
 		}
 	case "error":
 		p.errors.Add(1)
+		if p.errCodes == nil {
+			p.errCodes = map[string]int64{}
+		}
+		p.errCodes[f.Data.Code]++
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gochat/gochat/services/internal/clientapi"
 	"github.com/gochat/gochat/services/testcluster"
 )
 
@@ -66,5 +67,64 @@ func TestSendGoChat(t *testing.T) {
 	// Each message is an ack to its sender and a message to its recipient.
 	if r.frames < r.acked+r.delivered || r.toolCPU <= 0 {
 		t.Errorf("%d frames received, tool CPU %s", r.frames, r.toolCPU)
+	}
+}
+
+// TestSendFrames reads the frames the gateway writes (built with the same
+// encoder) and counts acks, deliveries and refusals. An error frame's
+// "message" is text where an ack's is an object: a refusal must still
+// count, or the tool waits for acks that never come and reports the wait
+// as the path's rate.
+func TestSendFrames(t *testing.T) {
+	p := &sendPair{conv: "c1", acked: map[int64]bool{}, delivered: map[int64]bool{}}
+	msg := clientapi.Message{ConversationID: "c1", Seq: 7, Content: "t:1 x"}
+	tests := []struct {
+		name               string
+		frame              []byte
+		sender             bool
+		acked, errs, deliv int64
+	}{
+		{"ack", clientapi.Frame(clientapi.TypeAck, clientapi.Ack{ClientMsgID: "p0-0", Message: msg}), true, 1, 0, 0},
+		{"the same ack again", clientapi.Frame(clientapi.TypeAck, clientapi.Ack{ClientMsgID: "p0-0", Message: msg}), true, 1, 0, 0},
+		{"refused", clientapi.ErrorFrame("rate_limited", "32 requests in flight, wait for their answers", "p0-1"), true, 1, 1, 0},
+		{"an error without a client_msg_id", clientapi.ErrorFrame("invalid_argument", "bad frame", ""), true, 1, 2, 0},
+		{"delivered", clientapi.Frame(clientapi.TypeMessage, msg), false, 1, 2, 1},
+		{"not JSON", []byte("{"), false, 1, 2, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if f, ok := decodeSendFrame(tt.frame); ok {
+				if tt.sender {
+					p.onSenderFrame(f)
+				} else {
+					p.onRecipientFrame(f)
+				}
+			}
+			if a, e, d := p.counts(); a != tt.acked || e != tt.errs || d != tt.deliv {
+				t.Fatalf("acked %d, errors %d, delivered %d; want %d, %d, %d", a, e, d, tt.acked, tt.errs, tt.deliv)
+			}
+		})
+	}
+	if p.errCodes["rate_limited"] != 1 || p.errCodes["invalid_argument"] != 1 {
+		t.Fatalf("errors by code: %v", p.errCodes)
+	}
+}
+
+// TestSendGoChatRefused drives the tool past the gateway's per-user send
+// limit: the refusals are counted by code, every send is answered one way
+// or the other, and the tool stops waiting once they are.
+func TestSendGoChatRefused(t *testing.T) {
+	c := testcluster.StartCluster(t, testcluster.Options{GatewayFlags: []string{"--send-rate=5", "--send-burst=5"}})
+	r, err := runSend(sendOpts{base: c.URL(), pairs: 2, rate: 20, duration: 2 * time.Second, size: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sent %d acked %d errors %v delivered %d, last ack %s, total %s", r.sent, r.acked, r.errCodes, r.delivered, r.lastAck, r.total)
+	if r.errCodes["rate_limited"] == 0 || r.acked == 0 || r.acked+r.errors != r.sent || r.delivered != r.acked || r.missing != 0 {
+		t.Fatalf("sent %d, acked %d, errors %d %v, delivered %d, missing %d: want some refused rate_limited and every send answered",
+			r.sent, r.acked, r.errors, r.errCodes, r.delivered, r.missing)
+	}
+	if r.total > 20*time.Second {
+		t.Fatalf("the run took %s: the tool waited for refused sends", r.total)
 	}
 }
