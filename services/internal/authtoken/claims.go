@@ -43,42 +43,42 @@ func decodeCanonical(raw []byte, c *issuedClaims) bool {
 		if !ok || !d.byte(':') {
 			return false
 		}
-		bit := claimKeys[string(key)]
-		if bit == 0 || seen&bit != 0 {
-			return false
-		}
-		seen |= bit
+		var bit uint16
 		switch string(key) {
 		case "guest":
-			if c.Guest, ok = d.boolean(); !ok {
-				return false
-			}
+			bit = 1
+			c.Guest, ok = d.boolean()
 		case "usr":
-			var p Profile
-			if !d.profile(&p) {
-				return false
-			}
-			c.Profile = &p
+			bit = 2
+			c.Profile = new(Profile)
+			ok = d.profile(c.Profile)
 		case "iss":
+			bit = 4
 			c.Issuer, ok = d.str()
 		case "sub":
+			bit = 8
 			c.Subject, ok = d.str()
 		case "jti":
+			bit = 16
 			c.ID, ok = d.str()
 		case "exp":
+			bit = 32
 			c.ExpiresAt, ok = d.digits()
 		case "nbf":
+			bit = 64
 			c.NotBefore, ok = d.digits()
 		case "iat":
+			bit = 128
 			c.IssuedAt, ok = d.digits()
+		default:
+			return false // encoding/json would ignore it, or match it case-insensitively
 		}
-		if !ok {
-			return false
+		if !ok || seen&bit != 0 {
+			return false // a repeated key: encoding/json keeps the last
 		}
+		seen |= bit
 	}
 }
-
-var claimKeys = map[string]uint16{"guest": 1, "usr": 2, "iss": 4, "sub": 8, "jti": 16, "exp": 32, "nbf": 64, "iat": 128}
 
 // canonical is a cursor over a payload for decodeCanonical.
 type canonical struct {
