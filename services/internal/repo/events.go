@@ -65,7 +65,7 @@ func (s *Store) AckEvents(ctx context.Context, ids []int64) error {
 	// READ COMMITTED as AckDispatched, for the same reason: an id cleared
 	// twice must not gap-lock the end of the table that events insert into.
 	err := s.readCommittedTx(ctx, func(tx *gorm.DB) error {
-		return tx.Where("id IN ?", ids).Delete(&eventOutboxRow{}).Error
+		return deleteByKey(s, tx, "event_outbox", "id", ids)
 	})
 	if err != nil {
 		return fmt.Errorf("clear event outbox: %w", err)
@@ -126,7 +126,7 @@ func (s *Store) ListUndispatchedEvents(ctx context.Context, storedBeforeMs int64
 		if len(ids) == 0 {
 			return nil
 		}
-		if err := tx.Model(&eventOutboxRow{}).Where("id IN ?", ids).Update("lease_until_ms", now+lease.Milliseconds()).Error; err != nil {
+		if err := tx.Table(s.byPrimaryKey("event_outbox")).Where("id IN ?", ids).Update("lease_until_ms", now+lease.Milliseconds()).Error; err != nil {
 			return fmt.Errorf("lease event outbox rows: %w", err)
 		}
 		return nil

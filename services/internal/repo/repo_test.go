@@ -3,7 +3,6 @@ package repo_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -73,7 +72,9 @@ func checkGapless(t *testing.T, e *env, convs []*gochatv1.Conversation, viewer s
 
 func startWith(t testing.TB, cfg repo.DBConfig, rcfg repo.Config) *env {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// Warnings and errors go to the test's output, shown when it fails: an
+	// Internal answer's cause (a deadlock, say) is only in the log.
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	db, err := repo.OpenDB(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -278,18 +278,6 @@ func (s *Store) storeBatchTx(tx *gorm.DB, batch []*storeReq) ([]storeResult, err
 	return results, nil
 }
 
-// byPrimaryKey is a table named with MySQL's hint to use its primary key.
-// A batch looks its conversations and members up by their whole primary
-// key, yet MariaDB's optimizer picked members' user_id index (it holds the
-// same columns) or scanned a small table, at three to ten times the cost
-// of the key lookups (docs/benchmarks.md "The send path").
-func (s *Store) byPrimaryKey(table string) string {
-	if s.mysql() {
-		return table + " FORCE INDEX (PRIMARY)"
-	}
-	return table
-}
-
 func dupResult(m *messageRow, convID string) storeResult {
 	if m.ConversationID != convID {
 		return storeResult{err: reusedIDError(m.ClientMsgID)}

@@ -670,7 +670,7 @@ func (s *Store) readCommittedTx(ctx context.Context, fn func(tx *gorm.DB) error)
 // AckDispatched removes messages from the outbox.
 func (s *Store) AckDispatched(ctx context.Context, messageIDs []string) error {
 	err := s.readCommittedTx(ctx, func(tx *gorm.DB) error {
-		return tx.Where("message_id IN ?", messageIDs).Delete(&outboxRow{}).Error
+		return deleteByKey(s, tx, "outbox", "message_id", messageIDs)
 	})
 	if err != nil {
 		return fmt.Errorf("clear outbox: %w", err)
@@ -698,7 +698,7 @@ func (s *Store) ListUndispatched(ctx context.Context, storedBeforeMs int64, limi
 		if len(ids) == 0 {
 			return nil
 		}
-		if err := tx.Model(&outboxRow{}).Where("message_id IN ?", ids).Update("lease_until_ms", now+lease.Milliseconds()).Error; err != nil {
+		if err := tx.Table(s.byPrimaryKey("outbox")).Where("message_id IN ?", ids).Update("lease_until_ms", now+lease.Milliseconds()).Error; err != nil {
 			return fmt.Errorf("lease outbox rows: %w", err)
 		}
 		return tx.Table("outbox AS o").Select("m.*").
