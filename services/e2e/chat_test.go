@@ -42,6 +42,7 @@ func TestChat(t *testing.T) {
 	t.Run("presence and typing across two gateways", func(t *testing.T) { testPresenceTwoGateways(t, c) })
 	t.Run("offline users are notified", func(t *testing.T) { testNotify(t, c, hook) })
 	t.Run("internal gRPC is mutual TLS", func(t *testing.T) { testInternalAuth(t, c) })
+	t.Run("a batch of sends is answered send by send", func(t *testing.T) { testSendBatch(t, c) })
 	t.Run("sends survive outages", func(t *testing.T) { testOutages(t, c) })
 	t.Run("group events and read receipts survive a Kafka outage and an im-logic crash", func(t *testing.T) { testEventOutage(t, c) })
 }

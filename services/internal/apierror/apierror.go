@@ -11,6 +11,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 )
 
 // Code is a stable error code of the client API.
@@ -123,4 +125,19 @@ func From(err error) *Error {
 func IsCode(err error, c Code) bool {
 	e := From(err)
 	return e != nil && e.Code == c
+}
+
+// Item is err as the error of one item of a batch answer.
+func Item(err error) *gochatv1.ItemError {
+	e := From(err)
+	return &gochatv1.ItemError{Code: string(e.Code), Message: e.Message}
+}
+
+// FromItem is the error a batch answer gives one of its items. A code this
+// build does not know is internal, its text not shown.
+func FromItem(it *gochatv1.ItemError) *Error {
+	if _, ok := grpcCodes[Code(it.GetCode())]; !ok {
+		return New(Internal, "internal error")
+	}
+	return &Error{Code: Code(it.Code), Message: it.Message}
 }

@@ -9,6 +9,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 )
 
 func TestFrom(t *testing.T) {
@@ -48,5 +50,32 @@ func TestHTTPStatus(t *testing.T) {
 		if got := code.HTTPStatus(); got != want {
 			t.Errorf("%s.HTTPStatus() = %d, want %d", code, got, want)
 		}
+	}
+}
+
+func TestItem(t *testing.T) {
+	tests := []struct {
+		name     string
+		err      error
+		wantCode Code
+		wantMsg  string
+	}{
+		{"an API error crosses unchanged", New(NotFound, "conversation not found"), NotFound, "conversation not found"},
+		{"an unknown error is internal, its text hidden", errors.New("sql: secret table"), Internal, "internal error"},
+		{"a timeout is worth a retry", context.DeadlineExceeded, Unavailable, "the request timed out, try again"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := FromItem(Item(tt.err))
+			if got.Code != tt.wantCode || got.Message != tt.wantMsg {
+				t.Fatalf("got %v, want %s: %s", got, tt.wantCode, tt.wantMsg)
+			}
+		})
+	}
+	if got := FromItem(&gochatv1.ItemError{Code: "from_a_newer_build", Message: "details"}); got.Code != Internal || got.Message != "internal error" {
+		t.Fatalf("an unknown code: %v, want internal", got)
+	}
+	if got := FromItem(nil); got.Code != Internal {
+		t.Fatalf("no error at all: %v, want internal", got)
 	}
 }

@@ -126,6 +126,7 @@ type Gateway struct {
 	poller   *poller
 	writers  *writers
 	presence *registrar
+	sends    *sendBatcher
 	repo     gochatv1.RepoServiceClient
 	peers    *peers
 	notifier *presenceNotifier
@@ -202,6 +203,8 @@ func New(cfg Config, keys *authtoken.Keys, logic gochatv1.LogicServiceClient, re
 		drainDuration: f.NewHistogram(prometheus.HistogramOpts{Name: "gochat_gateway_drain_duration_seconds", Help: "How long drains took, from start to the last session gone.",
 			Buckets: []float64{1, 5, 10, 20, 30, 45, 60, 90, 120, 300}}),
 	}
+	g.sends = newSendBatcher(logic, cfg.CallTimeout, log, f.NewHistogram(prometheus.HistogramOpts{Name: "gochat_gateway_send_batch_size",
+		Help: "Sends per SendBatch call to im-logic: sends that came while earlier batches were in flight go together.", Buckets: prometheus.ExponentialBuckets(1, 2, 9)}))
 	g.presence.addCalls = f.NewCounter(prometheus.CounterOpts{Name: "gochat_gateway_presence_register_calls_total",
 		Help: "RegisterSessions calls for new sessions: connects that come together share one."})
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "gochat_gateway_draining", Help: "1 once the gateway drains (it never takes clients again)."},
@@ -302,7 +305,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	wg.Add(7 + spawnWorkers)
+	wg.Add(8 + spawnWorkers)
 	for range spawnWorkers {
 		go func() { defer wg.Done(); g.spawnWorker(runCtx) }()
 	}
@@ -312,6 +315,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { defer wg.Done(); g.writers.run(runCtx, g) }()
 	go func() { defer wg.Done(); errs <- g.poller.run(runCtx, g.readReady) }()
 	go func() { defer wg.Done(); g.presence.run(runCtx) }()
+	go func() { defer wg.Done(); g.sends.run(runCtx) }()
 	go func() { defer wg.Done(); g.keepAlive(runCtx) }()
 	go func() { defer wg.Done(); g.notifier.run(runCtx) }()
 	go func() { defer wg.Done(); g.sweep(runCtx) }()

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"errors"
 	"io"
 	"log/slog"
@@ -22,6 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
@@ -36,6 +39,34 @@ type logicStub struct {
 	sends []*gochatv1.SendRequest
 	hang  bool          // Send waits for its context: a hung im-logic
 	delay time.Duration // Send takes this long: a slow im-logic
+	// noBatch answers SendBatch Unimplemented, as an im-logic older than
+	// SendBatch does.
+	noBatch bool
+	batches []int // the size of each SendBatch call
+}
+
+func (l *logicStub) SendBatch(ctx context.Context, in *gochatv1.SendBatchRequest, _ ...grpc.CallOption) (*gochatv1.SendBatchResponse, error) {
+	if l.noBatch {
+		return nil, status.Error(codes.Unimplemented, "unknown method SendBatch")
+	}
+	if l.hang {
+		<-ctx.Done()
+		return nil, apierror.New(apierror.Unavailable, "im-logic hung")
+	}
+	time.Sleep(l.delay)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.batches = append(l.batches, len(in.Sends))
+	out := &gochatv1.SendBatchResponse{}
+	for _, send := range in.Sends {
+		r, err := l.record(send)
+		if err != nil {
+			out.Results = append(out.Results, &gochatv1.SendResult{Error: apierror.Item(err)})
+			continue
+		}
+		out.Results = append(out.Results, &gochatv1.SendResult{Sent: r})
+	}
+	return out, nil
 }
 
 func (l *logicStub) GetUser(_ context.Context, in *gochatv1.GetUserRequest, _ ...grpc.CallOption) (*gochatv1.GetUserResponse, error) {
@@ -53,6 +84,15 @@ func (l *logicStub) Send(ctx context.Context, in *gochatv1.SendRequest, _ ...grp
 	time.Sleep(l.delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.record(in)
+}
+
+// record answers one send, under l.mu: conversation "refused" is refused,
+// anything else stored.
+func (l *logicStub) record(in *gochatv1.SendRequest) (*gochatv1.SendResponse, error) {
+	if in.ConversationId == "refused" {
+		return nil, apierror.New(apierror.PermissionDenied, "not a member")
+	}
 	l.sends = append(l.sends, in)
 	return &gochatv1.SendResponse{Message: &gochatv1.Message{Id: "m", ConversationId: in.ConversationId, Seq: int64(len(l.sends)), Content: in.Content}}, nil
 }
@@ -359,6 +399,68 @@ func TestSendForwardsCallerAndSession(t *testing.T) {
 	in := f.logic.sent()[0]
 	if in.CallerId != "u1" || in.SessionId == "" || in.ConversationId != "c1" || in.Content != "hi" {
 		t.Fatalf("forwarded %+v", in)
+	}
+}
+
+// TestSendBatches: sends of many sessions that come while a batch is in
+// flight reach im-logic together, each answered on its own session with its
+// own result; one refused send fails alone. An im-logic without SendBatch
+// (an older version, mid-roll) gets the same sends one call each.
+func TestSendBatches(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		noBatch bool
+	}{{"batched", false}, {"im-logic without SendBatch", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := start(t, nil)
+			// Slow enough that the sends pile up behind the calls in flight.
+			f.logic.delay, f.logic.noBatch = 50*time.Millisecond, tt.noBatch
+			const sessions = 40
+			var cs []*client
+			for range sessions {
+				cs = append(cs, f.dial(t))
+			}
+			for i, c := range cs {
+				conv := "c" + strconv.Itoa(i)
+				if i == 7 {
+					conv = "refused"
+				}
+				c.write(masked(ws.OpText, true), []byte(fmt.Sprintf(`{"type":"send","data":{"client_msg_id":"m%d","conversation_id":%q,"content":"hi"}}`, i, conv)))
+			}
+			for i, c := range cs {
+				got := c.next()
+				data, _ := got["data"].(map[string]any)
+				if data["client_msg_id"] != "m"+strconv.Itoa(i) {
+					t.Fatalf("session %d: answer %v is not for its send", i, got)
+				}
+				if i == 7 {
+					if got["type"] != "error" || data["code"] != "permission_denied" {
+						t.Fatalf("the refused send: %v", got)
+					}
+					continue
+				}
+				msg, _ := data["message"].(map[string]any)
+				if got["type"] != "ack" || msg["conversation_id"] != "c"+strconv.Itoa(i) {
+					t.Fatalf("session %d: %v, want the ack of its message", i, got)
+				}
+			}
+			f.logic.mu.Lock()
+			batches := slices.Clone(f.logic.batches)
+			f.logic.mu.Unlock()
+			if tt.noBatch {
+				if len(batches) != 0 || len(f.logic.sent()) != sessions-1 {
+					t.Fatalf("batches %v and %d sends one by one, want the %d accepted one by one", batches, len(f.logic.sent()), sessions-1)
+				}
+				return
+			}
+			total := 0
+			for _, n := range batches {
+				total += n
+			}
+			if total != sessions || len(f.logic.sent()) != sessions-1 || slices.Max(batches) < 2 {
+				t.Fatalf("batches %v: want all %d sends, some together", batches, sessions)
+			}
+		})
 	}
 }
 

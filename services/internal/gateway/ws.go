@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	"google.golang.org/grpc"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/apierror"
@@ -489,14 +488,10 @@ func (g *Gateway) handleSend(s *session, raw json.RawMessage) error {
 		return g.clientError(s, apierror.New(apierror.PayloadTooLarge, "content is %d bytes, at most %d are allowed", len(d.Content), g.cfg.MaxContentBytes), d.ClientMsgID)
 	}
 	return g.call(s, d.ClientMsgID, func(ctx context.Context) error {
-		r, err := g.logic.Send(ctx, &gochatv1.SendRequest{
+		r, err := g.sends.send(ctx, &gochatv1.SendRequest{
 			CallerId: s.userID, SessionId: s.id, ConversationId: d.ConversationID, ToUserId: d.ToUserID,
 			ClientMsgId: d.ClientMsgID, ContentType: d.ContentType, Content: d.Content,
-			// A session can start before im-logic answers (its hello needs
-			// only the token and presence): a send waits, within the call's
-			// deadline, for the connection rather than failing at once, so
-			// that a client's resends after a reconnect keep their order.
-		}, grpc.WaitForReady(true))
+		})
 		if err != nil {
 			return g.clientError(s, apierror.From(err), d.ClientMsgID)
 		}

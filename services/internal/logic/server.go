@@ -270,6 +270,11 @@ func (s *Server) ListMessages(ctx context.Context, in *gochatv1.ListMessagesRequ
 // members goes through Kafka after the answer.
 func (s *Server) Send(ctx context.Context, in *gochatv1.SendRequest) (*gochatv1.SendResponse, error) {
 	resp, err := s.send(ctx, in)
+	countSend(resp, err)
+	return resp, err
+}
+
+func countSend(resp *gochatv1.SendResponse, err error) {
 	switch {
 	case err != nil:
 		sends.WithLabelValues(string(apierror.From(err).Code)).Inc()
@@ -278,10 +283,23 @@ func (s *Server) Send(ctx context.Context, in *gochatv1.SendRequest) (*gochatv1.
 	default:
 		sends.WithLabelValues("stored").Inc()
 	}
-	return resp, err
 }
 
 func (s *Server) send(ctx context.Context, in *gochatv1.SendRequest) (*gochatv1.SendResponse, error) {
+	req, err := s.toStore(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.repo.StoreMessage(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return s.sent(r, in.SessionId), nil
+}
+
+// toStore checks a send and names its conversation, creating a direct one
+// on a first message to a user.
+func (s *Server) toStore(ctx context.Context, in *gochatv1.SendRequest) (*gochatv1.StoreMessageRequest, error) {
 	if in.ContentType == "" {
 		in.ContentType = "text"
 	}
@@ -304,17 +322,70 @@ func (s *Server) send(ctx context.Context, in *gochatv1.SendRequest) (*gochatv1.
 		}
 		convID = r.Conversation.Id
 	}
-	r, err := s.repo.StoreMessage(ctx, &gochatv1.StoreMessageRequest{
+	return &gochatv1.StoreMessageRequest{
 		ConversationId: convID, SenderId: in.CallerId, ClientMsgId: in.ClientMsgId,
 		ContentType: in.ContentType, Content: in.Content,
-	})
-	if err != nil {
-		return nil, err
-	}
+	}, nil
+}
+
+// sent publishes a newly stored message and is the send's answer.
+func (s *Server) sent(r *gochatv1.StoreMessageResponse, sessionID string) *gochatv1.SendResponse {
 	if !r.Duplicate {
-		s.outbox.publish(r.Message, in.SessionId)
+		s.outbox.publish(r.Message, sessionID)
 	}
-	return &gochatv1.SendResponse{Message: r.Message, Duplicate: r.Duplicate}, nil
+	return &gochatv1.SendResponse{Message: r.Message, Duplicate: r.Duplicate}
+}
+
+// MaxSendBatch bounds the sends of one SendBatch call.
+const MaxSendBatch = 1000
+
+// SendBatch stores the sends it can in one im-repo call. A send that fails
+// its checks, or whose conversation cannot be found, fails alone.
+func (s *Server) SendBatch(ctx context.Context, in *gochatv1.SendBatchRequest) (*gochatv1.SendBatchResponse, error) {
+	if n := len(in.Sends); n == 0 || n > MaxSendBatch {
+		return nil, invalid("sends has %d items, 1 to %d are allowed", n, MaxSendBatch)
+	}
+	out := make([]*gochatv1.SendResult, len(in.Sends))
+	fail := func(i int, err error) {
+		countSend(nil, err)
+		if apierror.From(err).Code == apierror.Internal {
+			s.log.Error("send failed", "conversation_id", in.Sends[i].ConversationId, "err", err)
+		}
+		out[i] = &gochatv1.SendResult{Error: apierror.Item(err)}
+	}
+	var store []*gochatv1.StoreMessageRequest
+	var at []int
+	for i, send := range in.Sends {
+		req, err := s.toStore(ctx, send)
+		if err != nil {
+			fail(i, err)
+			continue
+		}
+		store = append(store, req)
+		at = append(at, i)
+	}
+	if len(store) == 0 {
+		return &gochatv1.SendBatchResponse{Results: out}, nil
+	}
+	r, err := s.repo.StoreMessages(ctx, &gochatv1.StoreMessagesRequest{Messages: store})
+	if err == nil && len(r.Results) != len(store) {
+		err = fmt.Errorf("im-repo answered %d of %d messages", len(r.Results), len(store))
+	}
+	for j, i := range at {
+		switch {
+		case err != nil:
+			fail(i, err)
+		case r.Results[j].Error != nil:
+			fail(i, apierror.FromItem(r.Results[j].Error))
+		case r.Results[j].Stored.GetMessage() == nil:
+			fail(i, fmt.Errorf("im-repo answered message %d with neither a message nor an error", j))
+		default:
+			resp := s.sent(r.Results[j].Stored, in.Sends[i].SessionId)
+			countSend(resp, nil)
+			out[i] = &gochatv1.SendResult{Sent: resp}
+		}
+	}
+	return &gochatv1.SendBatchResponse{Results: out}, nil
 }
 
 func (s *Server) MarkRead(ctx context.Context, in *gochatv1.MarkReadRequest) (*gochatv1.Empty, error) {

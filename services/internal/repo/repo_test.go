@@ -135,6 +135,7 @@ func TestRepo(t *testing.T) {
 			t.Run("users", func(t *testing.T) { testUsers(t, e) })
 			t.Run("seqs under concurrency", func(t *testing.T) { testSeqs(t, e) })
 			t.Run("idempotent store", func(t *testing.T) { testIdempotent(t, e) })
+			t.Run("many messages in one call", func(t *testing.T) { testStoreMessages(t, e) })
 			t.Run("a Redis loss loses only presence", func(t *testing.T) { testRedisLoss(t, e) })
 			t.Run("membership", func(t *testing.T) { testMembership(t, e) })
 			t.Run("member lists by version", func(t *testing.T) { testMembersByVersion(t, e) })

@@ -108,19 +108,43 @@ func (b *Sender) lane(convID string) chan *storeReq {
 }
 
 // Store queues one message and waits for its batch to commit.
-func (b *Sender) Store(ctx context.Context, in *gochatv1.StoreMessageRequest) (*gochatv1.Message, bool, error) {
-	r := &storeReq{in: in, done: make(chan storeResult, 1)}
-	select {
-	case b.lane(in.ConversationId) <- r:
-	case <-b.stop:
-		return nil, false, apierror.New(apierror.Unavailable, "im-repo is shutting down")
-	case <-ctx.Done():
-		return nil, false, ctx.Err()
+func (b *Sender) Store(ctx context.Context, in *gochatv1.StoreMessageRequest) storeResult {
+	return b.StoreAll(ctx, []*gochatv1.StoreMessageRequest{in})[0]
+}
+
+// StoreAll queues messages, each conversation's in the order given, and
+// waits until each has its answer.
+func (b *Sender) StoreAll(ctx context.Context, ins []*gochatv1.StoreMessageRequest) []storeResult {
+	out := make([]storeResult, len(ins))
+	queued := make([]*storeReq, len(ins))
+	var refused error
+	for i, in := range ins {
+		if refused != nil {
+			// The rest fail too: a later message stored after an earlier
+			// one failed would be out of its sender's order.
+			out[i].err = refused
+			continue
+		}
+		r := &storeReq{in: in, done: make(chan storeResult, 1)}
+		select {
+		case b.lane(in.ConversationId) <- r:
+			queued[i] = r
+		case <-b.stop:
+			refused = apierror.New(apierror.Unavailable, "im-repo is shutting down")
+			out[i].err = refused
+		case <-ctx.Done():
+			refused = ctx.Err()
+			out[i].err = refused
+		}
 	}
-	// Once queued the message may be committed whatever ctx does, so wait for
+	// Once queued a message may be committed whatever ctx does, so wait for
 	// the answer rather than report a failure for something that was stored.
-	res := <-r.done
-	return res.msg, res.dup, res.err
+	for i, r := range queued {
+		if r != nil {
+			out[i] = <-r.done
+		}
+	}
+	return out
 }
 
 func (b *Sender) work(ctx context.Context, queue chan *storeReq) {

@@ -298,23 +298,60 @@ func (s *Server) GetMembers(ctx context.Context, in *gochatv1.GetMembersRequest)
 }
 
 func (s *Server) StoreMessage(ctx context.Context, in *gochatv1.StoreMessageRequest) (*gochatv1.StoreMessageResponse, error) {
-	switch {
-	case !ids.Valid(in.ConversationId):
-		return nil, apierror.New(apierror.NotFound, "conversation not found")
-	case !ids.Valid(in.SenderId):
-		return nil, invalid("sender_id is not a valid id")
-	case in.ClientMsgId == "" || len(in.ClientMsgId) > 64:
-		return nil, invalid("client_msg_id must be 1 to 64 bytes")
-	case in.ContentType == "" || len(in.ContentType) > 32:
-		return nil, invalid("content_type must be 1 to 32 bytes")
-	case len(in.Content) > MaxContentBytes:
-		return nil, apierror.New(apierror.PayloadTooLarge, "content is %d bytes, at most %d are allowed", len(in.Content), MaxContentBytes)
-	}
-	m, dup, err := s.sender.Store(ctx, in)
-	if err != nil {
+	if err := checkStore(in); err != nil {
 		return nil, err
 	}
-	return &gochatv1.StoreMessageResponse{Message: m, Duplicate: dup}, nil
+	res := s.sender.Store(ctx, in)
+	if res.err != nil {
+		return nil, res.err
+	}
+	return &gochatv1.StoreMessageResponse{Message: res.msg, Duplicate: res.dup}, nil
+}
+
+// MaxStoreBatch bounds the messages of one StoreMessages call.
+const MaxStoreBatch = 1000
+
+func (s *Server) StoreMessages(ctx context.Context, in *gochatv1.StoreMessagesRequest) (*gochatv1.StoreMessagesResponse, error) {
+	if n := len(in.Messages); n == 0 || n > MaxStoreBatch {
+		return nil, invalid("messages has %d items, 1 to %d are allowed", n, MaxStoreBatch)
+	}
+	out := make([]*gochatv1.StoreMessageResult, len(in.Messages))
+	var valid []*gochatv1.StoreMessageRequest
+	var at []int
+	for i, m := range in.Messages {
+		if err := checkStore(m); err != nil {
+			out[i] = &gochatv1.StoreMessageResult{Error: apierror.Item(err)}
+			continue
+		}
+		valid = append(valid, m)
+		at = append(at, i)
+	}
+	for j, res := range s.sender.StoreAll(ctx, valid) {
+		if res.err != nil {
+			// Internal errors were logged where they happened (Sender.commit).
+			out[at[j]] = &gochatv1.StoreMessageResult{Error: apierror.Item(res.err)}
+			continue
+		}
+		out[at[j]] = &gochatv1.StoreMessageResult{Stored: &gochatv1.StoreMessageResponse{Message: res.msg, Duplicate: res.dup}}
+	}
+	return &gochatv1.StoreMessagesResponse{Results: out}, nil
+}
+
+// checkStore validates one message to store.
+func checkStore(in *gochatv1.StoreMessageRequest) error {
+	switch {
+	case !ids.Valid(in.ConversationId):
+		return apierror.New(apierror.NotFound, "conversation not found")
+	case !ids.Valid(in.SenderId):
+		return invalid("sender_id is not a valid id")
+	case in.ClientMsgId == "" || len(in.ClientMsgId) > 64:
+		return invalid("client_msg_id must be 1 to 64 bytes")
+	case in.ContentType == "" || len(in.ContentType) > 32:
+		return invalid("content_type must be 1 to 32 bytes")
+	case len(in.Content) > MaxContentBytes:
+		return apierror.New(apierror.PayloadTooLarge, "content is %d bytes, at most %d are allowed", len(in.Content), MaxContentBytes)
+	}
+	return nil
 }
 
 func (s *Server) ListMessages(ctx context.Context, in *gochatv1.ListMessagesRequest) (*gochatv1.ListMessagesResponse, error) {

@@ -42,6 +42,7 @@ var Authorization = map[string][]pki.Component{
 	"/gochat.v1.RepoService/GetConversation":    only(pki.Logic),
 	"/gochat.v1.RepoService/ListConversations":  only(pki.Logic),
 	"/gochat.v1.RepoService/StoreMessage":       only(pki.Logic),
+	"/gochat.v1.RepoService/StoreMessages":      only(pki.Logic),
 	"/gochat.v1.RepoService/UpdateReadSeq":      only(pki.Logic),
 	"/gochat.v1.RepoService/AckDispatched":      only(pki.Logic),
 	"/gochat.v1.RepoService/ListUndispatched":   only(pki.Logic),

@@ -701,6 +701,147 @@ func (x *SendResponse) GetDuplicate() bool {
 	return false
 }
 
+type SendBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sends         []*SendRequest         `protobuf:"bytes,1,rep,name=sends,proto3" json:"sends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendBatchRequest) Reset() {
+	*x = SendBatchRequest{}
+	mi := &file_gochat_v1_logic_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendBatchRequest) ProtoMessage() {}
+
+func (x *SendBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_logic_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendBatchRequest.ProtoReflect.Descriptor instead.
+func (*SendBatchRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_logic_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SendBatchRequest) GetSends() []*SendRequest {
+	if x != nil {
+		return x.Sends
+	}
+	return nil
+}
+
+type SendBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*SendResult          `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendBatchResponse) Reset() {
+	*x = SendBatchResponse{}
+	mi := &file_gochat_v1_logic_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendBatchResponse) ProtoMessage() {}
+
+func (x *SendBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_logic_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendBatchResponse.ProtoReflect.Descriptor instead.
+func (*SendBatchResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_logic_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SendBatchResponse) GetResults() []*SendResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// SendResult is one send's answer: sent, or error.
+type SendResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sent          *SendResponse          `protobuf:"bytes,1,opt,name=sent,proto3" json:"sent,omitempty"`
+	Error         *ItemError             `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendResult) Reset() {
+	*x = SendResult{}
+	mi := &file_gochat_v1_logic_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendResult) ProtoMessage() {}
+
+func (x *SendResult) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_logic_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendResult.ProtoReflect.Descriptor instead.
+func (*SendResult) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_logic_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SendResult) GetSent() *SendResponse {
+	if x != nil {
+		return x.Sent
+	}
+	return nil
+}
+
+func (x *SendResult) GetError() *ItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 type MarkReadRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	CallerId       string                 `protobuf:"bytes,1,opt,name=caller_id,json=callerId,proto3" json:"caller_id,omitempty"`
@@ -713,7 +854,7 @@ type MarkReadRequest struct {
 
 func (x *MarkReadRequest) Reset() {
 	*x = MarkReadRequest{}
-	mi := &file_gochat_v1_logic_proto_msgTypes[12]
+	mi := &file_gochat_v1_logic_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +866,7 @@ func (x *MarkReadRequest) String() string {
 func (*MarkReadRequest) ProtoMessage() {}
 
 func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_logic_proto_msgTypes[12]
+	mi := &file_gochat_v1_logic_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +879,7 @@ func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkReadRequest.ProtoReflect.Descriptor instead.
 func (*MarkReadRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_logic_proto_rawDescGZIP(), []int{12}
+	return file_gochat_v1_logic_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MarkReadRequest) GetCallerId() string {
@@ -819,13 +960,21 @@ const file_gochat_v1_logic_proto_rawDesc = "" +
 	"\acontent\x18\a \x01(\tR\acontent\"Z\n" +
 	"\fSendResponse\x12,\n" +
 	"\amessage\x18\x01 \x01(\v2\x12.gochat.v1.MessageR\amessage\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x88\x01\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"@\n" +
+	"\x10SendBatchRequest\x12,\n" +
+	"\x05sends\x18\x01 \x03(\v2\x16.gochat.v1.SendRequestR\x05sends\"D\n" +
+	"\x11SendBatchResponse\x12/\n" +
+	"\aresults\x18\x01 \x03(\v2\x15.gochat.v1.SendResultR\aresults\"e\n" +
+	"\n" +
+	"SendResult\x12+\n" +
+	"\x04sent\x18\x01 \x01(\v2\x17.gochat.v1.SendResponseR\x04sent\x12*\n" +
+	"\x05error\x18\x02 \x01(\v2\x14.gochat.v1.ItemErrorR\x05error\"\x88\x01\n" +
 	"\x0fMarkReadRequest\x12\x1b\n" +
 	"\tcaller_id\x18\x01 \x01(\tR\bcallerId\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12'\n" +
 	"\x0fconversation_id\x18\x03 \x01(\tR\x0econversationId\x12\x10\n" +
-	"\x03seq\x18\x04 \x01(\x03R\x03seq2\xba\a\n" +
+	"\x03seq\x18\x04 \x01(\x03R\x03seq2\x82\b\n" +
 	"\fLogicService\x12?\n" +
 	"\bRegister\x12\x1a.gochat.v1.RegisterRequest\x1a\x17.gochat.v1.AuthResponse\x129\n" +
 	"\x05Login\x12\x17.gochat.v1.LoginRequest\x1a\x17.gochat.v1.AuthResponse\x129\n" +
@@ -841,7 +990,8 @@ const file_gochat_v1_logic_proto_rawDesc = "" +
 	"\x11ListConversations\x12#.gochat.v1.ListConversationsRequest\x1a$.gochat.v1.ListConversationsResponse\x12M\n" +
 	"\x0fGetConversation\x12!.gochat.v1.GetConversationRequest\x1a\x17.gochat.v1.Conversation\x12O\n" +
 	"\fListMessages\x12\x1e.gochat.v1.ListMessagesRequest\x1a\x1f.gochat.v1.ListMessagesResponse\x127\n" +
-	"\x04Send\x12\x16.gochat.v1.SendRequest\x1a\x17.gochat.v1.SendResponse\x128\n" +
+	"\x04Send\x12\x16.gochat.v1.SendRequest\x1a\x17.gochat.v1.SendResponse\x12F\n" +
+	"\tSendBatch\x12\x1b.gochat.v1.SendBatchRequest\x1a\x1c.gochat.v1.SendBatchResponse\x128\n" +
 	"\bMarkRead\x12\x1a.gochat.v1.MarkReadRequest\x1a\x10.gochat.v1.EmptyB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
 
 var (
@@ -856,7 +1006,7 @@ func file_gochat_v1_logic_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_logic_proto_rawDescData
 }
 
-var file_gochat_v1_logic_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_gochat_v1_logic_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_gochat_v1_logic_proto_goTypes = []any{
 	(*Empty)(nil),                     // 0: gochat.v1.Empty
 	(*RegisterRequest)(nil),           // 1: gochat.v1.RegisterRequest
@@ -870,54 +1020,64 @@ var file_gochat_v1_logic_proto_goTypes = []any{
 	(*LeaveRequest)(nil),              // 9: gochat.v1.LeaveRequest
 	(*SendRequest)(nil),               // 10: gochat.v1.SendRequest
 	(*SendResponse)(nil),              // 11: gochat.v1.SendResponse
-	(*MarkReadRequest)(nil),           // 12: gochat.v1.MarkReadRequest
-	(*User)(nil),                      // 13: gochat.v1.User
-	(*Message)(nil),                   // 14: gochat.v1.Message
-	(*GetUserRequest)(nil),            // 15: gochat.v1.GetUserRequest
-	(*ListConversationsRequest)(nil),  // 16: gochat.v1.ListConversationsRequest
-	(*GetConversationRequest)(nil),    // 17: gochat.v1.GetConversationRequest
-	(*ListMessagesRequest)(nil),       // 18: gochat.v1.ListMessagesRequest
-	(*GetUserResponse)(nil),           // 19: gochat.v1.GetUserResponse
-	(*Conversation)(nil),              // 20: gochat.v1.Conversation
-	(*ListConversationsResponse)(nil), // 21: gochat.v1.ListConversationsResponse
-	(*ListMessagesResponse)(nil),      // 22: gochat.v1.ListMessagesResponse
+	(*SendBatchRequest)(nil),          // 12: gochat.v1.SendBatchRequest
+	(*SendBatchResponse)(nil),         // 13: gochat.v1.SendBatchResponse
+	(*SendResult)(nil),                // 14: gochat.v1.SendResult
+	(*MarkReadRequest)(nil),           // 15: gochat.v1.MarkReadRequest
+	(*User)(nil),                      // 16: gochat.v1.User
+	(*Message)(nil),                   // 17: gochat.v1.Message
+	(*ItemError)(nil),                 // 18: gochat.v1.ItemError
+	(*GetUserRequest)(nil),            // 19: gochat.v1.GetUserRequest
+	(*ListConversationsRequest)(nil),  // 20: gochat.v1.ListConversationsRequest
+	(*GetConversationRequest)(nil),    // 21: gochat.v1.GetConversationRequest
+	(*ListMessagesRequest)(nil),       // 22: gochat.v1.ListMessagesRequest
+	(*GetUserResponse)(nil),           // 23: gochat.v1.GetUserResponse
+	(*Conversation)(nil),              // 24: gochat.v1.Conversation
+	(*ListConversationsResponse)(nil), // 25: gochat.v1.ListConversationsResponse
+	(*ListMessagesResponse)(nil),      // 26: gochat.v1.ListMessagesResponse
 }
 var file_gochat_v1_logic_proto_depIdxs = []int32{
-	13, // 0: gochat.v1.AuthResponse.user:type_name -> gochat.v1.User
-	14, // 1: gochat.v1.SendResponse.message:type_name -> gochat.v1.Message
-	1,  // 2: gochat.v1.LogicService.Register:input_type -> gochat.v1.RegisterRequest
-	2,  // 3: gochat.v1.LogicService.Login:input_type -> gochat.v1.LoginRequest
-	3,  // 4: gochat.v1.LogicService.Guest:input_type -> gochat.v1.GuestRequest
-	15, // 5: gochat.v1.LogicService.GetUser:input_type -> gochat.v1.GetUserRequest
-	5,  // 6: gochat.v1.LogicService.GetOrCreateDirect:input_type -> gochat.v1.DirectRequest
-	6,  // 7: gochat.v1.LogicService.CreateGroup:input_type -> gochat.v1.GroupRequest
-	7,  // 8: gochat.v1.LogicService.AddMembers:input_type -> gochat.v1.MembersRequest
-	8,  // 9: gochat.v1.LogicService.RemoveMember:input_type -> gochat.v1.MemberRequest
-	9,  // 10: gochat.v1.LogicService.LeaveGroup:input_type -> gochat.v1.LeaveRequest
-	16, // 11: gochat.v1.LogicService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
-	17, // 12: gochat.v1.LogicService.GetConversation:input_type -> gochat.v1.GetConversationRequest
-	18, // 13: gochat.v1.LogicService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
-	10, // 14: gochat.v1.LogicService.Send:input_type -> gochat.v1.SendRequest
-	12, // 15: gochat.v1.LogicService.MarkRead:input_type -> gochat.v1.MarkReadRequest
-	4,  // 16: gochat.v1.LogicService.Register:output_type -> gochat.v1.AuthResponse
-	4,  // 17: gochat.v1.LogicService.Login:output_type -> gochat.v1.AuthResponse
-	4,  // 18: gochat.v1.LogicService.Guest:output_type -> gochat.v1.AuthResponse
-	19, // 19: gochat.v1.LogicService.GetUser:output_type -> gochat.v1.GetUserResponse
-	20, // 20: gochat.v1.LogicService.GetOrCreateDirect:output_type -> gochat.v1.Conversation
-	20, // 21: gochat.v1.LogicService.CreateGroup:output_type -> gochat.v1.Conversation
-	20, // 22: gochat.v1.LogicService.AddMembers:output_type -> gochat.v1.Conversation
-	0,  // 23: gochat.v1.LogicService.RemoveMember:output_type -> gochat.v1.Empty
-	0,  // 24: gochat.v1.LogicService.LeaveGroup:output_type -> gochat.v1.Empty
-	21, // 25: gochat.v1.LogicService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	20, // 26: gochat.v1.LogicService.GetConversation:output_type -> gochat.v1.Conversation
-	22, // 27: gochat.v1.LogicService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	11, // 28: gochat.v1.LogicService.Send:output_type -> gochat.v1.SendResponse
-	0,  // 29: gochat.v1.LogicService.MarkRead:output_type -> gochat.v1.Empty
-	16, // [16:30] is the sub-list for method output_type
-	2,  // [2:16] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	16, // 0: gochat.v1.AuthResponse.user:type_name -> gochat.v1.User
+	17, // 1: gochat.v1.SendResponse.message:type_name -> gochat.v1.Message
+	10, // 2: gochat.v1.SendBatchRequest.sends:type_name -> gochat.v1.SendRequest
+	14, // 3: gochat.v1.SendBatchResponse.results:type_name -> gochat.v1.SendResult
+	11, // 4: gochat.v1.SendResult.sent:type_name -> gochat.v1.SendResponse
+	18, // 5: gochat.v1.SendResult.error:type_name -> gochat.v1.ItemError
+	1,  // 6: gochat.v1.LogicService.Register:input_type -> gochat.v1.RegisterRequest
+	2,  // 7: gochat.v1.LogicService.Login:input_type -> gochat.v1.LoginRequest
+	3,  // 8: gochat.v1.LogicService.Guest:input_type -> gochat.v1.GuestRequest
+	19, // 9: gochat.v1.LogicService.GetUser:input_type -> gochat.v1.GetUserRequest
+	5,  // 10: gochat.v1.LogicService.GetOrCreateDirect:input_type -> gochat.v1.DirectRequest
+	6,  // 11: gochat.v1.LogicService.CreateGroup:input_type -> gochat.v1.GroupRequest
+	7,  // 12: gochat.v1.LogicService.AddMembers:input_type -> gochat.v1.MembersRequest
+	8,  // 13: gochat.v1.LogicService.RemoveMember:input_type -> gochat.v1.MemberRequest
+	9,  // 14: gochat.v1.LogicService.LeaveGroup:input_type -> gochat.v1.LeaveRequest
+	20, // 15: gochat.v1.LogicService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
+	21, // 16: gochat.v1.LogicService.GetConversation:input_type -> gochat.v1.GetConversationRequest
+	22, // 17: gochat.v1.LogicService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
+	10, // 18: gochat.v1.LogicService.Send:input_type -> gochat.v1.SendRequest
+	12, // 19: gochat.v1.LogicService.SendBatch:input_type -> gochat.v1.SendBatchRequest
+	15, // 20: gochat.v1.LogicService.MarkRead:input_type -> gochat.v1.MarkReadRequest
+	4,  // 21: gochat.v1.LogicService.Register:output_type -> gochat.v1.AuthResponse
+	4,  // 22: gochat.v1.LogicService.Login:output_type -> gochat.v1.AuthResponse
+	4,  // 23: gochat.v1.LogicService.Guest:output_type -> gochat.v1.AuthResponse
+	23, // 24: gochat.v1.LogicService.GetUser:output_type -> gochat.v1.GetUserResponse
+	24, // 25: gochat.v1.LogicService.GetOrCreateDirect:output_type -> gochat.v1.Conversation
+	24, // 26: gochat.v1.LogicService.CreateGroup:output_type -> gochat.v1.Conversation
+	24, // 27: gochat.v1.LogicService.AddMembers:output_type -> gochat.v1.Conversation
+	0,  // 28: gochat.v1.LogicService.RemoveMember:output_type -> gochat.v1.Empty
+	0,  // 29: gochat.v1.LogicService.LeaveGroup:output_type -> gochat.v1.Empty
+	25, // 30: gochat.v1.LogicService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	24, // 31: gochat.v1.LogicService.GetConversation:output_type -> gochat.v1.Conversation
+	26, // 32: gochat.v1.LogicService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	11, // 33: gochat.v1.LogicService.Send:output_type -> gochat.v1.SendResponse
+	13, // 34: gochat.v1.LogicService.SendBatch:output_type -> gochat.v1.SendBatchResponse
+	0,  // 35: gochat.v1.LogicService.MarkRead:output_type -> gochat.v1.Empty
+	21, // [21:36] is the sub-list for method output_type
+	6,  // [6:21] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_logic_proto_init() }
@@ -933,7 +1093,7 @@ func file_gochat_v1_logic_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_logic_proto_rawDesc), len(file_gochat_v1_logic_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

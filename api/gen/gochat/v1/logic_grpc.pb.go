@@ -32,6 +32,7 @@ const (
 	LogicService_GetConversation_FullMethodName   = "/gochat.v1.LogicService/GetConversation"
 	LogicService_ListMessages_FullMethodName      = "/gochat.v1.LogicService/ListMessages"
 	LogicService_Send_FullMethodName              = "/gochat.v1.LogicService/Send"
+	LogicService_SendBatch_FullMethodName         = "/gochat.v1.LogicService/SendBatch"
 	LogicService_MarkRead_FullMethodName          = "/gochat.v1.LogicService/MarkRead"
 )
 
@@ -55,6 +56,10 @@ type LogicServiceClient interface {
 	GetConversation(ctx context.Context, in *GetConversationRequest, opts ...grpc.CallOption) (*Conversation, error)
 	ListMessages(ctx context.Context, in *ListMessagesRequest, opts ...grpc.CallOption) (*ListMessagesResponse, error)
 	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error)
+	// SendBatch is Send for many messages, of any callers, in one call: the
+	// gateway's sessions' sends that came while its earlier batches were in
+	// flight. results[i] answers sends[i]; one send failing fails no other.
+	SendBatch(ctx context.Context, in *SendBatchRequest, opts ...grpc.CallOption) (*SendBatchResponse, error)
 	MarkRead(ctx context.Context, in *MarkReadRequest, opts ...grpc.CallOption) (*Empty, error)
 }
 
@@ -196,6 +201,16 @@ func (c *logicServiceClient) Send(ctx context.Context, in *SendRequest, opts ...
 	return out, nil
 }
 
+func (c *logicServiceClient) SendBatch(ctx context.Context, in *SendBatchRequest, opts ...grpc.CallOption) (*SendBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SendBatchResponse)
+	err := c.cc.Invoke(ctx, LogicService_SendBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *logicServiceClient) MarkRead(ctx context.Context, in *MarkReadRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
@@ -226,6 +241,10 @@ type LogicServiceServer interface {
 	GetConversation(context.Context, *GetConversationRequest) (*Conversation, error)
 	ListMessages(context.Context, *ListMessagesRequest) (*ListMessagesResponse, error)
 	Send(context.Context, *SendRequest) (*SendResponse, error)
+	// SendBatch is Send for many messages, of any callers, in one call: the
+	// gateway's sessions' sends that came while its earlier batches were in
+	// flight. results[i] answers sends[i]; one send failing fails no other.
+	SendBatch(context.Context, *SendBatchRequest) (*SendBatchResponse, error)
 	MarkRead(context.Context, *MarkReadRequest) (*Empty, error)
 	mustEmbedUnimplementedLogicServiceServer()
 }
@@ -275,6 +294,9 @@ func (UnimplementedLogicServiceServer) ListMessages(context.Context, *ListMessag
 }
 func (UnimplementedLogicServiceServer) Send(context.Context, *SendRequest) (*SendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Send not implemented")
+}
+func (UnimplementedLogicServiceServer) SendBatch(context.Context, *SendBatchRequest) (*SendBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SendBatch not implemented")
 }
 func (UnimplementedLogicServiceServer) MarkRead(context.Context, *MarkReadRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method MarkRead not implemented")
@@ -534,6 +556,24 @@ func _LogicService_Send_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LogicService_SendBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SendBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LogicServiceServer).SendBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LogicService_SendBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LogicServiceServer).SendBatch(ctx, req.(*SendBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _LogicService_MarkRead_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(MarkReadRequest)
 	if err := dec(in); err != nil {
@@ -610,6 +650,10 @@ var LogicService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Send",
 			Handler:    _LogicService_Send_Handler,
+		},
+		{
+			MethodName: "SendBatch",
+			Handler:    _LogicService_SendBatch_Handler,
 		},
 		{
 			MethodName: "MarkRead",

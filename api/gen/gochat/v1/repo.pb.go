@@ -1212,6 +1212,147 @@ func (x *StoreMessageResponse) GetDuplicate() bool {
 	return false
 }
 
+type StoreMessagesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      []*StoreMessageRequest `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreMessagesRequest) Reset() {
+	*x = StoreMessagesRequest{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreMessagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreMessagesRequest) ProtoMessage() {}
+
+func (x *StoreMessagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreMessagesRequest.ProtoReflect.Descriptor instead.
+func (*StoreMessagesRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *StoreMessagesRequest) GetMessages() []*StoreMessageRequest {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+type StoreMessagesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*StoreMessageResult  `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreMessagesResponse) Reset() {
+	*x = StoreMessagesResponse{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreMessagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreMessagesResponse) ProtoMessage() {}
+
+func (x *StoreMessagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreMessagesResponse.ProtoReflect.Descriptor instead.
+func (*StoreMessagesResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *StoreMessagesResponse) GetResults() []*StoreMessageResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// StoreMessageResult is one message's answer: stored, or error.
+type StoreMessageResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stored        *StoreMessageResponse  `protobuf:"bytes,1,opt,name=stored,proto3" json:"stored,omitempty"`
+	Error         *ItemError             `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreMessageResult) Reset() {
+	*x = StoreMessageResult{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreMessageResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreMessageResult) ProtoMessage() {}
+
+func (x *StoreMessageResult) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreMessageResult.ProtoReflect.Descriptor instead.
+func (*StoreMessageResult) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StoreMessageResult) GetStored() *StoreMessageResponse {
+	if x != nil {
+		return x.Stored
+	}
+	return nil
+}
+
+func (x *StoreMessageResult) GetError() *ItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 type ListMessagesRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
@@ -1227,7 +1368,7 @@ type ListMessagesRequest struct {
 
 func (x *ListMessagesRequest) Reset() {
 	*x = ListMessagesRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[21]
+	mi := &file_gochat_v1_repo_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1380,7 @@ func (x *ListMessagesRequest) String() string {
 func (*ListMessagesRequest) ProtoMessage() {}
 
 func (x *ListMessagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[21]
+	mi := &file_gochat_v1_repo_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1393,7 @@ func (x *ListMessagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMessagesRequest.ProtoReflect.Descriptor instead.
 func (*ListMessagesRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{21}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListMessagesRequest) GetConversationId() string {
@@ -1300,7 +1441,7 @@ type ListMessagesResponse struct {
 
 func (x *ListMessagesResponse) Reset() {
 	*x = ListMessagesResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[22]
+	mi := &file_gochat_v1_repo_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1453,7 @@ func (x *ListMessagesResponse) String() string {
 func (*ListMessagesResponse) ProtoMessage() {}
 
 func (x *ListMessagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[22]
+	mi := &file_gochat_v1_repo_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1466,7 @@ func (x *ListMessagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMessagesResponse.ProtoReflect.Descriptor instead.
 func (*ListMessagesResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{22}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListMessagesResponse) GetMessages() []*Message {
@@ -1355,7 +1496,7 @@ type UpdateReadSeqRequest struct {
 
 func (x *UpdateReadSeqRequest) Reset() {
 	*x = UpdateReadSeqRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[23]
+	mi := &file_gochat_v1_repo_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1508,7 @@ func (x *UpdateReadSeqRequest) String() string {
 func (*UpdateReadSeqRequest) ProtoMessage() {}
 
 func (x *UpdateReadSeqRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[23]
+	mi := &file_gochat_v1_repo_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1521,7 @@ func (x *UpdateReadSeqRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateReadSeqRequest.ProtoReflect.Descriptor instead.
 func (*UpdateReadSeqRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{23}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateReadSeqRequest) GetConversationId() string {
@@ -1424,7 +1565,7 @@ type UpdateReadSeqResponse struct {
 
 func (x *UpdateReadSeqResponse) Reset() {
 	*x = UpdateReadSeqResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[24]
+	mi := &file_gochat_v1_repo_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1577,7 @@ func (x *UpdateReadSeqResponse) String() string {
 func (*UpdateReadSeqResponse) ProtoMessage() {}
 
 func (x *UpdateReadSeqResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[24]
+	mi := &file_gochat_v1_repo_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1590,7 @@ func (x *UpdateReadSeqResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateReadSeqResponse.ProtoReflect.Descriptor instead.
 func (*UpdateReadSeqResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{24}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateReadSeqResponse) GetReadSeq() int64 {
@@ -1482,7 +1623,7 @@ type UnreadCountsRequest struct {
 
 func (x *UnreadCountsRequest) Reset() {
 	*x = UnreadCountsRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[25]
+	mi := &file_gochat_v1_repo_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1635,7 @@ func (x *UnreadCountsRequest) String() string {
 func (*UnreadCountsRequest) ProtoMessage() {}
 
 func (x *UnreadCountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[25]
+	mi := &file_gochat_v1_repo_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1648,7 @@ func (x *UnreadCountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreadCountsRequest.ProtoReflect.Descriptor instead.
 func (*UnreadCountsRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{25}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UnreadCountsRequest) GetUserIds() []string {
@@ -1527,7 +1668,7 @@ type UnreadCount struct {
 
 func (x *UnreadCount) Reset() {
 	*x = UnreadCount{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[26]
+	mi := &file_gochat_v1_repo_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1680,7 @@ func (x *UnreadCount) String() string {
 func (*UnreadCount) ProtoMessage() {}
 
 func (x *UnreadCount) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[26]
+	mi := &file_gochat_v1_repo_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1693,7 @@ func (x *UnreadCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreadCount.ProtoReflect.Descriptor instead.
 func (*UnreadCount) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{26}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UnreadCount) GetUserId() string {
@@ -1578,7 +1719,7 @@ type UnreadCountsResponse struct {
 
 func (x *UnreadCountsResponse) Reset() {
 	*x = UnreadCountsResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[27]
+	mi := &file_gochat_v1_repo_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1731,7 @@ func (x *UnreadCountsResponse) String() string {
 func (*UnreadCountsResponse) ProtoMessage() {}
 
 func (x *UnreadCountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[27]
+	mi := &file_gochat_v1_repo_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1744,7 @@ func (x *UnreadCountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreadCountsResponse.ProtoReflect.Descriptor instead.
 func (*UnreadCountsResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{27}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UnreadCountsResponse) GetCounts() []*UnreadCount {
@@ -1628,7 +1769,7 @@ type RegisterSessionsRequest struct {
 
 func (x *RegisterSessionsRequest) Reset() {
 	*x = RegisterSessionsRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[28]
+	mi := &file_gochat_v1_repo_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1781,7 @@ func (x *RegisterSessionsRequest) String() string {
 func (*RegisterSessionsRequest) ProtoMessage() {}
 
 func (x *RegisterSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[28]
+	mi := &file_gochat_v1_repo_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1794,7 @@ func (x *RegisterSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSessionsRequest.ProtoReflect.Descriptor instead.
 func (*RegisterSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{28}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RegisterSessionsRequest) GetSessions() []*Session {
@@ -1690,7 +1831,7 @@ type RegisterSessionsResponse struct {
 
 func (x *RegisterSessionsResponse) Reset() {
 	*x = RegisterSessionsResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[29]
+	mi := &file_gochat_v1_repo_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1843,7 @@ func (x *RegisterSessionsResponse) String() string {
 func (*RegisterSessionsResponse) ProtoMessage() {}
 
 func (x *RegisterSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[29]
+	mi := &file_gochat_v1_repo_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1856,7 @@ func (x *RegisterSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSessionsResponse.ProtoReflect.Descriptor instead.
 func (*RegisterSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{29}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RegisterSessionsResponse) GetCameOnline() []string {
@@ -1741,7 +1882,7 @@ type UnregisterSessionsRequest struct {
 
 func (x *UnregisterSessionsRequest) Reset() {
 	*x = UnregisterSessionsRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[30]
+	mi := &file_gochat_v1_repo_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +1894,7 @@ func (x *UnregisterSessionsRequest) String() string {
 func (*UnregisterSessionsRequest) ProtoMessage() {}
 
 func (x *UnregisterSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[30]
+	mi := &file_gochat_v1_repo_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +1907,7 @@ func (x *UnregisterSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterSessionsRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{30}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UnregisterSessionsRequest) GetSessions() []*Session {
@@ -1786,7 +1927,7 @@ type UnregisterSessionsResponse struct {
 
 func (x *UnregisterSessionsResponse) Reset() {
 	*x = UnregisterSessionsResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[31]
+	mi := &file_gochat_v1_repo_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1939,7 @@ func (x *UnregisterSessionsResponse) String() string {
 func (*UnregisterSessionsResponse) ProtoMessage() {}
 
 func (x *UnregisterSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[31]
+	mi := &file_gochat_v1_repo_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1952,7 @@ func (x *UnregisterSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterSessionsResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{31}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UnregisterSessionsResponse) GetWentOffline() []string {
@@ -1830,7 +1971,7 @@ type GetPresenceRequest struct {
 
 func (x *GetPresenceRequest) Reset() {
 	*x = GetPresenceRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[32]
+	mi := &file_gochat_v1_repo_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +1983,7 @@ func (x *GetPresenceRequest) String() string {
 func (*GetPresenceRequest) ProtoMessage() {}
 
 func (x *GetPresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[32]
+	mi := &file_gochat_v1_repo_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +1996,7 @@ func (x *GetPresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPresenceRequest.ProtoReflect.Descriptor instead.
 func (*GetPresenceRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{32}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetPresenceRequest) GetUserIds() []string {
@@ -1876,7 +2017,7 @@ type GetPresenceResponse struct {
 
 func (x *GetPresenceResponse) Reset() {
 	*x = GetPresenceResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[33]
+	mi := &file_gochat_v1_repo_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +2029,7 @@ func (x *GetPresenceResponse) String() string {
 func (*GetPresenceResponse) ProtoMessage() {}
 
 func (x *GetPresenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[33]
+	mi := &file_gochat_v1_repo_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2042,7 @@ func (x *GetPresenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPresenceResponse.ProtoReflect.Descriptor instead.
 func (*GetPresenceResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{33}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetPresenceResponse) GetSessions() []*Session {
@@ -1937,7 +2078,7 @@ type OutboxEvent struct {
 
 func (x *OutboxEvent) Reset() {
 	*x = OutboxEvent{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[34]
+	mi := &file_gochat_v1_repo_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2090,7 @@ func (x *OutboxEvent) String() string {
 func (*OutboxEvent) ProtoMessage() {}
 
 func (x *OutboxEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[34]
+	mi := &file_gochat_v1_repo_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2103,7 @@ func (x *OutboxEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutboxEvent.ProtoReflect.Descriptor instead.
 func (*OutboxEvent) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{34}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *OutboxEvent) GetId() string {
@@ -1996,7 +2137,7 @@ type AckDispatchedRequest struct {
 
 func (x *AckDispatchedRequest) Reset() {
 	*x = AckDispatchedRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[35]
+	mi := &file_gochat_v1_repo_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2008,7 +2149,7 @@ func (x *AckDispatchedRequest) String() string {
 func (*AckDispatchedRequest) ProtoMessage() {}
 
 func (x *AckDispatchedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[35]
+	mi := &file_gochat_v1_repo_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2021,7 +2162,7 @@ func (x *AckDispatchedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckDispatchedRequest.ProtoReflect.Descriptor instead.
 func (*AckDispatchedRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{35}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AckDispatchedRequest) GetMessageIds() []string {
@@ -2046,7 +2187,7 @@ type AckDispatchedResponse struct {
 
 func (x *AckDispatchedResponse) Reset() {
 	*x = AckDispatchedResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[36]
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2058,7 +2199,7 @@ func (x *AckDispatchedResponse) String() string {
 func (*AckDispatchedResponse) ProtoMessage() {}
 
 func (x *AckDispatchedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[36]
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2071,7 +2212,7 @@ func (x *AckDispatchedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckDispatchedResponse.ProtoReflect.Descriptor instead.
 func (*AckDispatchedResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{36}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
 }
 
 type ListUndispatchedRequest struct {
@@ -2086,7 +2227,7 @@ type ListUndispatchedRequest struct {
 
 func (x *ListUndispatchedRequest) Reset() {
 	*x = ListUndispatchedRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2239,7 @@ func (x *ListUndispatchedRequest) String() string {
 func (*ListUndispatchedRequest) ProtoMessage() {}
 
 func (x *ListUndispatchedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2252,7 @@ func (x *ListUndispatchedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUndispatchedRequest.ProtoReflect.Descriptor instead.
 func (*ListUndispatchedRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{37}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListUndispatchedRequest) GetStoredBeforeMs() int64 {
@@ -2139,7 +2280,7 @@ type ListUndispatchedResponse struct {
 
 func (x *ListUndispatchedResponse) Reset() {
 	*x = ListUndispatchedResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	mi := &file_gochat_v1_repo_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2151,7 +2292,7 @@ func (x *ListUndispatchedResponse) String() string {
 func (*ListUndispatchedResponse) ProtoMessage() {}
 
 func (x *ListUndispatchedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	mi := &file_gochat_v1_repo_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2164,7 +2305,7 @@ func (x *ListUndispatchedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUndispatchedResponse.ProtoReflect.Descriptor instead.
 func (*ListUndispatchedResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{38}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListUndispatchedResponse) GetMessages() []*Message {
@@ -2192,7 +2333,7 @@ type GatewayAliveRequest struct {
 
 func (x *GatewayAliveRequest) Reset() {
 	*x = GatewayAliveRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	mi := &file_gochat_v1_repo_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2345,7 @@ func (x *GatewayAliveRequest) String() string {
 func (*GatewayAliveRequest) ProtoMessage() {}
 
 func (x *GatewayAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	mi := &file_gochat_v1_repo_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2358,7 @@ func (x *GatewayAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayAliveRequest.ProtoReflect.Descriptor instead.
 func (*GatewayAliveRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GatewayAliveRequest) GetGateway() string {
@@ -2246,7 +2387,7 @@ type GatewayAliveResponse struct {
 
 func (x *GatewayAliveResponse) Reset() {
 	*x = GatewayAliveResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	mi := &file_gochat_v1_repo_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2399,7 @@ func (x *GatewayAliveResponse) String() string {
 func (*GatewayAliveResponse) ProtoMessage() {}
 
 func (x *GatewayAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	mi := &file_gochat_v1_repo_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2412,7 @@ func (x *GatewayAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayAliveResponse.ProtoReflect.Descriptor instead.
 func (*GatewayAliveResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GatewayAliveResponse) GetKnown() bool {
@@ -2294,7 +2435,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[41]
+	mi := &file_gochat_v1_repo_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2447,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[41]
+	mi := &file_gochat_v1_repo_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2460,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{41}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *UserPresence) GetUserId() string {
@@ -2354,7 +2495,7 @@ type ListContactsRequest struct {
 
 func (x *ListContactsRequest) Reset() {
 	*x = ListContactsRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[42]
+	mi := &file_gochat_v1_repo_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2507,7 @@ func (x *ListContactsRequest) String() string {
 func (*ListContactsRequest) ProtoMessage() {}
 
 func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[42]
+	mi := &file_gochat_v1_repo_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2520,7 @@ func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsRequest.ProtoReflect.Descriptor instead.
 func (*ListContactsRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{42}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListContactsRequest) GetUserId() string {
@@ -2405,7 +2546,7 @@ type ListContactsResponse struct {
 
 func (x *ListContactsResponse) Reset() {
 	*x = ListContactsResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[43]
+	mi := &file_gochat_v1_repo_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2558,7 @@ func (x *ListContactsResponse) String() string {
 func (*ListContactsResponse) ProtoMessage() {}
 
 func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[43]
+	mi := &file_gochat_v1_repo_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2571,7 @@ func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsResponse.ProtoReflect.Descriptor instead.
 func (*ListContactsResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{43}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListContactsResponse) GetUserIds() []string {
@@ -2452,7 +2593,7 @@ type ListContactsBatchRequest struct {
 
 func (x *ListContactsBatchRequest) Reset() {
 	*x = ListContactsBatchRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[44]
+	mi := &file_gochat_v1_repo_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2605,7 @@ func (x *ListContactsBatchRequest) String() string {
 func (*ListContactsBatchRequest) ProtoMessage() {}
 
 func (x *ListContactsBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[44]
+	mi := &file_gochat_v1_repo_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2618,7 @@ func (x *ListContactsBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsBatchRequest.ProtoReflect.Descriptor instead.
 func (*ListContactsBatchRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{44}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListContactsBatchRequest) GetUserIds() []string {
@@ -2505,7 +2646,7 @@ type UserContacts struct {
 
 func (x *UserContacts) Reset() {
 	*x = UserContacts{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[45]
+	mi := &file_gochat_v1_repo_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2517,7 +2658,7 @@ func (x *UserContacts) String() string {
 func (*UserContacts) ProtoMessage() {}
 
 func (x *UserContacts) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[45]
+	mi := &file_gochat_v1_repo_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2530,7 +2671,7 @@ func (x *UserContacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserContacts.ProtoReflect.Descriptor instead.
 func (*UserContacts) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{45}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UserContacts) GetUserId() string {
@@ -2557,7 +2698,7 @@ type ListContactsBatchResponse struct {
 
 func (x *ListContactsBatchResponse) Reset() {
 	*x = ListContactsBatchResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[46]
+	mi := &file_gochat_v1_repo_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +2710,7 @@ func (x *ListContactsBatchResponse) String() string {
 func (*ListContactsBatchResponse) ProtoMessage() {}
 
 func (x *ListContactsBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[46]
+	mi := &file_gochat_v1_repo_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +2723,7 @@ func (x *ListContactsBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsBatchResponse.ProtoReflect.Descriptor instead.
 func (*ListContactsBatchResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{46}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListContactsBatchResponse) GetUsers() []*UserContacts {
@@ -2672,7 +2813,14 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\acontent\x18\x05 \x01(\tR\acontent\"b\n" +
 	"\x14StoreMessageResponse\x12,\n" +
 	"\amessage\x18\x01 \x01(\v2\x12.gochat.v1.MessageR\amessage\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\xad\x01\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"R\n" +
+	"\x14StoreMessagesRequest\x12:\n" +
+	"\bmessages\x18\x01 \x03(\v2\x1e.gochat.v1.StoreMessageRequestR\bmessages\"P\n" +
+	"\x15StoreMessagesResponse\x127\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.gochat.v1.StoreMessageResultR\aresults\"y\n" +
+	"\x12StoreMessageResult\x127\n" +
+	"\x06stored\x18\x01 \x01(\v2\x1f.gochat.v1.StoreMessageResponseR\x06stored\x12*\n" +
+	"\x05error\x18\x02 \x01(\v2\x14.gochat.v1.ItemErrorR\x05error\"\xad\x01\n" +
 	"\x13ListMessagesRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1b\n" +
 	"\tviewer_id\x18\x02 \x01(\tR\bviewerId\x12\x1b\n" +
@@ -2755,7 +2903,7 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\vcontact_ids\x18\x02 \x03(\tR\n" +
 	"contactIds\"J\n" +
 	"\x19ListContactsBatchResponse\x12-\n" +
-	"\x05users\x18\x01 \x03(\v2\x17.gochat.v1.UserContactsR\x05users2\xc1\x0e\n" +
+	"\x05users\x18\x01 \x03(\v2\x17.gochat.v1.UserContactsR\x05users2\x95\x0f\n" +
 	"\vRepoService\x12I\n" +
 	"\n" +
 	"CreateUser\x12\x1c.gochat.v1.CreateUserRequest\x1a\x1d.gochat.v1.CreateUserResponse\x12@\n" +
@@ -2770,7 +2918,8 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x11ListConversations\x12#.gochat.v1.ListConversationsRequest\x1a$.gochat.v1.ListConversationsResponse\x12I\n" +
 	"\n" +
 	"GetMembers\x12\x1c.gochat.v1.GetMembersRequest\x1a\x1d.gochat.v1.GetMembersResponse\x12O\n" +
-	"\fStoreMessage\x12\x1e.gochat.v1.StoreMessageRequest\x1a\x1f.gochat.v1.StoreMessageResponse\x12O\n" +
+	"\fStoreMessage\x12\x1e.gochat.v1.StoreMessageRequest\x1a\x1f.gochat.v1.StoreMessageResponse\x12R\n" +
+	"\rStoreMessages\x12\x1f.gochat.v1.StoreMessagesRequest\x1a .gochat.v1.StoreMessagesResponse\x12O\n" +
 	"\fListMessages\x12\x1e.gochat.v1.ListMessagesRequest\x1a\x1f.gochat.v1.ListMessagesResponse\x12R\n" +
 	"\rUpdateReadSeq\x12\x1f.gochat.v1.UpdateReadSeqRequest\x1a .gochat.v1.UpdateReadSeqResponse\x12O\n" +
 	"\fUnreadCounts\x12\x1e.gochat.v1.UnreadCountsRequest\x1a\x1f.gochat.v1.UnreadCountsResponse\x12R\n" +
@@ -2795,7 +2944,7 @@ func file_gochat_v1_repo_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_repo_proto_rawDescData
 }
 
-var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_gochat_v1_repo_proto_goTypes = []any{
 	(*CreateUserRequest)(nil),          // 0: gochat.v1.CreateUserRequest
 	(*CreateUserResponse)(nil),         // 1: gochat.v1.CreateUserResponse
@@ -2818,114 +2967,124 @@ var file_gochat_v1_repo_proto_goTypes = []any{
 	(*GetMembersResponse)(nil),         // 18: gochat.v1.GetMembersResponse
 	(*StoreMessageRequest)(nil),        // 19: gochat.v1.StoreMessageRequest
 	(*StoreMessageResponse)(nil),       // 20: gochat.v1.StoreMessageResponse
-	(*ListMessagesRequest)(nil),        // 21: gochat.v1.ListMessagesRequest
-	(*ListMessagesResponse)(nil),       // 22: gochat.v1.ListMessagesResponse
-	(*UpdateReadSeqRequest)(nil),       // 23: gochat.v1.UpdateReadSeqRequest
-	(*UpdateReadSeqResponse)(nil),      // 24: gochat.v1.UpdateReadSeqResponse
-	(*UnreadCountsRequest)(nil),        // 25: gochat.v1.UnreadCountsRequest
-	(*UnreadCount)(nil),                // 26: gochat.v1.UnreadCount
-	(*UnreadCountsResponse)(nil),       // 27: gochat.v1.UnreadCountsResponse
-	(*RegisterSessionsRequest)(nil),    // 28: gochat.v1.RegisterSessionsRequest
-	(*RegisterSessionsResponse)(nil),   // 29: gochat.v1.RegisterSessionsResponse
-	(*UnregisterSessionsRequest)(nil),  // 30: gochat.v1.UnregisterSessionsRequest
-	(*UnregisterSessionsResponse)(nil), // 31: gochat.v1.UnregisterSessionsResponse
-	(*GetPresenceRequest)(nil),         // 32: gochat.v1.GetPresenceRequest
-	(*GetPresenceResponse)(nil),        // 33: gochat.v1.GetPresenceResponse
-	(*OutboxEvent)(nil),                // 34: gochat.v1.OutboxEvent
-	(*AckDispatchedRequest)(nil),       // 35: gochat.v1.AckDispatchedRequest
-	(*AckDispatchedResponse)(nil),      // 36: gochat.v1.AckDispatchedResponse
-	(*ListUndispatchedRequest)(nil),    // 37: gochat.v1.ListUndispatchedRequest
-	(*ListUndispatchedResponse)(nil),   // 38: gochat.v1.ListUndispatchedResponse
-	(*GatewayAliveRequest)(nil),        // 39: gochat.v1.GatewayAliveRequest
-	(*GatewayAliveResponse)(nil),       // 40: gochat.v1.GatewayAliveResponse
-	(*UserPresence)(nil),               // 41: gochat.v1.UserPresence
-	(*ListContactsRequest)(nil),        // 42: gochat.v1.ListContactsRequest
-	(*ListContactsResponse)(nil),       // 43: gochat.v1.ListContactsResponse
-	(*ListContactsBatchRequest)(nil),   // 44: gochat.v1.ListContactsBatchRequest
-	(*UserContacts)(nil),               // 45: gochat.v1.UserContacts
-	(*ListContactsBatchResponse)(nil),  // 46: gochat.v1.ListContactsBatchResponse
-	nil,                                // 47: gochat.v1.GetMembersRequest.KnownVersionsEntry
-	(*User)(nil),                       // 48: gochat.v1.User
-	(*Conversation)(nil),               // 49: gochat.v1.Conversation
-	(*Member)(nil),                     // 50: gochat.v1.Member
-	(*Message)(nil),                    // 51: gochat.v1.Message
-	(*Session)(nil),                    // 52: gochat.v1.Session
-	(*DispatchEvent)(nil),              // 53: gochat.v1.DispatchEvent
+	(*StoreMessagesRequest)(nil),       // 21: gochat.v1.StoreMessagesRequest
+	(*StoreMessagesResponse)(nil),      // 22: gochat.v1.StoreMessagesResponse
+	(*StoreMessageResult)(nil),         // 23: gochat.v1.StoreMessageResult
+	(*ListMessagesRequest)(nil),        // 24: gochat.v1.ListMessagesRequest
+	(*ListMessagesResponse)(nil),       // 25: gochat.v1.ListMessagesResponse
+	(*UpdateReadSeqRequest)(nil),       // 26: gochat.v1.UpdateReadSeqRequest
+	(*UpdateReadSeqResponse)(nil),      // 27: gochat.v1.UpdateReadSeqResponse
+	(*UnreadCountsRequest)(nil),        // 28: gochat.v1.UnreadCountsRequest
+	(*UnreadCount)(nil),                // 29: gochat.v1.UnreadCount
+	(*UnreadCountsResponse)(nil),       // 30: gochat.v1.UnreadCountsResponse
+	(*RegisterSessionsRequest)(nil),    // 31: gochat.v1.RegisterSessionsRequest
+	(*RegisterSessionsResponse)(nil),   // 32: gochat.v1.RegisterSessionsResponse
+	(*UnregisterSessionsRequest)(nil),  // 33: gochat.v1.UnregisterSessionsRequest
+	(*UnregisterSessionsResponse)(nil), // 34: gochat.v1.UnregisterSessionsResponse
+	(*GetPresenceRequest)(nil),         // 35: gochat.v1.GetPresenceRequest
+	(*GetPresenceResponse)(nil),        // 36: gochat.v1.GetPresenceResponse
+	(*OutboxEvent)(nil),                // 37: gochat.v1.OutboxEvent
+	(*AckDispatchedRequest)(nil),       // 38: gochat.v1.AckDispatchedRequest
+	(*AckDispatchedResponse)(nil),      // 39: gochat.v1.AckDispatchedResponse
+	(*ListUndispatchedRequest)(nil),    // 40: gochat.v1.ListUndispatchedRequest
+	(*ListUndispatchedResponse)(nil),   // 41: gochat.v1.ListUndispatchedResponse
+	(*GatewayAliveRequest)(nil),        // 42: gochat.v1.GatewayAliveRequest
+	(*GatewayAliveResponse)(nil),       // 43: gochat.v1.GatewayAliveResponse
+	(*UserPresence)(nil),               // 44: gochat.v1.UserPresence
+	(*ListContactsRequest)(nil),        // 45: gochat.v1.ListContactsRequest
+	(*ListContactsResponse)(nil),       // 46: gochat.v1.ListContactsResponse
+	(*ListContactsBatchRequest)(nil),   // 47: gochat.v1.ListContactsBatchRequest
+	(*UserContacts)(nil),               // 48: gochat.v1.UserContacts
+	(*ListContactsBatchResponse)(nil),  // 49: gochat.v1.ListContactsBatchResponse
+	nil,                                // 50: gochat.v1.GetMembersRequest.KnownVersionsEntry
+	(*User)(nil),                       // 51: gochat.v1.User
+	(*Conversation)(nil),               // 52: gochat.v1.Conversation
+	(*Member)(nil),                     // 53: gochat.v1.Member
+	(*Message)(nil),                    // 54: gochat.v1.Message
+	(*ItemError)(nil),                  // 55: gochat.v1.ItemError
+	(*Session)(nil),                    // 56: gochat.v1.Session
+	(*DispatchEvent)(nil),              // 57: gochat.v1.DispatchEvent
 }
 var file_gochat_v1_repo_proto_depIdxs = []int32{
-	48, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
-	48, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
-	48, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
-	49, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
-	34, // 4: gochat.v1.ConversationResponse.event:type_name -> gochat.v1.OutboxEvent
-	49, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
-	34, // 6: gochat.v1.AddMembersResponse.event:type_name -> gochat.v1.OutboxEvent
-	34, // 7: gochat.v1.RemoveMemberResponse.event:type_name -> gochat.v1.OutboxEvent
-	49, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
-	47, // 9: gochat.v1.GetMembersRequest.known_versions:type_name -> gochat.v1.GetMembersRequest.KnownVersionsEntry
-	50, // 10: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
+	51, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
+	51, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
+	51, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
+	52, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
+	37, // 4: gochat.v1.ConversationResponse.event:type_name -> gochat.v1.OutboxEvent
+	52, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
+	37, // 6: gochat.v1.AddMembersResponse.event:type_name -> gochat.v1.OutboxEvent
+	37, // 7: gochat.v1.RemoveMemberResponse.event:type_name -> gochat.v1.OutboxEvent
+	52, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
+	50, // 9: gochat.v1.GetMembersRequest.known_versions:type_name -> gochat.v1.GetMembersRequest.KnownVersionsEntry
+	53, // 10: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
 	17, // 11: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
-	51, // 12: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
-	51, // 13: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
-	34, // 14: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
-	26, // 15: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
-	52, // 16: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	52, // 17: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	52, // 18: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
-	41, // 19: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
-	53, // 20: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
-	51, // 21: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
-	34, // 22: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
-	45, // 23: gochat.v1.ListContactsBatchResponse.users:type_name -> gochat.v1.UserContacts
-	0,  // 24: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
-	2,  // 25: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
-	4,  // 26: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
-	6,  // 27: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
-	8,  // 28: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
-	9,  // 29: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
-	11, // 30: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
-	13, // 31: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
-	14, // 32: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
-	16, // 33: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
-	19, // 34: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
-	21, // 35: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
-	23, // 36: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
-	25, // 37: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
-	35, // 38: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
-	37, // 39: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
-	28, // 40: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
-	30, // 41: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
-	32, // 42: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
-	39, // 43: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
-	42, // 44: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
-	44, // 45: gochat.v1.RepoService.ListContactsBatch:input_type -> gochat.v1.ListContactsBatchRequest
-	1,  // 46: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
-	3,  // 47: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
-	5,  // 48: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
-	7,  // 49: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
-	7,  // 50: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
-	10, // 51: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
-	12, // 52: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
-	7,  // 53: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
-	15, // 54: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	18, // 55: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
-	20, // 56: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
-	22, // 57: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	24, // 58: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
-	27, // 59: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
-	36, // 60: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
-	38, // 61: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
-	29, // 62: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
-	31, // 63: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
-	33, // 64: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
-	40, // 65: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
-	43, // 66: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
-	46, // 67: gochat.v1.RepoService.ListContactsBatch:output_type -> gochat.v1.ListContactsBatchResponse
-	46, // [46:68] is the sub-list for method output_type
-	24, // [24:46] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	54, // 12: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
+	19, // 13: gochat.v1.StoreMessagesRequest.messages:type_name -> gochat.v1.StoreMessageRequest
+	23, // 14: gochat.v1.StoreMessagesResponse.results:type_name -> gochat.v1.StoreMessageResult
+	20, // 15: gochat.v1.StoreMessageResult.stored:type_name -> gochat.v1.StoreMessageResponse
+	55, // 16: gochat.v1.StoreMessageResult.error:type_name -> gochat.v1.ItemError
+	54, // 17: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
+	37, // 18: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
+	29, // 19: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
+	56, // 20: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	56, // 21: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	56, // 22: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
+	44, // 23: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
+	57, // 24: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
+	54, // 25: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
+	37, // 26: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
+	48, // 27: gochat.v1.ListContactsBatchResponse.users:type_name -> gochat.v1.UserContacts
+	0,  // 28: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
+	2,  // 29: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
+	4,  // 30: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
+	6,  // 31: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
+	8,  // 32: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
+	9,  // 33: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
+	11, // 34: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
+	13, // 35: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
+	14, // 36: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
+	16, // 37: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
+	19, // 38: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
+	21, // 39: gochat.v1.RepoService.StoreMessages:input_type -> gochat.v1.StoreMessagesRequest
+	24, // 40: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
+	26, // 41: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
+	28, // 42: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
+	38, // 43: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
+	40, // 44: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
+	31, // 45: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
+	33, // 46: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
+	35, // 47: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
+	42, // 48: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
+	45, // 49: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
+	47, // 50: gochat.v1.RepoService.ListContactsBatch:input_type -> gochat.v1.ListContactsBatchRequest
+	1,  // 51: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
+	3,  // 52: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
+	5,  // 53: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
+	7,  // 54: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
+	7,  // 55: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
+	10, // 56: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
+	12, // 57: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
+	7,  // 58: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
+	15, // 59: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	18, // 60: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
+	20, // 61: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
+	22, // 62: gochat.v1.RepoService.StoreMessages:output_type -> gochat.v1.StoreMessagesResponse
+	25, // 63: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	27, // 64: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
+	30, // 65: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
+	39, // 66: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
+	41, // 67: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
+	32, // 68: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
+	34, // 69: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
+	36, // 70: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
+	43, // 71: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
+	46, // 72: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
+	49, // 73: gochat.v1.RepoService.ListContactsBatch:output_type -> gochat.v1.ListContactsBatchResponse
+	51, // [51:74] is the sub-list for method output_type
+	28, // [28:51] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_repo_proto_init() }
@@ -2944,7 +3103,7 @@ func file_gochat_v1_repo_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_repo_proto_rawDesc), len(file_gochat_v1_repo_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   48,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	RepoService_ListConversations_FullMethodName  = "/gochat.v1.RepoService/ListConversations"
 	RepoService_GetMembers_FullMethodName         = "/gochat.v1.RepoService/GetMembers"
 	RepoService_StoreMessage_FullMethodName       = "/gochat.v1.RepoService/StoreMessage"
+	RepoService_StoreMessages_FullMethodName      = "/gochat.v1.RepoService/StoreMessages"
 	RepoService_ListMessages_FullMethodName       = "/gochat.v1.RepoService/ListMessages"
 	RepoService_UpdateReadSeq_FullMethodName      = "/gochat.v1.RepoService/UpdateReadSeq"
 	RepoService_UnreadCounts_FullMethodName       = "/gochat.v1.RepoService/UnreadCounts"
@@ -64,6 +65,10 @@ type RepoServiceClient interface {
 	// StoreMessage assigns the next seq and stores the message, idempotent on
 	// (sender_id, client_msg_id). Concurrent calls are committed in batches.
 	StoreMessage(ctx context.Context, in *StoreMessageRequest, opts ...grpc.CallOption) (*StoreMessageResponse, error)
+	// StoreMessages stores many messages, of any conversations, in one call;
+	// results[i] answers messages[i], and one failing fails no other. A
+	// conversation's messages are stored in the order given.
+	StoreMessages(ctx context.Context, in *StoreMessagesRequest, opts ...grpc.CallOption) (*StoreMessagesResponse, error)
 	ListMessages(ctx context.Context, in *ListMessagesRequest, opts ...grpc.CallOption) (*ListMessagesResponse, error)
 	UpdateReadSeq(ctx context.Context, in *UpdateReadSeqRequest, opts ...grpc.CallOption) (*UpdateReadSeqResponse, error)
 	// UnreadCounts sums max_seq - read_seq over each user's conversations.
@@ -211,6 +216,16 @@ func (c *repoServiceClient) StoreMessage(ctx context.Context, in *StoreMessageRe
 	return out, nil
 }
 
+func (c *repoServiceClient) StoreMessages(ctx context.Context, in *StoreMessagesRequest, opts ...grpc.CallOption) (*StoreMessagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StoreMessagesResponse)
+	err := c.cc.Invoke(ctx, RepoService_StoreMessages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *repoServiceClient) ListMessages(ctx context.Context, in *ListMessagesRequest, opts ...grpc.CallOption) (*ListMessagesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListMessagesResponse)
@@ -342,6 +357,10 @@ type RepoServiceServer interface {
 	// StoreMessage assigns the next seq and stores the message, idempotent on
 	// (sender_id, client_msg_id). Concurrent calls are committed in batches.
 	StoreMessage(context.Context, *StoreMessageRequest) (*StoreMessageResponse, error)
+	// StoreMessages stores many messages, of any conversations, in one call;
+	// results[i] answers messages[i], and one failing fails no other. A
+	// conversation's messages are stored in the order given.
+	StoreMessages(context.Context, *StoreMessagesRequest) (*StoreMessagesResponse, error)
 	ListMessages(context.Context, *ListMessagesRequest) (*ListMessagesResponse, error)
 	UpdateReadSeq(context.Context, *UpdateReadSeqRequest) (*UpdateReadSeqResponse, error)
 	// UnreadCounts sums max_seq - read_seq over each user's conversations.
@@ -411,6 +430,9 @@ func (UnimplementedRepoServiceServer) GetMembers(context.Context, *GetMembersReq
 }
 func (UnimplementedRepoServiceServer) StoreMessage(context.Context, *StoreMessageRequest) (*StoreMessageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StoreMessage not implemented")
+}
+func (UnimplementedRepoServiceServer) StoreMessages(context.Context, *StoreMessagesRequest) (*StoreMessagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StoreMessages not implemented")
 }
 func (UnimplementedRepoServiceServer) ListMessages(context.Context, *ListMessagesRequest) (*ListMessagesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListMessages not implemented")
@@ -664,6 +686,24 @@ func _RepoService_StoreMessage_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RepoService_StoreMessages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StoreMessagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepoServiceServer).StoreMessages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepoService_StoreMessages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepoServiceServer).StoreMessages(ctx, req.(*StoreMessagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RepoService_ListMessages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListMessagesRequest)
 	if err := dec(in); err != nil {
@@ -912,6 +952,10 @@ var RepoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StoreMessage",
 			Handler:    _RepoService_StoreMessage_Handler,
+		},
+		{
+			MethodName: "StoreMessages",
+			Handler:    _RepoService_StoreMessages_Handler,
 		},
 		{
 			MethodName: "ListMessages",

@@ -838,6 +838,60 @@ func (*DispatchEvent_Read) isDispatchEvent_Event() {}
 
 func (*DispatchEvent_Group) isDispatchEvent_Event() {}
 
+// ItemError is why one item of a batch call failed: the client API's error
+// code and message, the same the item alone would have failed with.
+type ItemError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          string                 `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ItemError) Reset() {
+	*x = ItemError{}
+	mi := &file_gochat_v1_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ItemError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ItemError) ProtoMessage() {}
+
+func (x *ItemError) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
+func (*ItemError) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ItemError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *ItemError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_gochat_v1_types_proto protoreflect.FileDescriptor
 
 const file_gochat_v1_types_proto_rawDesc = "" +
@@ -896,7 +950,10 @@ const file_gochat_v1_types_proto_rawDesc = "" +
 	"\x11origin_session_id\x18\n" +
 	" \x01(\tR\x0foriginSessionId\x12)\n" +
 	"\x10extra_recipients\x18\v \x03(\tR\x0fextraRecipientsB\a\n" +
-	"\x05event*p\n" +
+	"\x05event\"9\n" +
+	"\tItemError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*p\n" +
 	"\x10ConversationType\x12!\n" +
 	"\x1dCONVERSATION_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONVERSATION_TYPE_DIRECT\x10\x01\x12\x1b\n" +
@@ -928,7 +985,7 @@ func file_gochat_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_gochat_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_gochat_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_gochat_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_gochat_v1_types_proto_goTypes = []any{
 	(ConversationType)(0), // 0: gochat.v1.ConversationType
 	(Role)(0),             // 1: gochat.v1.Role
@@ -941,6 +998,7 @@ var file_gochat_v1_types_proto_goTypes = []any{
 	(*GroupEvent)(nil),    // 8: gochat.v1.GroupEvent
 	(*ReadEvent)(nil),     // 9: gochat.v1.ReadEvent
 	(*DispatchEvent)(nil), // 10: gochat.v1.DispatchEvent
+	(*ItemError)(nil),     // 11: gochat.v1.ItemError
 }
 var file_gochat_v1_types_proto_depIdxs = []int32{
 	1, // 0: gochat.v1.Member.role:type_name -> gochat.v1.Role
@@ -974,7 +1032,7 @@ func file_gochat_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_types_proto_rawDesc), len(file_gochat_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
