@@ -28,14 +28,25 @@ type poller struct {
 	byToken map[int32]*session
 	next    int32
 	workers chan struct{} // bounds the goroutines reading at once
+	// idle hands a ready session to a kept reader waiting for one
+	// (unbuffered: a send succeeds only when one is free).
+	idle chan *session
 }
+
+// keptReaders is how many reading goroutines wait for ready sessions
+// between reads. A fresh goroutine grew its stack on the way through a
+// frame's decoding on every read (runtime.copystack was a tenth of the send
+// path's CPU); a kept one has grown already. Past them a read gets a
+// goroutine of its own, up to --max-readers; few enough that their stacks
+// are a small part of the idle sessions' memory.
+const keptReaders = 32
 
 func newPoller(maxReaders int) (*poller, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	return &poller{epfd: fd, byToken: map[int32]*session{}, workers: make(chan struct{}, maxReaders)}, nil
+	return &poller{epfd: fd, byToken: map[int32]*session{}, workers: make(chan struct{}, maxReaders), idle: make(chan *session)}, nil
 }
 
 func (s *session) event() *unix.EpollEvent {
@@ -155,12 +166,23 @@ func (p *poller) remove(s *session) {
 }
 
 // run waits for events until ctx ends and gives each ready session to onReady
-// on a goroutine of its own, at most maxReaders at once.
+// on a kept reader or a goroutine of its own, at most maxReaders at once.
 func (p *poller) run(ctx context.Context, onReady func(*session)) error {
 	defer unix.Close(p.epfd)
-	events := make([]unix.EpollEvent, 512)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer close(p.idle) // after the loop: no more sends on it
+	for range min(keptReaders, cap(p.workers)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s := range p.idle {
+				onReady(s)
+				<-p.workers
+			}
+		}()
+	}
+	events := make([]unix.EpollEvent, 512)
 	for ctx.Err() == nil {
 		n, err := unix.EpollWait(p.epfd, events, 200)
 		if err != nil {
@@ -175,11 +197,15 @@ func (p *poller) run(ctx context.Context, onReady func(*session)) error {
 				continue
 			}
 			p.workers <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer func() { <-p.workers; wg.Done() }()
-				onReady(s)
-			}()
+			select {
+			case p.idle <- s:
+			default:
+				wg.Add(1)
+				go func() {
+					defer func() { <-p.workers; wg.Done() }()
+					onReady(s)
+				}()
+			}
 		}
 	}
 	return nil
