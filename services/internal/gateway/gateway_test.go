@@ -49,11 +49,9 @@ func (l *logicStub) SendBatch(ctx context.Context, in *gochatv1.SendBatchRequest
 	if l.noBatch {
 		return nil, status.Error(codes.Unimplemented, "unknown method SendBatch")
 	}
-	if l.hang {
-		<-ctx.Done()
-		return nil, apierror.New(apierror.Unavailable, "im-logic hung")
+	if err := l.answerLater(ctx); err != nil {
+		return nil, err
 	}
-	time.Sleep(l.delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.batches = append(l.batches, len(in.Sends))
@@ -77,14 +75,22 @@ func (l *logicStub) GetUser(_ context.Context, in *gochatv1.GetUserRequest, _ ..
 }
 
 func (l *logicStub) Send(ctx context.Context, in *gochatv1.SendRequest, _ ...grpc.CallOption) (*gochatv1.SendResponse, error) {
-	if l.hang {
-		<-ctx.Done()
-		return nil, apierror.New(apierror.Unavailable, "im-logic hung")
+	if err := l.answerLater(ctx); err != nil {
+		return nil, err
 	}
-	time.Sleep(l.delay)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.record(in)
+}
+
+// answerLater waits as a hung (until ctx ends, then fails) or slow im-logic.
+func (l *logicStub) answerLater(ctx context.Context) error {
+	if l.hang {
+		<-ctx.Done()
+		return apierror.New(apierror.Unavailable, "im-logic hung")
+	}
+	time.Sleep(l.delay)
+	return nil
 }
 
 // record answers one send, under l.mu: conversation "refused" is refused,
