@@ -421,6 +421,8 @@ func TestSendBatches(t *testing.T) {
 			f := start(t, nil)
 			// Slow enough that the sends pile up behind the calls in flight.
 			f.logic.delay, f.logic.noBatch = 50*time.Millisecond, tt.noBatch
+			// Two 2-byte contents fill a batch: it stops growing past this.
+			f.g.sends.maxBytes = 3
 			const sessions = 40
 			var cs []*client
 			for range sessions {
@@ -463,8 +465,8 @@ func TestSendBatches(t *testing.T) {
 			for _, n := range batches {
 				total += n
 			}
-			if total != sessions || len(f.logic.sent()) != sessions-1 || slices.Max(batches) < 2 {
-				t.Fatalf("batches %v: want all %d sends, some together", batches, sessions)
+			if total != sessions || len(f.logic.sent()) != sessions-1 || slices.Max(batches) != 2 {
+				t.Fatalf("batches %v: want all %d sends, some two together and never more (the bytes' bound)", batches, sessions)
 			}
 		})
 	}

@@ -30,6 +30,8 @@ type sendBatcher struct {
 	log     *slog.Logger
 	queue   chan *pendingSend
 	slots   chan struct{} // one per batch in flight
+	// maxBytes bounds a batch's content bytes (sendBatchBytes; a test's own).
+	maxBytes int
 	// singleUntil is when to try SendBatch again after an im-logic without
 	// it (an older version, during a roll) answered Unimplemented; until
 	// then every send is a call of its own.
@@ -51,6 +53,10 @@ type sendOutcome struct {
 const (
 	// sendBatchMax bounds one call's sends (im-logic takes up to 1,000).
 	sendBatchMax = 512
+	// sendBatchBytes bounds one call's content: a batch stops growing once
+	// it is past it, far below gRPC's 16 MiB message limit even with
+	// --max-content-bytes at im-repo's ceiling (64 KiB).
+	sendBatchBytes = 2 << 20
 	// sendBatchesInFlight bounds the calls in flight: enough that a batch
 	// forms while the previous ones are stored (im-repo commits them
 	// together), few enough that a burst makes batches, not calls.
@@ -68,6 +74,7 @@ func newSendBatcher(logic gochatv1.LogicServiceClient, timeout time.Duration, lo
 	return &sendBatcher{
 		logic: logic, timeout: timeout, log: log, batchSize: batchSize,
 		queue: make(chan *pendingSend, sendQueue), slots: make(chan struct{}, sendBatchesInFlight),
+		maxBytes: sendBatchBytes,
 	}
 }
 
@@ -107,11 +114,13 @@ func (b *sendBatcher) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		size := len(batch[0].req.Content)
 	fill:
-		for len(batch) < sendBatchMax {
+		for len(batch) < sendBatchMax && size < b.maxBytes {
 			select {
 			case p := <-b.queue:
 				batch = append(batch, p)
+				size += len(p.req.Content)
 			default:
 				break fill
 			}
