@@ -11,6 +11,7 @@
 #   LONG=10m hack/bench-send.sh                 # and 10 minutes at 5,000 msg/s
 #   RATES="5000" DURATION=60s hack/bench-send.sh
 #   TOPOLOGY=split hack/bench-send.sh           # the services as separate processes, as deployed
+#   ALIGNED=1 hack/bench-send.sh                # the senders in step: bursts, not a steady rate
 set -euo pipefail
 RATES=${RATES:-"1000 2000 5000 8000 10000"}
 PER_SENDER=${PER_SENDER:-5}
@@ -18,6 +19,9 @@ DURATION=${DURATION:-30s}
 LONG=${LONG:-}
 LONG_RATE=${LONG_RATE:-5000}
 STORE_WORKERS=${STORE_WORKERS:-1}
+# ALIGNED=1: every sender sends at the same instant (bursts of all the
+# senders' sends, 5 a second) instead of their ticks spread over the period.
+ALIGNED=${ALIGNED:-}
 # dev: the four services in one `gochat dev` process; split: im-repo,
 # im-logic, im-task and one gateway as their own processes, with mutual TLS
 # between them, as a deployment runs them.
@@ -121,7 +125,7 @@ run() {
   # MariaDB, Redis and the load tool itself.
   local procs="$services kafka=$kafka mariadb=$(pgrep -xo mariadbd || echo 0) redis=$(pgrep -xo redis-server || echo 0)"
   "$work/gochat-load" send --url http://127.0.0.1:$HTTP_PORT --pairs "$pairs" --rate "$PER_SENDER" --duration "$duration" \
-    >"$work/send-$label.txt" &
+    ${ALIGNED:+--aligned} >"$work/send-$label.txt" &
   local load=$!
   until grep -q '^sending$' "$work/send-$label.txt" 2>/dev/null || ! kill -0 $load 2>/dev/null; do sleep 0.05; done
   local t0; t0=$(date +%s.%N)

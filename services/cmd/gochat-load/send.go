@@ -111,8 +111,9 @@ func sendMain(args []string) error {
 	rate := fs.Float64("rate", 40, "sends per second per sender (the gateway allows 50 by default)")
 	duration := fs.Duration("duration", 20*time.Second, "how long to send")
 	size := fs.Int("size", 100, "content bytes per message")
+	aligned := fs.Bool("aligned", false, "every sender sends at the same instant, a burst of --pairs sends a tick (by default their ticks are spread evenly over the period, as independent people type)")
 	_ = fs.Parse(args)
-	o := sendOpts{base: *base, pairs: *pairs, rate: *rate, duration: *duration, size: *size}
+	o := sendOpts{base: *base, pairs: *pairs, rate: *rate, duration: *duration, size: *size, aligned: *aligned}
 	// A marker for scripts that measure the servers' CPU over the sending
 	// only, without the setup (hack/bench-send.sh).
 	o.onSending = func() { fmt.Println("sending") }
@@ -120,7 +121,11 @@ func sendMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("senders %d at %.0f/s each for %s, %d-byte messages\n", o.pairs, o.rate, o.duration, o.size)
+	phase := "ticks spread over the period"
+	if o.aligned {
+		phase = "ticks aligned"
+	}
+	fmt.Printf("senders %d at %.0f/s each for %s, %d-byte messages, %s\n", o.pairs, o.rate, o.duration, o.size, phase)
 	fmt.Printf("sent %d (%.0f/s), acked %d, errors %d, delivered %d unique (conversation_id, seq) (%.0f/s over %s), %d duplicate frames, %d acked but not delivered\n",
 		r.sent, float64(r.sent)/r.sendTime.Seconds(), r.acked, r.errors, r.delivered, float64(r.delivered)/r.total.Seconds(), r.total.Round(time.Millisecond), r.duplicates, r.missing)
 	if r.errors > 0 {
@@ -140,12 +145,25 @@ func sendMain(args []string) error {
 	return nil
 }
 
+// senderPhase is how long sender i of n waits before its first tick.
+// Senders started together tick together: at 1,000 senders a burst of 1,000
+// sends every period, whose latency is the time to drain the burst, not the
+// path's at that rate. People typing are not in step, so unless aligned,
+// sender i starts i/n of a period late.
+func senderPhase(i, n int, period time.Duration, aligned bool) time.Duration {
+	if aligned || n == 0 {
+		return 0
+	}
+	return period * time.Duration(i) / time.Duration(n)
+}
+
 type sendOpts struct {
 	base      string
 	pairs     int
 	rate      float64 // per sender
 	duration  time.Duration
 	size      int
+	aligned   bool   // all senders tick together instead of spread over the period
 	onSending func() // called once the setup is done and the sending starts
 }
 
@@ -220,11 +238,13 @@ func runSend(o sendOpts) (sendResult, error) {
 	start := time.Now()
 	end := start.Add(o.duration)
 	var senders sync.WaitGroup
+	period := time.Duration(float64(time.Second) / o.rate)
 	for i, p := range ps {
 		senders.Add(1)
 		go func() {
 			defer senders.Done()
-			tick := time.NewTicker(time.Duration(float64(time.Second) / o.rate))
+			time.Sleep(senderPhase(i, len(ps), period, o.aligned))
+			tick := time.NewTicker(period)
 			defer tick.Stop()
 			var b []byte
 			for n := 0; time.Now().Before(end); n++ {

@@ -128,3 +128,25 @@ func TestSendGoChatRefused(t *testing.T) {
 		t.Fatalf("the run took %s: the tool waited for refused sends", r.total)
 	}
 }
+
+func TestSenderPhase(t *testing.T) {
+	const period = 200 * time.Millisecond
+	for _, tc := range []struct {
+		name    string
+		i, n    int
+		aligned bool
+		want    time.Duration
+	}{
+		{"first sender starts at once", 0, 4, false, 0},
+		{"spread evenly over the period", 1, 4, false, 50 * time.Millisecond},
+		{"last sender starts within the period", 3, 4, false, 150 * time.Millisecond},
+		{"aligned senders start together", 3, 4, true, 0},
+		{"no senders", 0, 0, false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := senderPhase(tc.i, tc.n, period, tc.aligned); got != tc.want {
+				t.Fatalf("senderPhase(%d, %d) = %s, want %s", tc.i, tc.n, got, tc.want)
+			}
+		})
+	}
+}
