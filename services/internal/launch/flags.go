@@ -74,7 +74,7 @@ type DBFlags struct{ repo.DBConfig }
 func (f *DBFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.MySQLDSN, "mysql-dsn", "", "MySQL DSN, user:password@tcp(host:3306)/db (prefer the GOCHAT_MYSQL_DSN variable)")
 	fs.StringVar(&f.SQLitePath, "sqlite-path", "", "SQLite file, used when --mysql-dsn is empty (single-process setups)")
-	fs.IntVar(&f.MaxOpenConns, "db-max-conns", 32, "most open database connections")
+	fs.IntVar(&f.MaxOpenConns, "db-max-conns", 32, "most open database connections (im-repo's store workers hold --store-workers more)")
 }
 
 // KafkaFlags say how to reach Kafka and which topics to use.

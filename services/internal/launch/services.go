@@ -236,7 +236,10 @@ func (o *Repo) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	defer rdb.Close()
 	o.RedisPrefix = o.Redis.Prefix
-	srv := repo.NewServer(db, rdb, o.Config, log)
+	srv, err := repo.NewServer(db, rdb, o.Config, log)
+	if err != nil {
+		return fmt.Errorf("im-repo: %w", err)
+	}
 	g, gctx := newGroup(ctx)
 	gs := rpc.NewServer(log, id)
 	gochatv1.RegisterRepoServiceServer(gs, srv)

@@ -117,3 +117,12 @@ func withTimeouts(dsn string) (string, error) {
 	c.InterpolateParams = true
 	return c.FormatDSN(), nil
 }
+
+// dialectorDSN is the DSN a MySQL gorm.DB was opened with (withTimeouts'),
+// or "" for another database.
+func dialectorDSN(db *gorm.DB) string {
+	if d, ok := db.Dialector.(*mysql.Dialector); ok && d.Config != nil {
+		return d.DSN
+	}
+	return ""
+}

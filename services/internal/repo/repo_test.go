@@ -93,7 +93,10 @@ func startWith(t testing.TB, cfg repo.DBConfig, rcfg repo.Config) *env {
 	}
 	rdb, prefix := tc.Redis(t)
 	rcfg.RedisPrefix = prefix
-	srv := repo.NewServer(db, rdb, rcfg, log)
+	srv, err := repo.NewServer(db, rdb, rcfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { srv.Run(runCtx); close(done) }()

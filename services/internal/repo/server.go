@@ -62,7 +62,7 @@ type Server struct {
 
 // NewServer wires the store, the caches and presence. Run the returned
 // server's Run for as long as it serves.
-func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Logger) *Server {
+func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Logger) (*Server, error) {
 	store := NewStore(db)
 	logDB(log, db)
 	if cfg.OutboxLease <= 0 {
@@ -77,16 +77,20 @@ func NewServer(db *gorm.DB, rdb redis.UniversalClient, cfg Config, log *slog.Log
 	if cfg.PresenceMaxGroupMembers <= 0 {
 		cfg.PresenceMaxGroupMembers = DefaultPresenceMaxGroupMembers
 	}
+	sender, err := NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout)
+	if err != nil {
+		return nil, err
+	}
 	return &Server{
 		presenceMaxGroup: cfg.PresenceMaxGroupMembers,
 		guests:           guestExpiry{ttl: cfg.GuestTTL, interval: cfg.GuestSweepEvery, batch: cfg.GuestSweepBatch},
 		outboxLease:      cfg.OutboxLease,
 		store:            store,
-		sender:           NewSender(store, log, cfg.StoreWorkers, cfg.StoreMaxBatch, cfg.StoreTimeout),
+		sender:           sender,
 		members:          &memberCache{rdb: rdb, prefix: cfg.RedisPrefix, ttl: cfg.MemberCacheTTL, log: log},
 		presence:         NewPresence(rdb, cfg.RedisPrefix),
 		log:              log,
-	}
+	}, nil
 }
 
 // Run runs the store batcher, and the guest sweeper if guests expire,
