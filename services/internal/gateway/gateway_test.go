@@ -472,6 +472,63 @@ func TestSendBatches(t *testing.T) {
 	}
 }
 
+// HTTP sends go through the same batcher: concurrent requests share calls,
+// and each is answered with its own message or its own error.
+func TestHTTPSendBatches(t *testing.T) {
+	f := start(t, nil)
+	f.logic.delay = 50 * time.Millisecond
+	const sends = 30
+	type answer struct {
+		status int
+		body   map[string]any
+	}
+	answers := make([]answer, sends)
+	var wg sync.WaitGroup
+	for i := range sends {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conv := "c" + strconv.Itoa(i)
+			if i == 3 {
+				conv = "refused"
+			}
+			req, _ := http.NewRequest(http.MethodPost, "http://"+f.addr+"/v1/conversations/"+conv+"/messages",
+				strings.NewReader(fmt.Sprintf(`{"client_msg_id":"m%d","content":"hi"}`, i)))
+			req.Header.Set("Authorization", "Bearer "+f.token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			answers[i].status = resp.StatusCode
+			_ = json.NewDecoder(resp.Body).Decode(&answers[i].body)
+		}()
+	}
+	wg.Wait()
+	for i, a := range answers {
+		if i == 3 {
+			if a.status != http.StatusForbidden {
+				t.Fatalf("the refused send: %d %v, want 403", a.status, a.body)
+			}
+			continue
+		}
+		if a.status != http.StatusCreated || a.body["conversation_id"] != "c"+strconv.Itoa(i) {
+			t.Fatalf("send %d: %d %v, want 201 with its own message", i, a.status, a.body)
+		}
+	}
+	f.logic.mu.Lock()
+	batches := slices.Clone(f.logic.batches)
+	f.logic.mu.Unlock()
+	total := 0
+	for _, n := range batches {
+		total += n
+	}
+	if total != sends || len(batches) == sends {
+		t.Fatalf("batches %v: want all %d sends, some of them together", batches, sends)
+	}
+}
+
 func TestPushAndPresence(t *testing.T) {
 	f := start(t, nil)
 	c1, c2 := f.dial(t), f.dial(t)

@@ -389,7 +389,10 @@ func (g *Gateway) postMessage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apierror.New(apierror.RateLimited, "too many sends, at most %g per second", g.cfg.SendRate))
 		return
 	}
-	resp, err := g.logic.Send(r.Context(), &gochatv1.SendRequest{
+	// Through the batcher, as a WebSocket send: the batch's deadline bounds
+	// the wait, and a request whose client left may still be stored (a
+	// retry with the same client_msg_id finds it).
+	resp, err := g.sends.send(r.Context(), &gochatv1.SendRequest{
 		CallerId: caller(r.Context()), ConversationId: r.PathValue("id"),
 		ClientMsgId: b.ClientMsgID, ContentType: b.ContentType, Content: b.Content,
 	})
