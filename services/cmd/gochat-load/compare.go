@@ -597,7 +597,17 @@ func runConnect(ad adapter, o compareOpts) (compareResult, error) {
 // pingLoop has GoChat's sessions ping as idle clients do; Centrifugo pings
 // from the server and the readers answer. It returns a stop function.
 func pingLoop(ad adapter, sessions []*session, every time.Duration) func() {
-	if _, ok := ad.(*gochatAdapter); !ok || every <= 0 {
+	if _, ok := ad.(*gochatAdapter); !ok {
+		return func() {}
+	}
+	return keepAlive(sessions, every)
+}
+
+// keepAlive has GoChat sessions ping every so often, as the client API asks
+// of every client (the gateway drops one silent for 3 heartbeats), until
+// the returned stop function is called.
+func keepAlive(sessions []*session, every time.Duration) func() {
+	if every <= 0 {
 		return func() {}
 	}
 	stop := make(chan struct{})

@@ -111,9 +111,10 @@ func sendMain(args []string) error {
 	rate := fs.Float64("rate", 40, "sends per second per sender (the gateway allows 50 by default)")
 	duration := fs.Duration("duration", 20*time.Second, "how long to send")
 	size := fs.Int("size", 100, "content bytes per message")
+	ping := fs.Duration("ping", 20*time.Second, "every session pings this often, as clients must (the gateway drops a session silent for 3 of its heartbeats, 75 s by default)")
 	aligned := fs.Bool("aligned", false, "every sender sends at the same instant, a burst of --pairs sends a tick (by default their ticks are spread evenly over the period, as independent people type)")
 	_ = fs.Parse(args)
-	o := sendOpts{base: *base, pairs: *pairs, rate: *rate, duration: *duration, size: *size, aligned: *aligned}
+	o := sendOpts{base: *base, pairs: *pairs, rate: *rate, duration: *duration, size: *size, aligned: *aligned, ping: *ping}
 	// A marker for scripts that measure the servers' CPU over the sending
 	// only, without the setup (hack/bench-send.sh).
 	o.onSending = func() { fmt.Println("sending") }
@@ -163,8 +164,9 @@ type sendOpts struct {
 	rate      float64 // per sender
 	duration  time.Duration
 	size      int
-	aligned   bool   // all senders tick together instead of spread over the period
-	onSending func() // called once the setup is done and the sending starts
+	aligned   bool          // all senders tick together instead of spread over the period
+	ping      time.Duration // how often every session pings (0: never)
+	onSending func()        // called once the setup is done and the sending starts
 }
 
 type sendResult struct {
@@ -231,6 +233,13 @@ func runSend(o sendOpts) (sendResult, error) {
 		}()
 	}
 
+	// A recipient only reads: without its pings the gateway would count it
+	// gone after 3 heartbeats and its deliveries would stop.
+	sessions := make([]*session, 0, 2*len(ps))
+	for _, p := range ps {
+		sessions = append(sessions, p.from, p.to)
+	}
+	stopPings := keepAlive(sessions, o.ping)
 	if o.onSending != nil {
 		o.onSending()
 	}
@@ -274,6 +283,7 @@ func runSend(o sendOpts) (sendResult, error) {
 	}
 	total := time.Since(start)
 	toolCPU, _, _ := m.end()
+	stopPings()
 	for _, p := range ps {
 		p.from.conn.Close()
 		p.to.conn.Close()

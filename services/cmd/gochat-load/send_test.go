@@ -70,6 +70,22 @@ func TestSendGoChat(t *testing.T) {
 	}
 }
 
+// TestSendKeepsSessionsAlive runs the tool past three of the gateway's
+// heartbeats: its recipients, which only read, must ping as the client API
+// asks, or the gateway counts them gone and their deliveries stop (a
+// 10-minute bench lost every delivery after 75 s to this).
+func TestSendKeepsSessionsAlive(t *testing.T) {
+	c := testcluster.StartCluster(t, testcluster.Options{GatewayFlags: []string{"--heartbeat", "1s"}})
+	r, err := runSend(sendOpts{base: c.URL(), pairs: 2, rate: 10, duration: 5 * time.Second, size: 100, ping: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.sent < 2*10*4 || r.acked != r.sent || r.delivered != r.acked || r.missing != 0 {
+		t.Fatalf("sent %d, acked %d, delivered %d, missing %d: want every message acked and delivered past 3 heartbeats",
+			r.sent, r.acked, r.delivered, r.missing)
+	}
+}
+
 // TestSendFrames reads the frames the gateway writes (built with the same
 // encoder) and counts acks, deliveries and refusals. An error frame's
 // "message" is text where an ack's is an object: a refusal must still
