@@ -20,6 +20,10 @@ type DBConfig struct {
 	MaxOpenConns int
 }
 
+// connMaxLifetime retires pooled connections before a proxy or the
+// server's wait_timeout drops them under a query.
+const connMaxLifetime = 30 * time.Minute
+
 // OpenDB opens the database and checks that it answers.
 func OpenDB(cfg DBConfig) (*gorm.DB, error) {
 	gcfg := &gorm.Config{
@@ -62,7 +66,7 @@ func OpenDB(cfg DBConfig) (*gorm.DB, error) {
 		sqlDB.SetMaxOpenConns(cfg.MaxOpenConns)
 		sqlDB.SetMaxIdleConns(cfg.MaxOpenConns)
 	}
-	sqlDB.SetConnMaxLifetime(30 * time.Minute)
+	sqlDB.SetConnMaxLifetime(connMaxLifetime)
 	if err := sqlDB.Ping(); err != nil {
 		return nil, fmt.Errorf("ping database (%s): %w", redactDSN(cfg.MySQLDSN+cfg.SQLitePath), err)
 	}

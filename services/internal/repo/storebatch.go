@@ -417,5 +417,6 @@ func openStoreDB(s *Store, conns int) (*sql.DB, error) {
 	db := sql.OpenDB(connector)
 	db.SetMaxOpenConns(conns)
 	db.SetMaxIdleConns(conns)
+	db.SetConnMaxLifetime(connMaxLifetime)
 	return db, nil
 }
