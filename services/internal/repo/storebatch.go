@@ -293,7 +293,7 @@ func (s *Store) storeBatchTx(tx *gorm.DB, batch []*storeReq) ([]storeResult, err
 // that takes several statements at once: begin with the lookups, take the
 // seqs, write and commit. Whatever fails, the transaction is rolled back
 // before conn goes back to its pool, or conn is closed.
-func (s *Store) storeBatchMySQL(ctx context.Context, db *sql.DB, batch []*storeReq) (results []storeResult, err error) {
+func (s *Store) storeBatchMySQL(ctx context.Context, db *sql.DB, batch []*storeReq) ([]storeResult, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store connection: %w", err)
@@ -315,22 +315,21 @@ func (s *Store) storeBatchMySQL(ctx context.Context, db *sql.DB, batch []*storeR
 	begin := joined(stmt{sql: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"}, stmt{sql: "START TRANSACTION"}, dedupe, members)
 	var existing []messageRow
 	var found []memberRow
-	err = query(ctx, conn, begin, func(set int, rows *sql.Rows) error {
-		if set == 0 {
-			var m messageRow
-			if err := rows.Scan(&m.ID, &m.ConversationID, &m.Seq, &m.SenderID, &m.ClientMsgID, &m.ContentType, &m.Content, &m.CreatedAtMs); err != nil {
-				return err
-			}
-			existing = append(existing, m)
-			return nil
+	err = querySets(ctx, conn, begin, func(rows *sql.Rows) error {
+		var m messageRow
+		if err := rows.Scan(&m.ID, &m.ConversationID, &m.Seq, &m.SenderID, &m.ClientMsgID, &m.ContentType, &m.Content, &m.CreatedAtMs); err != nil {
+			return err
 		}
+		existing = append(existing, m)
+		return nil
+	}, func(rows *sql.Rows) error {
 		var m memberRow
 		if err := rows.Scan(&m.ConversationID, &m.UserID); err != nil {
 			return err
 		}
 		found = append(found, m)
 		return nil
-	}, 2)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("look up client_msg_ids and members: %w", err)
 	}
@@ -341,14 +340,14 @@ func (s *Store) storeBatchMySQL(ctx context.Context, db *sql.DB, batch []*storeR
 
 	advance, read := p.takeSeqs()
 	var convs []conversationRow
-	err = query(ctx, conn, joined(advance, read), func(_ int, rows *sql.Rows) error {
+	err = querySets(ctx, conn, joined(advance, read), func(rows *sql.Rows) error {
 		var c conversationRow
 		if err := rows.Scan(&c.ID, &c.MaxSeq); err != nil {
 			return err
 		}
 		convs = append(convs, c)
 		return nil
-	}, 1)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("take seqs: %w", err)
 	}
@@ -364,24 +363,24 @@ func (s *Store) storeBatchMySQL(ctx context.Context, db *sql.DB, batch []*storeR
 	return p.done(), nil
 }
 
-// query runs a multi-statement query whose statements answer sets result
-// sets (the others, such as START TRANSACTION, answer none), and calls row
-// for each row with its set's index.
-func query(ctx context.Context, conn *sql.Conn, st stmt, row func(set int, rows *sql.Rows) error, sets int) error {
+// querySets runs a multi-statement query and reads its result sets in
+// order, each row of set i with scans[i]; the statements that answer no set
+// (START TRANSACTION, an UPDATE) are skipped by the driver.
+func querySets(ctx context.Context, conn *sql.Conn, st stmt, scans ...func(*sql.Rows) error) error {
 	rows, err := conn.QueryContext(ctx, st.sql, st.args...)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
-	for set := 0; set < sets; set++ {
-		if set > 0 && !rows.NextResultSet() {
+	for i, scan := range scans {
+		if i > 0 && !rows.NextResultSet() {
 			if err := rows.Err(); err != nil {
 				return err
 			}
-			return fmt.Errorf("%d of %d result sets", set, sets)
+			return fmt.Errorf("%d of %d result sets", i, len(scans))
 		}
 		for rows.Next() {
-			if err := row(set, rows); err != nil {
+			if err := scan(rows); err != nil {
 				return err
 			}
 		}
