@@ -231,6 +231,7 @@ type session struct {
 	unique  atomic.Int64
 	dups    int64
 	lat     []time.Duration
+	keys    []int64 // the message of each latency, for the per-message view
 	acks    atomic.Int64
 	errors  atomic.Int64
 	frames  atomic.Int64
@@ -384,6 +385,7 @@ func (s *session) run(ad adapter, done func()) {
 			s.seen[w] |= bit
 			s.unique.Add(1)
 			s.lat = append(s.lat, time.Duration(now-d.sentNs))
+			s.keys = append(s.keys, d.key)
 		}
 	}
 }
@@ -418,6 +420,14 @@ type compareResult struct {
 	DeliverP50Ms  float64 `json:"deliver_p50_ms,omitempty"`
 	DeliverP99Ms  float64 `json:"deliver_p99_ms,omitempty"`
 	DeliveriesSec float64 `json:"deliveries_per_sec,omitempty"`
+	// Per message: when its first and its last delivery arrived, the
+	// median and the worst over the messages. The first is the path to the
+	// gateway; last minus first is how long the gateway and the receivers
+	// took to write and read one message to every session.
+	FirstP50Ms float64 `json:"first_p50_ms,omitempty"`
+	FirstMaxMs float64 `json:"first_max_ms,omitempty"`
+	LastP50Ms  float64 `json:"last_p50_ms,omitempty"`
+	LastMaxMs  float64 `json:"last_max_ms,omitempty"`
 
 	ServerCPUPct  float64          `json:"server_cpu_pct,omitempty"` // of one core, over the measured window, summed over --pids
 	ServerPIDs    []int            `json:"server_pids"`
@@ -438,6 +448,10 @@ func (r compareResult) print(w io.Writer) {
 	if r.Expected > 0 {
 		fmt.Fprintf(w, "  published %d, delivered %d of %d expected (unique per session; %d duplicates), %.0f deliveries/s, latency p50 %.1f ms p99 %.1f ms\n",
 			r.Published, r.Delivered, r.Expected, r.Duplicates, r.DeliveriesSec, r.DeliverP50Ms, r.DeliverP99Ms)
+	}
+	if r.LastMaxMs > 0 {
+		fmt.Fprintf(w, "  per message: first delivery p50 %.1f ms max %.1f ms, last delivery p50 %.1f ms max %.1f ms\n",
+			r.FirstP50Ms, r.FirstMaxMs, r.LastP50Ms, r.LastMaxMs)
 	}
 	if len(r.OtherFrames) > 0 {
 		fmt.Fprintf(w, "  other frames received: %v\n", r.OtherFrames)
@@ -783,11 +797,13 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	}
 
 	var lat []time.Duration
+	spread := messageSpreads{}
 	for _, s := range sessions {
 		res.Delivered += s.unique.Load()
 		res.Duplicates += s.dups
 		res.ToolFrames += s.frames.Load()
 		lat = append(lat, s.lat...)
+		spread.add(s.keys, s.lat)
 		for k, n := range s.other {
 			if res.OtherFrames == nil {
 				res.OtherFrames = map[string]int64{}
@@ -798,6 +814,7 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	res.ToolFrames += pub.frames.Load() - framesBase
 	res.Published, res.Expected = published, expected
 	res.DeliverP50Ms, res.DeliverP99Ms = ms(q(lat, 0.5)), ms(q(lat, 0.99))
+	res.FirstP50Ms, res.FirstMaxMs, res.LastP50Ms, res.LastMaxMs = spread.summary()
 	res.DeliveriesSec = float64(res.Delivered) / window.Seconds()
 	res.ServerCPUPct = cpu
 	res.ToolCPUUsPerF = float64(tool.Microseconds()) / float64(max(res.ToolFrames, 1))
@@ -808,6 +825,35 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 		return res, fmt.Errorf("nothing was published: %v", pubErr)
 	}
 	return res, nil
+}
+
+// messageSpreads keeps, per message, the latencies of its first and its
+// last delivery.
+type messageSpreads map[int64]*[2]time.Duration
+
+func (m messageSpreads) add(keys []int64, lat []time.Duration) {
+	for i, k := range keys {
+		e := m[k]
+		if e == nil {
+			m[k] = &[2]time.Duration{lat[i], lat[i]}
+			continue
+		}
+		e[0], e[1] = min(e[0], lat[i]), max(e[1], lat[i])
+	}
+}
+
+// summary is the median and the worst, over the messages, of their first
+// and of their last delivery, in ms.
+func (m messageSpreads) summary() (firstP50, firstMax, lastP50, lastMax float64) {
+	if len(m) == 0 {
+		return 0, 0, 0, 0
+	}
+	first := make([]time.Duration, 0, len(m))
+	last := make([]time.Duration, 0, len(m))
+	for _, e := range m {
+		first, last = append(first, e[0]), append(last, e[1])
+	}
+	return ms(q(first, 0.5)), ms(q(first, 1)), ms(q(last, 0.5)), ms(q(last, 1))
 }
 
 func closeAll(sessions []*session) {

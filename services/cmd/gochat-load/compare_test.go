@@ -227,3 +227,36 @@ func BenchmarkFrameDecode(b *testing.B) {
 		})
 	}
 }
+
+func TestMessageSpreads(t *testing.T) {
+	msd := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name     string
+		sessions [][2]any // keys, latencies
+		want     [4]float64
+	}{
+		{"none", nil, [4]float64{}},
+		{"one message, two sessions", [][2]any{{[]int64{7}, msd(10)}, {[]int64{7}, msd(30)}}, [4]float64{10, 10, 30, 30}},
+		{"a slow message sets the max, not the median", [][2]any{
+			{[]int64{1, 2, 3}, msd(5, 6, 50)},
+			{[]int64{1, 2, 3}, msd(9, 8, 90)},
+		}, [4]float64{6, 50, 9, 90}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := messageSpreads{}
+			for _, s := range tc.sessions {
+				m.add(s[0].([]int64), s[1].([]time.Duration))
+			}
+			a, b, c, d := m.summary()
+			if got := [4]float64{a, b, c, d}; got != tc.want {
+				t.Errorf("first p50/max, last p50/max = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
