@@ -16,7 +16,7 @@ import (
 func TestLargeGroups(t *testing.T) {
 	c := tc.StartCluster(t, tc.Options{
 		RepoFlags: []string{"--presence-max-group-members=3"},
-		TaskEnv:   []string{"GOCHAT_ROUTE_CACHE_TTL=3s"},
+		TaskEnv:   []string{"GOCHAT_ROUTE_CACHE_TTL=3s", "GOCHAT_ROUTE_CACHE_MAX_AGE=60s"},
 		// Members are added to the huge group through the API too.
 		LogicFlags: []string{"--max-group-members=20000"},
 	})
@@ -54,6 +54,24 @@ func testHugeGroup(t *testing.T, c *tc.Cluster) {
 	waitAll(t, rw, g.ID, map[int64]bool{m2.Seq: true}, got, 30*time.Second)
 	lateGot := uniqueSeqs{}
 	waitAll(t, lw, g.ID, map[int64]bool{m2.Seq: true}, lateGot, 30*time.Second)
+
+	// While no member's sessions come or go, their presence is not read
+	// again: for longer than the TTL messages go out, and im-task reads the
+	// change log, not the 10,052 members (the refresher would read them
+	// all every half TTL without it).
+	refreshed := counter(t, c.TaskMetrics, `gochat_task_route_lookups_total{source="refresh"}`)
+	for i := range 4 {
+		m := sendHuge(fmt.Sprintf("quiet-%d", i))
+		waitAll(t, rw, g.ID, map[int64]bool{m.Seq: true}, got, 30*time.Second)
+		waitAll(t, lw, g.ID, map[int64]bool{m.Seq: true}, lateGot, 30*time.Second)
+		time.Sleep(time.Second)
+	}
+	if n := counter(t, c.TaskMetrics, `gochat_task_route_lookups_total{source="refresh"}`) - refreshed; n > 100 {
+		t.Fatalf("%v members' presence read again in 4s of unchanged presence", n)
+	}
+	if counter(t, c.TaskMetrics, `gochat_task_presence_change_reads_total{result="complete"}`) == 0 {
+		t.Fatal("im-task never read the presence change log")
+	}
 
 	// Typing looks up the presence of every other member: more than
 	// im-repo answers in one call, so the relay asks in batches.

@@ -128,7 +128,7 @@ func (d *Dev) Run(ctx context.Context, log *slog.Logger) error {
 	taskSvc.Kafka.KafkaConfig = kafka
 	taskSvc.Kafka.SetBrokers(kafka.Brokers)
 	taskSvc.ConsumerGroup, taskSvc.MaxPoll, taskSvc.PushTimeout = "gochat-task", 2000, 5*time.Second
-	taskSvc.RouteCacheTTL = 2 * time.Second
+	taskSvc.RouteCacheTTL, taskSvc.RouteCacheMaxAge = 2*time.Second, 30*time.Second
 
 	gwSvc := &Gateway{HTTPAddr: d.HTTPAddr, GRPCAddr: gwGRPC, MetricsAddr: d.MetricsAddr, LogicAddr: logicAddr, RepoAddr: repoAddr, Auth: auth, TLS: tlsFlags[pki.Gateway]}
 	gwSvc.Config = DefaultGatewayConfig()

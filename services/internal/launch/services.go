@@ -504,7 +504,8 @@ func (o *Task) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.ConsumerGroup, "consumer-group", "gochat-task", "Kafka consumer group of im-task replicas")
 	fs.IntVar(&o.MaxPoll, "max-poll", 2000, "most records handled in one batch")
 	fs.DurationVar(&o.PushTimeout, "push-timeout", 5*time.Second, "time limit of one push call to a gateway")
-	fs.DurationVar(&o.RouteCacheTTL, "route-cache-ttl", 2*time.Second, "how long the sessions of the members of conversations of 100 members or more are routed from memory before presence is read again; a session that came online meanwhile gets a resync (0: read presence for every push)")
+	fs.DurationVar(&o.RouteCacheTTL, "route-cache-ttl", 2*time.Second, "how long the sessions of the members of conversations of 100 members or more are routed from memory before presence is read again while im-repo's presence change log cannot be read; a session that came online meanwhile gets a resync (0: read presence for every push)")
+	fs.DurationVar(&o.RouteCacheMaxAge, "route-cache-max-age", 30*time.Second, "while the presence change log is read, a user's sessions are read again when they change, and at least this often (at least --route-cache-ttl)")
 	fs.StringVar(&o.WebhookURL, "webhook-url", "", "URL that gets offline users' notifications (empty: off)")
 	fs.StringVar(&o.WebhookSecret, "webhook-secret", "", "HMAC-SHA256 key signing webhook bodies (prefer GOCHAT_WEBHOOK_SECRET)")
 }
@@ -519,6 +520,9 @@ func (o *Task) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	if o.RouteCacheTTL < 0 || o.RouteCacheTTL > time.Minute {
 		return fmt.Errorf("--route-cache-ttl must be 0 to 1m, got %s", o.RouteCacheTTL)
+	}
+	if o.RouteCacheMaxAge < time.Second || o.RouteCacheMaxAge > 10*time.Minute {
+		return fmt.Errorf("--route-cache-max-age must be 1s to 10m, got %s", o.RouteCacheMaxAge)
 	}
 	if err := o.Kafka.Config().Validate(); err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -148,6 +149,7 @@ func TestRepo(t *testing.T) {
 			t.Run("registering new sessions checks their users", func(t *testing.T) { testRegisterChecksUsers(t, e) })
 			t.Run("sessions on a gateway whose liveness lapsed are offline", func(t *testing.T) { testGatewayLiveness(t, e) })
 			t.Run("presence transitions", func(t *testing.T) { testPresenceTransitions(t, e) })
+			t.Run("the presence change log", func(t *testing.T) { testPresenceChanges(t, e) })
 			t.Run("contacts", func(t *testing.T) { testContacts(t, e) })
 			t.Run("dispatch outbox", func(t *testing.T) { testOutbox(t, e) })
 			t.Run("event outbox", func(t *testing.T) { testEventOutbox(t, e) })
@@ -561,6 +563,112 @@ func testPresence(t *testing.T, e *env) {
 	}
 	_, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: []*gochatv1.Session{{UserId: a.Id}}, TtlMs: 1000})
 	wantCode(t, err, apierror.InvalidArgument)
+}
+
+// testPresenceChanges: a session that comes or goes puts its user in the
+// change log once, a renewal does not, and a reader is told when the log
+// cannot say everything since its position (over its limit, or Redis lost it).
+func testPresenceChanges(t *testing.T, e *env) {
+	a, b, c := user(t, e, "a"), user(t, e, "b"), user(t, e, "c")
+	sa1 := &gochatv1.Session{UserId: a.Id, SessionId: "ca1", Gateway: "gw:1"}
+	sa2 := &gochatv1.Session{UserId: a.Id, SessionId: "ca2", Gateway: "gw:2"}
+	sb := &gochatv1.Session{UserId: b.Id, SessionId: "cb", Gateway: "gw:1"}
+	register := func(ss ...*gochatv1.Session) {
+		t.Helper()
+		if _, err := e.client.RegisterSessions(ctx, &gochatv1.RegisterSessionsRequest{Sessions: ss, TtlMs: 60000}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unregister := func(ss ...*gochatv1.Session) {
+		t.Helper()
+		if _, err := e.client.UnregisterSessions(ctx, &gochatv1.UnregisterSessionsRequest{Sessions: ss}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	changes := func(after int64, limit int32) *gochatv1.GetPresenceChangesResponse {
+		t.Helper()
+		r, err := e.client.GetPresenceChanges(ctx, &gochatv1.GetPresenceChangesRequest{AfterGen: after, Limit: limit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	users := func(r *gochatv1.GetPresenceChangesResponse) string {
+		var out []string
+		for _, c := range r.Changes {
+			if c.Gen <= 0 || c.Gen > r.Gen {
+				t.Fatalf("change %v outside (0, %d]", c, r.Gen)
+			}
+			out = append(out, c.UserId)
+		}
+		sort.Strings(out)
+		return strings.Join(out, ",")
+	}
+	sorted := func(ids ...string) string { sort.Strings(ids); return strings.Join(ids, ",") }
+	pos := changes(0, 10).Gen
+
+	steps := []struct {
+		name string
+		do   func()
+		want string
+	}{
+		{"new sessions", func() { register(sa1, sa2, sb) }, sorted(a.Id, b.Id)},
+		{"renewals", func() { register(sa1, sa2, sb) }, ""},
+		{"one more session", func() { register(sb, &gochatv1.Session{UserId: b.Id, SessionId: "cb2", Gateway: "gw:2"}) }, b.Id},
+		{"a session goes", func() { unregister(sa1) }, a.Id},
+		{"a session already gone", func() { unregister(sa1) }, ""},
+	}
+	for _, st := range steps {
+		st.do()
+		r := changes(pos, 10)
+		if got := users(r); got != st.want || !r.Complete {
+			t.Fatalf("%s: changed %q (complete %v), want %q", st.name, got, r.Complete, st.want)
+		}
+		pos = r.Gen
+	}
+
+	p, err := e.client.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: []string{a.Id}, SessionsOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Sessions) != 1 || len(p.Users) != 0 || p.ChangeGen != pos {
+		t.Fatalf("sessions only: %d sessions, %d users, position %d; want 1, 0, %d", len(p.Sessions), len(p.Users), p.ChangeGen, pos)
+	}
+
+	register(&gochatv1.Session{UserId: c.Id, SessionId: "cc", Gateway: "gw:1"}, &gochatv1.Session{UserId: a.Id, SessionId: "ca3", Gateway: "gw:1"})
+	if r := changes(pos, 1); r.Complete || len(r.Changes) != 1 {
+		t.Fatalf("two changes read with a limit of 1: %d changes, complete %v; want 1, false", len(r.Changes), r.Complete)
+	}
+	if r := changes(pos+1000, 10); r.Complete {
+		t.Fatal("a position ahead of the log (Redis lost it) reads as complete")
+	}
+	for _, bad := range []*gochatv1.GetPresenceChangesRequest{{AfterGen: -1, Limit: 10}, {Limit: 0}, {Limit: repo.MaxPresenceChanges + 1}} {
+		_, err := e.client.GetPresenceChanges(ctx, bad)
+		wantCode(t, err, apierror.InvalidArgument)
+	}
+
+	// The log keeps its most recent users: a reader behind what it
+	// trimmed is told, one after it is not.
+	small := repo.WithChangeLogBound(repo.NewPresence(e.rdb, e.prefix+"trim:"), 3)
+	for i := range 5 {
+		u := fmt.Sprintf("u%d", i)
+		if _, err := small.Register(ctx, []*gochatv1.Session{{UserId: u, SessionId: "s", Gateway: "gw:1"}}, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		after    int64
+		complete bool
+		want     string
+	}{{0, false, "u2,u3,u4"}, {1, false, "u2,u3,u4"}, {2, true, "u2,u3,u4"}, {4, true, "u4"}} {
+		got, err := small.Changes(ctx, tt.after, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := (&gochatv1.GetPresenceChangesResponse{Changes: got.Changes, Gen: got.Gen}); users(r) != tt.want || got.Complete != tt.complete || got.Gen != 5 {
+			t.Errorf("after %d: %q complete %v at %d, want %q complete %v at 5", tt.after, users(r), got.Complete, got.Gen, tt.want, tt.complete)
+		}
+	}
 }
 
 func testRegisterChecksUsers(t *testing.T, e *env) {

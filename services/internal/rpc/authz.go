@@ -50,6 +50,7 @@ var Authorization = map[string][]pki.Component{
 	"/gochat.v1.RepoService/ListMessages":       only(pki.Logic, pki.Task),
 	"/gochat.v1.RepoService/UnreadCounts":       only(pki.Task),
 	"/gochat.v1.RepoService/GetPresence":        only(pki.Task, pki.Gateway),
+	"/gochat.v1.RepoService/GetPresenceChanges": only(pki.Task),
 	"/gochat.v1.RepoService/ListContacts":       only(pki.Gateway),
 	"/gochat.v1.RepoService/ListContactsBatch":  only(pki.Gateway),
 	"/gochat.v1.RepoService/RegisterSessions":   only(pki.Gateway),

@@ -14,9 +14,14 @@ import (
 	"github.com/gochat/gochat/services/internal/clientapi"
 )
 
-var routeLookups = promauto.NewCounterVec(prometheus.CounterOpts{
-	Name: "gochat_task_route_lookups_total", Help: "Recipients routed for a large conversation, by where their sessions came from: the route cache (cache), presence read for a push (presence) or ahead of expiry (refresh), or a conversation route (route).",
-}, []string{"source"})
+var (
+	routeLookups = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "gochat_task_route_lookups_total", Help: "Recipients routed for a large conversation, by where their sessions came from: the route cache (cache), presence read for a push (presence) or again after a change or ahead of expiry (refresh), or a conversation route (route).",
+	}, []string{"source"})
+	changeReads = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "gochat_task_presence_change_reads_total", Help: "Reads of im-repo's presence change log, by result: complete, incomplete (every cached user read again), or error (entries expire after --route-cache-ttl until it is read again).",
+	}, []string{"result"})
+)
 
 const (
 	// RouteCacheMinMembers: only conversations with at least this many
@@ -31,22 +36,48 @@ const (
 	// lookupParallel is how many presence lookups of one batch run at
 	// once: their round trips, not Redis, set a large group's latency.
 	lookupParallel = 4
+	// changePoll is how often the presence change log is read: about how
+	// late a session that comes online in a large group gets its resync.
+	changePoll = 500 * time.Millisecond
+	// maxChangesPerRead is the most changes read at once; more, and every
+	// cached user is read again.
+	maxChangesPerRead = 5000
+	// changeMemory is how long a change is remembered for entries whose
+	// lookup was in flight when it was read: longer than any lookup.
+	changeMemory = time.Minute
 )
 
-// routeCache keeps, for a short TTL, the live sessions of the members of
-// large conversations, so that a 10,000-member group costs one presence
-// lookup per member per TTL instead of one per message.
+// routeCache keeps the live sessions of the members of large
+// conversations, so that a 10,000-member group does not cost a presence
+// lookup per member per message.
+//
+// An entry is good until its user's sessions change. im-repo's presence
+// change log names the users whose sessions came or went (GetPresenceChanges),
+// read every changePoll; an entry whose user changed after its lookup is read
+// again, and only those are. Each entry is also read again once it is maxAge
+// old, which catches what the log does not say (a session that expired with
+// its gateway). While the log cannot be read (an im-repo without it, Redis
+// down), entries are good for ttl only, as before the log.
 //
 // A session that comes online after its user's entry was read misses the
 // pushes made from that entry. So each entry remembers the conversations
-// pushed from it; when it is read again (at its next use, or by refresh
-// once it has expired), every session the new read holds and the old did
-// not is sent a resync for each of those conversations, and syncs from its
-// last seq. No message is lost; such a session may get one up to about two
-// TTLs late.
+// pushed from it; when it is read again (after a change, or at its age), every
+// session the new read holds and the old did not is sent a resync for each of
+// those conversations, and syncs from its last seq. No message is lost; such
+// a session gets one about a changePoll late, or up to two TTLs late
+// without the log.
 type routeCache struct {
-	ttl time.Duration
-	now func() time.Time
+	ttl    time.Duration // an entry's life while the change log is not read
+	maxAge time.Duration // and while it is
+	now    func() time.Time
+
+	// The change log's reader's state: the position read up to, when it
+	// was last read completely (zero: never), and the changes read in the
+	// last changeMemory, by user: an entry filled by a lookup that was in
+	// flight when a change was read is stale if it read an older position.
+	cursor  int64
+	feedAt  time.Time
+	changed map[string]seenChange
 
 	mu    sync.Mutex
 	users map[string]*routeEntry
@@ -79,12 +110,81 @@ const maxConvRoutes = 1024
 
 type routeEntry struct {
 	read     time.Time // when the lookup that filled it was sent
+	gen      int64     // the change log's position that lookup read before the sessions
+	stale    bool      // its user changed after gen: read again before use
 	sessions []*gochatv1.Session
 	pushed   map[string]bool // conversations pushed from it since read
 }
 
-func newRouteCache(ttl time.Duration) *routeCache {
-	return &routeCache{ttl: ttl, now: time.Now, users: map[string]*routeEntry{}, convs: map[string]*convRoute{}}
+type seenChange struct {
+	gen int64
+	at  time.Time
+}
+
+func newRouteCache(ttl, maxAge time.Duration) *routeCache {
+	return &routeCache{ttl: ttl, maxAge: max(maxAge, ttl), now: time.Now, users: map[string]*routeEntry{},
+		convs: map[string]*convRoute{}, changed: map[string]seenChange{}}
+}
+
+// life is how long an entry is good for now: maxAge while the change log
+// has been read within a TTL, ttl otherwise. Caller holds c.mu.
+func (c *routeCache) life(now time.Time) time.Duration {
+	if !c.feedAt.IsZero() && now.Sub(c.feedAt) < c.ttl {
+		return c.maxAge
+	}
+	return c.ttl
+}
+
+// fresh reports whether an entry may be used now. Caller holds c.mu.
+func (c *routeCache) fresh(e *routeEntry, now time.Time) bool {
+	return e != nil && !e.stale && now.Sub(e.read) < c.life(now)
+}
+
+// changes applies a read of the change log. complete false means anything
+// may have changed up to gen: every entry is stale. Entries of changed users
+// that were never pushed from are dropped; the others are read again by the
+// refresher (due), with their resyncs.
+func (c *routeCache) changes(read time.Time, changes []*gochatv1.PresenceChange, gen int64, complete bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	for u, ch := range c.changed {
+		if now.Sub(ch.at) > changeMemory {
+			delete(c.changed, u)
+		}
+	}
+	marked := false
+	mark := func(u string, e *routeEntry) {
+		if len(e.pushed) == 0 {
+			delete(c.users, u)
+		} else {
+			e.stale = true
+		}
+		marked = true
+	}
+	if complete {
+		for _, ch := range changes {
+			if ch.Gen > c.changed[ch.UserId].gen {
+				c.changed[ch.UserId] = seenChange{gen: ch.Gen, at: now}
+			}
+			if e := c.users[ch.UserId]; e != nil && e.gen < ch.Gen {
+				mark(ch.UserId, e)
+			}
+		}
+	} else {
+		// After a loss of Redis the log starts again from 0: positions
+		// remembered from before it mean nothing.
+		c.changed = map[string]seenChange{}
+		for u, e := range c.users {
+			if e.read.Before(read) || e.gen < gen {
+				mark(u, e)
+			}
+		}
+	}
+	if marked {
+		c.gen++ // the routes made from them are no longer good
+	}
+	c.cursor, c.feedAt = gen, read
 }
 
 // hits returns the sessions of the users whose entry is still fresh, and
@@ -100,7 +200,7 @@ func (c *routeCache) hits(users []string, convs map[string][]string) map[string]
 	defer c.mu.Unlock()
 	for _, u := range users {
 		e := c.users[u]
-		if e == nil || now.Sub(e.read) >= c.ttl {
+		if !c.fresh(e, now) {
 			continue
 		}
 		if len(e.pushed)+len(convs[u]) > maxRouteConvs {
@@ -116,11 +216,11 @@ func (c *routeCache) hits(users []string, convs map[string][]string) map[string]
 	return out
 }
 
-// store records fresh lookups of users (sent at read) and returns the
-// resyncs owed to the sessions that the previous entries did not hold, for
-// the conversations pushed from them. pushing[user] are the conversations
-// about to be pushed from the new entry.
-func (c *routeCache) store(read time.Time, users []string, sessions map[string][]*gochatv1.Session, pushing map[string][]string) map[string][]delivery {
+// store records fresh lookups of users (sent at read, having read the change
+// log's position gen) and returns the resyncs owed to the sessions that the
+// previous entries did not hold, for the conversations pushed from them.
+// pushing[user] are the conversations about to be pushed from the new entry.
+func (c *routeCache) store(read time.Time, gen int64, users []string, sessions map[string][]*gochatv1.Session, pushing map[string][]string) map[string][]delivery {
 	if c == nil {
 		return nil
 	}
@@ -151,7 +251,9 @@ func (c *routeCache) store(read time.Time, users []string, sessions map[string][
 				}
 			}
 		}
-		e := &routeEntry{read: read, sessions: sessions[u], pushed: map[string]bool{}}
+		// A change read while this lookup was in flight, after the
+		// position it read: what it found may already be out of date.
+		e := &routeEntry{read: read, gen: gen, stale: c.changed[u].gen > gen, sessions: sessions[u], pushed: map[string]bool{}}
 		for _, conv := range pushing[u] {
 			e.pushed[conv] = true
 		}
@@ -196,20 +298,21 @@ func (c *routeCache) due() ([]string, map[string]int64) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	life := c.life(now)
 	var users []string
 	for u, e := range c.users {
 		age := now.Sub(e.read)
-		if len(e.pushed) > 0 && age >= c.ttl/2 {
+		if len(e.pushed) > 0 && (e.stale || age >= life/2) {
 			users = append(users, u)
 			continue
 		}
-		if age >= c.ttl {
+		if e.stale || age >= life {
 			delete(c.users, u) // never pushed from, so in no route
 		}
 	}
 	routes := map[string]int64{}
 	for conv, r := range c.convs {
-		if r.gen != c.gen || now.Sub(r.read) >= c.ttl {
+		if r.gen != c.gen || now.Sub(r.read) >= life {
 			delete(c.convs, conv)
 		} else if r.used {
 			// Kept meanwhile: the reads take a while, and messages go
@@ -231,7 +334,7 @@ func (c *routeCache) route(conv string, version int64) *convRoute {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.convs[conv]
-	if r == nil || r.version != version || r.gen != c.gen || now.Sub(r.read) >= c.ttl {
+	if r == nil || r.version != version || r.gen != c.gen || now.Sub(r.read) >= c.life(now) {
 		return nil
 	}
 	r.used = true
@@ -256,7 +359,7 @@ func (c *routeCache) keepRoute(conv string, version int64, members []string) {
 	}
 	for _, u := range members {
 		e := c.users[u]
-		if e == nil || now.Sub(e.read) >= c.ttl || (!e.pushed[conv] && len(e.pushed) >= maxRouteConvs) {
+		if !c.fresh(e, now) || (!e.pushed[conv] && len(e.pushed) >= maxRouteConvs) {
 			return
 		}
 	}
@@ -307,10 +410,12 @@ func (t *Task) anyDown(r *convRoute) bool {
 }
 
 // lookup reads the live sessions of users from presence, in chunks, a few
-// at a time.
-func (t *Task) lookup(ctx context.Context, users []string) ([]*gochatv1.Session, error) {
+// at a time, and returns them with the oldest change log position the
+// chunks read.
+func (t *Task) lookup(ctx context.Context, users []string) ([]*gochatv1.Session, int64, error) {
 	chunks := (len(users) + maxUsersPerLookup - 1) / maxUsersPerLookup
 	parts := make([][]*gochatv1.Session, chunks)
+	gens := make([]int64, chunks)
 	errs := make([]error, chunks)
 	sem := make(chan struct{}, lookupParallel)
 	var wg sync.WaitGroup
@@ -320,25 +425,62 @@ func (t *Task) lookup(ctx context.Context, users []string) ([]*gochatv1.Session,
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			pr, err := t.repo.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: batch})
+			pr, err := t.repo.GetPresence(ctx, &gochatv1.GetPresenceRequest{UserIds: batch, SessionsOnly: true})
 			if err != nil {
 				errs[i] = fmt.Errorf("get presence: %w", err)
 				return
 			}
-			parts[i] = pr.Sessions
+			parts[i], gens[i] = pr.Sessions, pr.ChangeGen
 		}()
 	}
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
-			return nil, err // one error, as it came: its code says whether to retry forever
+			return nil, 0, err // one error, as it came: its code says whether to retry forever
 		}
 	}
 	var out []*gochatv1.Session
 	for _, p := range parts {
 		out = append(out, p...)
 	}
-	return out, nil
+	if chunks == 0 {
+		return out, 0, nil
+	}
+	return out, slices.Min(gens), nil
+}
+
+// The change log reader's state, logged when it changes.
+const (
+	changeLogUnread int32 = iota
+	changeLogWorks
+	changeLogFails
+)
+
+// readChanges reads the presence change log after the cache's position
+// and applies it. An error leaves the cache's entries to expire by their
+// TTL until a read succeeds.
+func (t *Task) readChanges(ctx context.Context) {
+	t.routes.mu.Lock()
+	after := t.routes.cursor
+	t.routes.mu.Unlock()
+	read := t.routes.now()
+	r, err := t.repo.GetPresenceChanges(ctx, &gochatv1.GetPresenceChangesRequest{AfterGen: after, Limit: maxChangesPerRead})
+	if err != nil {
+		changeReads.WithLabelValues("error").Inc()
+		if ctx.Err() == nil && t.changeLog.Swap(changeLogFails) != changeLogFails {
+			t.log.Warn("reading presence changes failed: routes of large groups expire by --route-cache-ttl until it works", "err", err)
+		}
+		return
+	}
+	if t.changeLog.Swap(changeLogWorks) != changeLogWorks {
+		t.log.Info("reading presence changes: routes of large groups are read again when their users change", "max_age", t.routes.maxAge)
+	}
+	if r.Complete {
+		changeReads.WithLabelValues("complete").Inc()
+	} else {
+		changeReads.WithLabelValues("incomplete").Inc()
+	}
+	t.routes.changes(read, r.Changes, r.Gen, r.Complete)
 }
 
 // refreshRoutes reads again, every half TTL, the users whose entries were
@@ -348,7 +490,7 @@ func (t *Task) lookup(ctx context.Context, users []string) ([]*gochatv1.Session,
 // conversation is always pushed along a fresh route and no message waits
 // for its members' presence to be read.
 func (t *Task) refreshRoutes(ctx context.Context) {
-	tick := time.NewTicker(t.routes.ttl / 2)
+	tick := time.NewTicker(min(changePoll, t.routes.ttl/2))
 	defer tick.Stop()
 	for {
 		select {
@@ -356,10 +498,11 @@ func (t *Task) refreshRoutes(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		t.readChanges(ctx)
 		users, routes := t.routes.due()
 		if len(users) > 0 {
 			read := t.routes.now()
-			live, err := t.lookup(ctx, users)
+			live, gen, err := t.lookup(ctx, users)
 			if err != nil {
 				// The entries stay pushed from: the next tick tries again.
 				t.log.Warn("refresh routes of large conversations", "users", len(users), "err", err)
@@ -370,7 +513,7 @@ func (t *Task) refreshRoutes(ctx context.Context) {
 			for _, s := range live {
 				sessions[s.UserId] = append(sessions[s.UserId], s)
 			}
-			if resync := t.routes.store(read, users, sessions, nil); len(resync) > 0 {
+			if resync := t.routes.store(read, gen, users, sessions, nil); len(resync) > 0 {
 				t.pushResyncs(ctx, resync)
 			}
 		}

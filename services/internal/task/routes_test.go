@@ -30,9 +30,9 @@ func TestRouteCacheResyncsNewSessions(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			now := time.Unix(1000, 0)
-			c := newRouteCache(2 * time.Second)
+			c := newRouteCache(2*time.Second, 30*time.Second)
 			c.now = func() time.Time { return now }
-			c.store(now, []string{"u"}, map[string][]*gochatv1.Session{"u": tt.first}, nil)
+			c.store(now, 0, []string{"u"}, map[string][]*gochatv1.Session{"u": tt.first}, nil)
 			got := c.hits([]string{"u"}, map[string][]string{"u": tt.pushed})
 			if len(got["u"]) != len(tt.first) || got == nil {
 				t.Fatalf("fresh entry: hits %v, want %d sessions", got, len(tt.first))
@@ -48,7 +48,7 @@ func TestRouteCacheResyncsNewSessions(t *testing.T) {
 			if (len(users) == 1) != (len(tt.pushed) > 0) {
 				t.Fatalf("expired users to read again %v, pushed %v", users, tt.pushed)
 			}
-			out := c.store(now, []string{"u"}, map[string][]*gochatv1.Session{"u": tt.second}, nil)
+			out := c.store(now, 0, []string{"u"}, map[string][]*gochatv1.Session{"u": tt.second}, nil)
 			got2 := map[string][]string{}
 			for gw, ds := range out {
 				if gw != "gw" {
@@ -68,7 +68,7 @@ func TestRouteCacheResyncsNewSessions(t *testing.T) {
 			}
 			// What was resynced is not owed again.
 			now = now.Add(3 * time.Second)
-			if out := c.store(now, []string{"u"}, map[string][]*gochatv1.Session{"u": append(tt.second, s("z"))}, nil); len(out) != 0 {
+			if out := c.store(now, 0, []string{"u"}, map[string][]*gochatv1.Session{"u": append(tt.second, s("z"))}, nil); len(out) != 0 {
 				t.Fatalf("a read with nothing pushed since owes resyncs: %v", out)
 			}
 		})
@@ -79,12 +79,12 @@ func TestRouteCacheResyncsNewSessions(t *testing.T) {
 // newer entry and lose what was pushed from it.
 func TestRouteCacheKeepsTheLaterRead(t *testing.T) {
 	now := time.Unix(1000, 0)
-	c := newRouteCache(2 * time.Second)
+	c := newRouteCache(2*time.Second, 30*time.Second)
 	c.now = func() time.Time { return now }
-	c.store(now, []string{"u"}, nil, map[string][]string{"u": {"c1"}})
-	c.store(now.Add(-time.Second), []string{"u"}, nil, nil)
+	c.store(now, 0, []string{"u"}, nil, map[string][]string{"u": {"c1"}})
+	c.store(now.Add(-time.Second), 0, []string{"u"}, nil, nil)
 	now = now.Add(3 * time.Second)
-	out := c.store(now, []string{"u"}, map[string][]*gochatv1.Session{"u": {{UserId: "u", SessionId: "a", Gateway: "gw"}}}, nil)
+	out := c.store(now, 0, []string{"u"}, map[string][]*gochatv1.Session{"u": {{UserId: "u", SessionId: "a", Gateway: "gw"}}}, nil)
 	if len(out["gw"]) != 1 || out["gw"][0].convID != "c1" {
 		t.Fatalf("resyncs %v, want c1 to session a", out)
 	}
@@ -114,7 +114,7 @@ func TestConvRoutes(t *testing.T) {
 		{"members changed", func(*routeCache, *time.Time) {}, 8, false},
 		{"oldest entry expired", func(_ *routeCache, now *time.Time) { *now = now.Add(2 * time.Second) }, 7, false},
 		{"an entry read again", func(c *routeCache, now *time.Time) {
-			c.store(*now, []string{"u2"}, map[string][]*gochatv1.Session{"u2": {sess("u2", "c", "gw1"), sess("u2", "d", "gw2")}}, nil)
+			c.store(*now, 0, []string{"u2"}, map[string][]*gochatv1.Session{"u2": {sess("u2", "c", "gw1"), sess("u2", "d", "gw2")}}, nil)
 		}, 7, false},
 		{"a gateway forgot sessions", func(c *routeCache, _ *time.Time) { c.forget(map[string]bool{"gw1/c": true}) }, 7, false},
 		{"an entry pushed from too many conversations", func(c *routeCache, _ *time.Time) {
@@ -122,15 +122,15 @@ func TestConvRoutes(t *testing.T) {
 			c.hits([]string{"u1"}, many)
 		}, 7, false},
 		{"another user read", func(c *routeCache, now *time.Time) {
-			c.store(*now, []string{"x"}, nil, nil) // in no route of g, but the cache cannot tell cheaply
+			c.store(*now, 0, []string{"x"}, nil, nil) // in no route of g, but the cache cannot tell cheaply
 		}, 7, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			now := time.Unix(1000, 0)
-			c := newRouteCache(2 * time.Second)
+			c := newRouteCache(2*time.Second, 30*time.Second)
 			c.now = func() time.Time { return now }
-			c.store(now.Add(-time.Second), members, live, pushing)
+			c.store(now.Add(-time.Second), 0, members, live, pushing)
 			now = now.Add(500 * time.Millisecond)
 			c.keepRoute("g", 7, members)
 			r := c.route("g", 7)
@@ -148,8 +148,8 @@ func TestConvRoutes(t *testing.T) {
 	}
 
 	t.Run("made from entries it marks as pushed from, unless one is full", func(t *testing.T) {
-		c := newRouteCache(2 * time.Second)
-		c.store(c.now(), members, live, map[string][]string{"u1": {"g"}, "u3": {"other"}})
+		c := newRouteCache(2*time.Second, 30*time.Second)
+		c.store(c.now(), 0, members, live, map[string][]string{"u1": {"g"}, "u3": {"other"}})
 		c.keepRoute("g", 7, members)
 		if c.route("g", 7) == nil {
 			t.Fatal("no route made")
@@ -163,8 +163,8 @@ func TestConvRoutes(t *testing.T) {
 		for i := range full["u3"] {
 			full["u3"][i] = fmt.Sprint("c", i)
 		}
-		c2 := newRouteCache(2 * time.Second)
-		c2.store(c2.now(), members, live, full)
+		c2 := newRouteCache(2*time.Second, 30*time.Second)
+		c2.store(c2.now(), 0, members, live, full)
 		c2.keepRoute("g", 7, members)
 		if c2.route("g", 7) != nil {
 			t.Fatal("a route was made from an entry pushed from as many conversations as an entry may be")
@@ -172,9 +172,9 @@ func TestConvRoutes(t *testing.T) {
 	})
 	t.Run("the refresher makes again only the routes used", func(t *testing.T) {
 		now := time.Unix(1000, 0)
-		c := newRouteCache(2 * time.Second)
+		c := newRouteCache(2*time.Second, 30*time.Second)
 		c.now = func() time.Time { return now }
-		c.store(now, members, live, pushing)
+		c.store(now, 0, members, live, pushing)
 		c.keepRoute("g", 7, members)
 		c.keepRoute("h", 3, members)
 		c.route("g", 7)
@@ -185,8 +185,8 @@ func TestConvRoutes(t *testing.T) {
 		}
 	})
 	t.Run("the sending session is left out", func(t *testing.T) {
-		c := newRouteCache(2 * time.Second)
-		c.store(c.now(), members, live, pushing)
+		c := newRouteCache(2*time.Second, 30*time.Second)
+		c.store(c.now(), 0, members, live, pushing)
 		c.keepRoute("g", 7, members)
 		r := c.route("g", 7)
 		got := r.deliver(map[string][]delivery{}, item{convID: "g", skipSess: "a"})
@@ -195,6 +195,109 @@ func TestConvRoutes(t *testing.T) {
 		}
 		if ids := r.perGateway["gw1"]; len(ids) != 2 {
 			t.Fatalf("the route's own list changed to %v", ids)
+		}
+	})
+}
+
+// TestRouteCacheChangeLog: while the presence change log is read, an entry
+// is good until its user changes after the position its lookup read, or it
+// reaches the max age; without the log it is good for the TTL only.
+func TestRouteCacheChangeLog(t *testing.T) {
+	sess := []*gochatv1.Session{{UserId: "u", SessionId: "a", Gateway: "gw"}}
+	change := func(gen int64) []*gochatv1.PresenceChange {
+		return []*gochatv1.PresenceChange{{UserId: "u", Gen: gen}}
+	}
+	tests := []struct {
+		name   string
+		pushed bool // the entry was pushed from (else a stale one is dropped)
+		steps  func(c *routeCache, now *time.Time)
+		good   bool
+		due    bool // the refresher reads it again
+	}{
+		{"no change, past the TTL, the log read", true, func(c *routeCache, now *time.Time) {
+			*now = now.Add(3 * time.Second)
+			c.changes(*now, nil, 5, true)
+		}, true, false},
+		{"no change, the log not read within the TTL", true, func(c *routeCache, now *time.Time) {
+			*now = now.Add(3 * time.Second)
+		}, false, true},
+		{"a change after the lookup's position", true, func(c *routeCache, now *time.Time) {
+			c.changes(*now, change(6), 6, true)
+		}, false, true},
+		{"a change after the lookup's position, never pushed from", false, func(c *routeCache, now *time.Time) {
+			c.changes(*now, change(6), 6, true)
+		}, false, false},
+		{"a change at the lookup's position", true, func(c *routeCache, now *time.Time) {
+			c.changes(*now, change(5), 6, true)
+		}, true, false},
+		{"an incomplete read", true, func(c *routeCache, now *time.Time) {
+			*now = now.Add(time.Millisecond)
+			c.changes(*now, nil, 9, false)
+		}, false, true},
+		{"read again after Redis lost the log", true, func(c *routeCache, now *time.Time) {
+			c.changes(*now, change(6), 6, true)
+			*now = now.Add(time.Millisecond)
+			c.changes(*now, nil, 1, false) // the log starts again from 0
+			*now = now.Add(time.Millisecond)
+			c.store(*now, 1, []string{"u"}, map[string][]*gochatv1.Session{"u": sess}, nil)
+		}, true, false},
+		{"half the max age, the log read", true, func(c *routeCache, now *time.Time) {
+			*now = now.Add(15 * time.Second)
+			c.changes(*now, nil, 5, true)
+		}, true, true},
+		{"the max age, the log read", true, func(c *routeCache, now *time.Time) {
+			*now = now.Add(30 * time.Second)
+			c.changes(*now, nil, 5, true)
+		}, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := time.Unix(1000, 0)
+			c := newRouteCache(2*time.Second, 30*time.Second)
+			c.now = func() time.Time { return now }
+			c.changes(now, nil, 5, true)
+			var pushing map[string][]string
+			if tt.pushed {
+				pushing = map[string][]string{"u": {"g"}}
+			}
+			c.store(now, 5, []string{"u"}, map[string][]*gochatv1.Session{"u": sess}, pushing)
+			if tt.pushed {
+				c.keepRoute("g", 1, []string{"u"})
+				if c.route("g", 1) == nil {
+					t.Fatal("no route made")
+				}
+			}
+			tt.steps(c, &now)
+			if got := len(c.hits([]string{"u"}, nil)) == 1; got != tt.good {
+				t.Fatalf("entry good = %v, want %v", got, tt.good)
+			}
+			if tt.pushed && !tt.good && c.route("g", 1) != nil {
+				t.Fatal("a route made from an entry no longer good is still used")
+			}
+			users, _ := c.due()
+			if got := len(users) == 1; got != tt.due {
+				t.Fatalf("read again by the refresher = %v, want %v", got, tt.due)
+			}
+		})
+	}
+
+	t.Run("a change read while the lookup was in flight", func(t *testing.T) {
+		now := time.Unix(1000, 0)
+		c := newRouteCache(2*time.Second, 30*time.Second)
+		c.now = func() time.Time { return now }
+		c.changes(now, change(6), 6, true)
+		c.store(now, 5, []string{"u"}, map[string][]*gochatv1.Session{"u": sess}, map[string][]string{"u": {"g"}})
+		if len(c.hits([]string{"u"}, nil)) != 0 {
+			t.Fatal("an entry that read a position before a change already read is used")
+		}
+		c.store(now, 6, []string{"u"}, map[string][]*gochatv1.Session{"u": sess}, nil)
+		if len(c.hits([]string{"u"}, nil)) != 1 {
+			t.Fatal("an entry read after the change is not used")
+		}
+		now = now.Add(2 * changeMemory)
+		c.changes(now, nil, 6, true)
+		if len(c.changed) != 0 {
+			t.Fatalf("changes kept past %s: %v", changeMemory, c.changed)
 		}
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,9 +73,13 @@ type Config struct {
 	WebhookURL    string
 	WebhookSecret string
 	// RouteCacheTTL is how long the sessions of a large conversation's
-	// members are routed from memory before presence is read again
-	// (0: presence is read for every push).
+	// members are routed from memory before presence is read again, while
+	// im-repo's presence change log cannot be read (0: presence is read for
+	// every push, and the cache is off).
 	RouteCacheTTL time.Duration
+	// RouteCacheMaxAge is that while the change log is read: an entry whose
+	// user did not change is read again when it is this old.
+	RouteCacheMaxAge time.Duration
 	// TLS is im-task's identity for dialling gateways (nil: plaintext).
 	TLS *rpc.Identity
 }
@@ -90,6 +95,10 @@ type Task struct {
 	routes   *routeCache  // nil: off
 	lists    *memberLists // with routes
 	kafka    kafkaHealth
+	// changeLog is how the last read of the presence change log went
+	// (changeLogWorks, changeLogFails): a failure is logged once, not at
+	// every poll.
+	changeLog atomic.Int32
 }
 
 // New returns a task over an im-repo client.
@@ -97,7 +106,7 @@ func New(cfg Config, repo gochatv1.RepoServiceClient, log *slog.Logger) *Task {
 	t := &Task{cfg: cfg, log: log, repo: repo, order: newPushOrder(100_000),
 		gateways: &gatewayConns{conns: map[string]*grpc.ClientConn{}, id: cfg.TLS, downTill: map[string]time.Time{}, cooldown: map[string]time.Duration{}}}
 	if cfg.RouteCacheTTL > 0 {
-		t.routes = newRouteCache(cfg.RouteCacheTTL)
+		t.routes = newRouteCache(cfg.RouteCacheTTL, cfg.RouteCacheMaxAge)
 		t.lists = newMemberLists()
 	}
 	if cfg.WebhookURL != "" {
@@ -390,7 +399,7 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 		}
 	}
 	read := time.Now()
-	live, err := t.lookup(ctx, toRead)
+	live, gen, err := t.lookup(ctx, toRead)
 	if err != nil {
 		return err
 	}
@@ -406,7 +415,7 @@ func (t *Task) process(ctx context.Context, records []*kgo.Record) error {
 				readNow = append(readNow, u)
 			}
 		}
-		resync = t.routes.store(read, readNow, sessions, pushing)
+		resync = t.routes.store(read, gen, readNow, sessions, pushing)
 		routeLookups.WithLabelValues("presence").Add(float64(len(readNow)))
 		routeLookups.WithLabelValues("cache").Add(float64(len(hit)))
 		// The next messages of these conversations go by their route.

@@ -1963,8 +1963,11 @@ func (x *UnregisterSessionsResponse) GetWentOffline() []string {
 }
 
 type GetPresenceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserIds       []string               `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	UserIds []string               `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	// Only the sessions: users is left empty, and their online status and
+	// last-seen times are not read.
+	SessionsOnly  bool `protobuf:"varint,2,opt,name=sessions_only,json=sessionsOnly,proto3" json:"sessions_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2006,11 +2009,21 @@ func (x *GetPresenceRequest) GetUserIds() []string {
 	return nil
 }
 
+func (x *GetPresenceRequest) GetSessionsOnly() bool {
+	if x != nil {
+		return x.SessionsOnly
+	}
+	return false
+}
+
 type GetPresenceResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Sessions []*Session             `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
-	// One entry per requested user, in request order.
-	Users         []*UserPresence `protobuf:"bytes,2,rep,name=users,proto3" json:"users,omitempty"`
+	// One entry per requested user, in request order (none with sessions_only).
+	Users []*UserPresence `protobuf:"bytes,2,rep,name=users,proto3" json:"users,omitempty"`
+	// The presence change log's position, read before the sessions: a change
+	// after it may be missing from them, one at or before it is not.
+	ChangeGen     int64 `protobuf:"varint,3,opt,name=change_gen,json=changeGen,proto3" json:"change_gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2059,6 +2072,185 @@ func (x *GetPresenceResponse) GetUsers() []*UserPresence {
 	return nil
 }
 
+func (x *GetPresenceResponse) GetChangeGen() int64 {
+	if x != nil {
+		return x.ChangeGen
+	}
+	return 0
+}
+
+type GetPresenceChangesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The log position the caller has read up to (0: none yet).
+	AfterGen int64 `protobuf:"varint,1,opt,name=after_gen,json=afterGen,proto3" json:"after_gen,omitempty"`
+	// At most this many changes (1 to 10000).
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPresenceChangesRequest) Reset() {
+	*x = GetPresenceChangesRequest{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPresenceChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPresenceChangesRequest) ProtoMessage() {}
+
+func (x *GetPresenceChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPresenceChangesRequest.ProtoReflect.Descriptor instead.
+func (*GetPresenceChangesRequest) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GetPresenceChangesRequest) GetAfterGen() int64 {
+	if x != nil {
+		return x.AfterGen
+	}
+	return 0
+}
+
+func (x *GetPresenceChangesRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type GetPresenceChangesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The users whose sessions changed after after_gen, each with the
+	// position of its latest change, oldest first.
+	Changes []*PresenceChange `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	// The log's position now: the caller's next after_gen when complete.
+	Gen int64 `protobuf:"varint,2,opt,name=gen,proto3" json:"gen,omitempty"`
+	// False when the changes after after_gen are not all here: more than
+	// limit, or the log no longer reaches back to it (trimmed, or Redis lost
+	// it). The caller must then count every user as changed.
+	Complete      bool `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPresenceChangesResponse) Reset() {
+	*x = GetPresenceChangesResponse{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPresenceChangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPresenceChangesResponse) ProtoMessage() {}
+
+func (x *GetPresenceChangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPresenceChangesResponse.ProtoReflect.Descriptor instead.
+func (*GetPresenceChangesResponse) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *GetPresenceChangesResponse) GetChanges() []*PresenceChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *GetPresenceChangesResponse) GetGen() int64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+func (x *GetPresenceChangesResponse) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+type PresenceChange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Gen           int64                  `protobuf:"varint,2,opt,name=gen,proto3" json:"gen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceChange) Reset() {
+	*x = PresenceChange{}
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceChange) ProtoMessage() {}
+
+func (x *PresenceChange) ProtoReflect() protoreflect.Message {
+	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceChange.ProtoReflect.Descriptor instead.
+func (*PresenceChange) Descriptor() ([]byte, []int) {
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *PresenceChange) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PresenceChange) GetGen() int64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // OutboxEvent is a group or read event recorded in the outbox in the
 // transaction of its change, until Kafka has it.
 type OutboxEvent struct {
@@ -2078,7 +2270,7 @@ type OutboxEvent struct {
 
 func (x *OutboxEvent) Reset() {
 	*x = OutboxEvent{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +2282,7 @@ func (x *OutboxEvent) String() string {
 func (*OutboxEvent) ProtoMessage() {}
 
 func (x *OutboxEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[37]
+	mi := &file_gochat_v1_repo_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +2295,7 @@ func (x *OutboxEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutboxEvent.ProtoReflect.Descriptor instead.
 func (*OutboxEvent) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{37}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *OutboxEvent) GetId() string {
@@ -2137,7 +2329,7 @@ type AckDispatchedRequest struct {
 
 func (x *AckDispatchedRequest) Reset() {
 	*x = AckDispatchedRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	mi := &file_gochat_v1_repo_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2341,7 @@ func (x *AckDispatchedRequest) String() string {
 func (*AckDispatchedRequest) ProtoMessage() {}
 
 func (x *AckDispatchedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[38]
+	mi := &file_gochat_v1_repo_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2354,7 @@ func (x *AckDispatchedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckDispatchedRequest.ProtoReflect.Descriptor instead.
 func (*AckDispatchedRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{38}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AckDispatchedRequest) GetMessageIds() []string {
@@ -2187,7 +2379,7 @@ type AckDispatchedResponse struct {
 
 func (x *AckDispatchedResponse) Reset() {
 	*x = AckDispatchedResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	mi := &file_gochat_v1_repo_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2199,7 +2391,7 @@ func (x *AckDispatchedResponse) String() string {
 func (*AckDispatchedResponse) ProtoMessage() {}
 
 func (x *AckDispatchedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[39]
+	mi := &file_gochat_v1_repo_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2212,7 +2404,7 @@ func (x *AckDispatchedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckDispatchedResponse.ProtoReflect.Descriptor instead.
 func (*AckDispatchedResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{39}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{42}
 }
 
 type ListUndispatchedRequest struct {
@@ -2227,7 +2419,7 @@ type ListUndispatchedRequest struct {
 
 func (x *ListUndispatchedRequest) Reset() {
 	*x = ListUndispatchedRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	mi := &file_gochat_v1_repo_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2239,7 +2431,7 @@ func (x *ListUndispatchedRequest) String() string {
 func (*ListUndispatchedRequest) ProtoMessage() {}
 
 func (x *ListUndispatchedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[40]
+	mi := &file_gochat_v1_repo_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2252,7 +2444,7 @@ func (x *ListUndispatchedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUndispatchedRequest.ProtoReflect.Descriptor instead.
 func (*ListUndispatchedRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{40}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListUndispatchedRequest) GetStoredBeforeMs() int64 {
@@ -2280,7 +2472,7 @@ type ListUndispatchedResponse struct {
 
 func (x *ListUndispatchedResponse) Reset() {
 	*x = ListUndispatchedResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[41]
+	mi := &file_gochat_v1_repo_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2292,7 +2484,7 @@ func (x *ListUndispatchedResponse) String() string {
 func (*ListUndispatchedResponse) ProtoMessage() {}
 
 func (x *ListUndispatchedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[41]
+	mi := &file_gochat_v1_repo_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2305,7 +2497,7 @@ func (x *ListUndispatchedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUndispatchedResponse.ProtoReflect.Descriptor instead.
 func (*ListUndispatchedResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{41}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListUndispatchedResponse) GetMessages() []*Message {
@@ -2333,7 +2525,7 @@ type GatewayAliveRequest struct {
 
 func (x *GatewayAliveRequest) Reset() {
 	*x = GatewayAliveRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[42]
+	mi := &file_gochat_v1_repo_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2537,7 @@ func (x *GatewayAliveRequest) String() string {
 func (*GatewayAliveRequest) ProtoMessage() {}
 
 func (x *GatewayAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[42]
+	mi := &file_gochat_v1_repo_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2550,7 @@ func (x *GatewayAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayAliveRequest.ProtoReflect.Descriptor instead.
 func (*GatewayAliveRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{42}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GatewayAliveRequest) GetGateway() string {
@@ -2387,7 +2579,7 @@ type GatewayAliveResponse struct {
 
 func (x *GatewayAliveResponse) Reset() {
 	*x = GatewayAliveResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[43]
+	mi := &file_gochat_v1_repo_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2399,7 +2591,7 @@ func (x *GatewayAliveResponse) String() string {
 func (*GatewayAliveResponse) ProtoMessage() {}
 
 func (x *GatewayAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[43]
+	mi := &file_gochat_v1_repo_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2412,7 +2604,7 @@ func (x *GatewayAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayAliveResponse.ProtoReflect.Descriptor instead.
 func (*GatewayAliveResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{43}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GatewayAliveResponse) GetKnown() bool {
@@ -2435,7 +2627,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[44]
+	mi := &file_gochat_v1_repo_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2447,7 +2639,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[44]
+	mi := &file_gochat_v1_repo_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2460,7 +2652,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{44}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UserPresence) GetUserId() string {
@@ -2495,7 +2687,7 @@ type ListContactsRequest struct {
 
 func (x *ListContactsRequest) Reset() {
 	*x = ListContactsRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[45]
+	mi := &file_gochat_v1_repo_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2507,7 +2699,7 @@ func (x *ListContactsRequest) String() string {
 func (*ListContactsRequest) ProtoMessage() {}
 
 func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[45]
+	mi := &file_gochat_v1_repo_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2520,7 +2712,7 @@ func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsRequest.ProtoReflect.Descriptor instead.
 func (*ListContactsRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{45}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListContactsRequest) GetUserId() string {
@@ -2546,7 +2738,7 @@ type ListContactsResponse struct {
 
 func (x *ListContactsResponse) Reset() {
 	*x = ListContactsResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[46]
+	mi := &file_gochat_v1_repo_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2558,7 +2750,7 @@ func (x *ListContactsResponse) String() string {
 func (*ListContactsResponse) ProtoMessage() {}
 
 func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[46]
+	mi := &file_gochat_v1_repo_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2571,7 +2763,7 @@ func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsResponse.ProtoReflect.Descriptor instead.
 func (*ListContactsResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{46}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListContactsResponse) GetUserIds() []string {
@@ -2593,7 +2785,7 @@ type ListContactsBatchRequest struct {
 
 func (x *ListContactsBatchRequest) Reset() {
 	*x = ListContactsBatchRequest{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[47]
+	mi := &file_gochat_v1_repo_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +2797,7 @@ func (x *ListContactsBatchRequest) String() string {
 func (*ListContactsBatchRequest) ProtoMessage() {}
 
 func (x *ListContactsBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[47]
+	mi := &file_gochat_v1_repo_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +2810,7 @@ func (x *ListContactsBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsBatchRequest.ProtoReflect.Descriptor instead.
 func (*ListContactsBatchRequest) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{47}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListContactsBatchRequest) GetUserIds() []string {
@@ -2646,7 +2838,7 @@ type UserContacts struct {
 
 func (x *UserContacts) Reset() {
 	*x = UserContacts{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[48]
+	mi := &file_gochat_v1_repo_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +2850,7 @@ func (x *UserContacts) String() string {
 func (*UserContacts) ProtoMessage() {}
 
 func (x *UserContacts) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[48]
+	mi := &file_gochat_v1_repo_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +2863,7 @@ func (x *UserContacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserContacts.ProtoReflect.Descriptor instead.
 func (*UserContacts) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{48}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *UserContacts) GetUserId() string {
@@ -2698,7 +2890,7 @@ type ListContactsBatchResponse struct {
 
 func (x *ListContactsBatchResponse) Reset() {
 	*x = ListContactsBatchResponse{}
-	mi := &file_gochat_v1_repo_proto_msgTypes[49]
+	mi := &file_gochat_v1_repo_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2710,7 +2902,7 @@ func (x *ListContactsBatchResponse) String() string {
 func (*ListContactsBatchResponse) ProtoMessage() {}
 
 func (x *ListContactsBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gochat_v1_repo_proto_msgTypes[49]
+	mi := &file_gochat_v1_repo_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2723,7 +2915,7 @@ func (x *ListContactsBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsBatchResponse.ProtoReflect.Descriptor instead.
 func (*ListContactsBatchResponse) Descriptor() ([]byte, []int) {
-	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{49}
+	return file_gochat_v1_repo_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListContactsBatchResponse) GetUsers() []*UserContacts {
@@ -2859,12 +3051,25 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x19UnregisterSessionsRequest\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\"?\n" +
 	"\x1aUnregisterSessionsResponse\x12!\n" +
-	"\fwent_offline\x18\x01 \x03(\tR\vwentOffline\"/\n" +
+	"\fwent_offline\x18\x01 \x03(\tR\vwentOffline\"T\n" +
 	"\x12GetPresenceRequest\x12\x19\n" +
-	"\buser_ids\x18\x01 \x03(\tR\auserIds\"t\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds\x12#\n" +
+	"\rsessions_only\x18\x02 \x01(\bR\fsessionsOnly\"\x93\x01\n" +
 	"\x13GetPresenceResponse\x12.\n" +
 	"\bsessions\x18\x01 \x03(\v2\x12.gochat.v1.SessionR\bsessions\x12-\n" +
-	"\x05users\x18\x02 \x03(\v2\x17.gochat.v1.UserPresenceR\x05users\"e\n" +
+	"\x05users\x18\x02 \x03(\v2\x17.gochat.v1.UserPresenceR\x05users\x12\x1d\n" +
+	"\n" +
+	"change_gen\x18\x03 \x01(\x03R\tchangeGen\"N\n" +
+	"\x19GetPresenceChangesRequest\x12\x1b\n" +
+	"\tafter_gen\x18\x01 \x01(\x03R\bafterGen\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\x7f\n" +
+	"\x1aGetPresenceChangesResponse\x123\n" +
+	"\achanges\x18\x01 \x03(\v2\x19.gochat.v1.PresenceChangeR\achanges\x12\x10\n" +
+	"\x03gen\x18\x02 \x01(\x03R\x03gen\x12\x1a\n" +
+	"\bcomplete\x18\x03 \x01(\bR\bcomplete\";\n" +
+	"\x0ePresenceChange\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x10\n" +
+	"\x03gen\x18\x02 \x01(\x03R\x03gen\"e\n" +
 	"\vOutboxEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x05event\x18\x02 \x01(\v2\x18.gochat.v1.DispatchEventR\x05event\x12\x16\n" +
@@ -2903,7 +3108,7 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\vcontact_ids\x18\x02 \x03(\tR\n" +
 	"contactIds\"J\n" +
 	"\x19ListContactsBatchResponse\x12-\n" +
-	"\x05users\x18\x01 \x03(\v2\x17.gochat.v1.UserContactsR\x05users2\x95\x0f\n" +
+	"\x05users\x18\x01 \x03(\v2\x17.gochat.v1.UserContactsR\x05users2\xf8\x0f\n" +
 	"\vRepoService\x12I\n" +
 	"\n" +
 	"CreateUser\x12\x1c.gochat.v1.CreateUserRequest\x1a\x1d.gochat.v1.CreateUserResponse\x12@\n" +
@@ -2927,7 +3132,8 @@ const file_gochat_v1_repo_proto_rawDesc = "" +
 	"\x10ListUndispatched\x12\".gochat.v1.ListUndispatchedRequest\x1a#.gochat.v1.ListUndispatchedResponse\x12[\n" +
 	"\x10RegisterSessions\x12\".gochat.v1.RegisterSessionsRequest\x1a#.gochat.v1.RegisterSessionsResponse\x12a\n" +
 	"\x12UnregisterSessions\x12$.gochat.v1.UnregisterSessionsRequest\x1a%.gochat.v1.UnregisterSessionsResponse\x12L\n" +
-	"\vGetPresence\x12\x1d.gochat.v1.GetPresenceRequest\x1a\x1e.gochat.v1.GetPresenceResponse\x12O\n" +
+	"\vGetPresence\x12\x1d.gochat.v1.GetPresenceRequest\x1a\x1e.gochat.v1.GetPresenceResponse\x12a\n" +
+	"\x12GetPresenceChanges\x12$.gochat.v1.GetPresenceChangesRequest\x1a%.gochat.v1.GetPresenceChangesResponse\x12O\n" +
 	"\fGatewayAlive\x12\x1e.gochat.v1.GatewayAliveRequest\x1a\x1f.gochat.v1.GatewayAliveResponse\x12O\n" +
 	"\fListContacts\x12\x1e.gochat.v1.ListContactsRequest\x1a\x1f.gochat.v1.ListContactsResponse\x12^\n" +
 	"\x11ListContactsBatch\x12#.gochat.v1.ListContactsBatchRequest\x1a$.gochat.v1.ListContactsBatchResponseB5Z3github.com/gochat/gochat/api/gen/gochat/v1;gochatv1b\x06proto3"
@@ -2944,7 +3150,7 @@ func file_gochat_v1_repo_proto_rawDescGZIP() []byte {
 	return file_gochat_v1_repo_proto_rawDescData
 }
 
-var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_gochat_v1_repo_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_gochat_v1_repo_proto_goTypes = []any{
 	(*CreateUserRequest)(nil),          // 0: gochat.v1.CreateUserRequest
 	(*CreateUserResponse)(nil),         // 1: gochat.v1.CreateUserResponse
@@ -2983,108 +3189,114 @@ var file_gochat_v1_repo_proto_goTypes = []any{
 	(*UnregisterSessionsResponse)(nil), // 34: gochat.v1.UnregisterSessionsResponse
 	(*GetPresenceRequest)(nil),         // 35: gochat.v1.GetPresenceRequest
 	(*GetPresenceResponse)(nil),        // 36: gochat.v1.GetPresenceResponse
-	(*OutboxEvent)(nil),                // 37: gochat.v1.OutboxEvent
-	(*AckDispatchedRequest)(nil),       // 38: gochat.v1.AckDispatchedRequest
-	(*AckDispatchedResponse)(nil),      // 39: gochat.v1.AckDispatchedResponse
-	(*ListUndispatchedRequest)(nil),    // 40: gochat.v1.ListUndispatchedRequest
-	(*ListUndispatchedResponse)(nil),   // 41: gochat.v1.ListUndispatchedResponse
-	(*GatewayAliveRequest)(nil),        // 42: gochat.v1.GatewayAliveRequest
-	(*GatewayAliveResponse)(nil),       // 43: gochat.v1.GatewayAliveResponse
-	(*UserPresence)(nil),               // 44: gochat.v1.UserPresence
-	(*ListContactsRequest)(nil),        // 45: gochat.v1.ListContactsRequest
-	(*ListContactsResponse)(nil),       // 46: gochat.v1.ListContactsResponse
-	(*ListContactsBatchRequest)(nil),   // 47: gochat.v1.ListContactsBatchRequest
-	(*UserContacts)(nil),               // 48: gochat.v1.UserContacts
-	(*ListContactsBatchResponse)(nil),  // 49: gochat.v1.ListContactsBatchResponse
-	nil,                                // 50: gochat.v1.GetMembersRequest.KnownVersionsEntry
-	(*User)(nil),                       // 51: gochat.v1.User
-	(*Conversation)(nil),               // 52: gochat.v1.Conversation
-	(*Member)(nil),                     // 53: gochat.v1.Member
-	(*Message)(nil),                    // 54: gochat.v1.Message
-	(*ItemError)(nil),                  // 55: gochat.v1.ItemError
-	(*Session)(nil),                    // 56: gochat.v1.Session
-	(*DispatchEvent)(nil),              // 57: gochat.v1.DispatchEvent
+	(*GetPresenceChangesRequest)(nil),  // 37: gochat.v1.GetPresenceChangesRequest
+	(*GetPresenceChangesResponse)(nil), // 38: gochat.v1.GetPresenceChangesResponse
+	(*PresenceChange)(nil),             // 39: gochat.v1.PresenceChange
+	(*OutboxEvent)(nil),                // 40: gochat.v1.OutboxEvent
+	(*AckDispatchedRequest)(nil),       // 41: gochat.v1.AckDispatchedRequest
+	(*AckDispatchedResponse)(nil),      // 42: gochat.v1.AckDispatchedResponse
+	(*ListUndispatchedRequest)(nil),    // 43: gochat.v1.ListUndispatchedRequest
+	(*ListUndispatchedResponse)(nil),   // 44: gochat.v1.ListUndispatchedResponse
+	(*GatewayAliveRequest)(nil),        // 45: gochat.v1.GatewayAliveRequest
+	(*GatewayAliveResponse)(nil),       // 46: gochat.v1.GatewayAliveResponse
+	(*UserPresence)(nil),               // 47: gochat.v1.UserPresence
+	(*ListContactsRequest)(nil),        // 48: gochat.v1.ListContactsRequest
+	(*ListContactsResponse)(nil),       // 49: gochat.v1.ListContactsResponse
+	(*ListContactsBatchRequest)(nil),   // 50: gochat.v1.ListContactsBatchRequest
+	(*UserContacts)(nil),               // 51: gochat.v1.UserContacts
+	(*ListContactsBatchResponse)(nil),  // 52: gochat.v1.ListContactsBatchResponse
+	nil,                                // 53: gochat.v1.GetMembersRequest.KnownVersionsEntry
+	(*User)(nil),                       // 54: gochat.v1.User
+	(*Conversation)(nil),               // 55: gochat.v1.Conversation
+	(*Member)(nil),                     // 56: gochat.v1.Member
+	(*Message)(nil),                    // 57: gochat.v1.Message
+	(*ItemError)(nil),                  // 58: gochat.v1.ItemError
+	(*Session)(nil),                    // 59: gochat.v1.Session
+	(*DispatchEvent)(nil),              // 60: gochat.v1.DispatchEvent
 }
 var file_gochat_v1_repo_proto_depIdxs = []int32{
-	51, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
-	51, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
-	51, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
-	52, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
-	37, // 4: gochat.v1.ConversationResponse.event:type_name -> gochat.v1.OutboxEvent
-	52, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
-	37, // 6: gochat.v1.AddMembersResponse.event:type_name -> gochat.v1.OutboxEvent
-	37, // 7: gochat.v1.RemoveMemberResponse.event:type_name -> gochat.v1.OutboxEvent
-	52, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
-	50, // 9: gochat.v1.GetMembersRequest.known_versions:type_name -> gochat.v1.GetMembersRequest.KnownVersionsEntry
-	53, // 10: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
+	54, // 0: gochat.v1.CreateUserResponse.user:type_name -> gochat.v1.User
+	54, // 1: gochat.v1.GetUserResponse.user:type_name -> gochat.v1.User
+	54, // 2: gochat.v1.GetCredentialsResponse.user:type_name -> gochat.v1.User
+	55, // 3: gochat.v1.ConversationResponse.conversation:type_name -> gochat.v1.Conversation
+	40, // 4: gochat.v1.ConversationResponse.event:type_name -> gochat.v1.OutboxEvent
+	55, // 5: gochat.v1.AddMembersResponse.conversation:type_name -> gochat.v1.Conversation
+	40, // 6: gochat.v1.AddMembersResponse.event:type_name -> gochat.v1.OutboxEvent
+	40, // 7: gochat.v1.RemoveMemberResponse.event:type_name -> gochat.v1.OutboxEvent
+	55, // 8: gochat.v1.ListConversationsResponse.conversations:type_name -> gochat.v1.Conversation
+	53, // 9: gochat.v1.GetMembersRequest.known_versions:type_name -> gochat.v1.GetMembersRequest.KnownVersionsEntry
+	56, // 10: gochat.v1.MemberList.members:type_name -> gochat.v1.Member
 	17, // 11: gochat.v1.GetMembersResponse.lists:type_name -> gochat.v1.MemberList
-	54, // 12: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
+	57, // 12: gochat.v1.StoreMessageResponse.message:type_name -> gochat.v1.Message
 	19, // 13: gochat.v1.StoreMessagesRequest.messages:type_name -> gochat.v1.StoreMessageRequest
 	23, // 14: gochat.v1.StoreMessagesResponse.results:type_name -> gochat.v1.StoreMessageResult
 	20, // 15: gochat.v1.StoreMessageResult.stored:type_name -> gochat.v1.StoreMessageResponse
-	55, // 16: gochat.v1.StoreMessageResult.error:type_name -> gochat.v1.ItemError
-	54, // 17: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
-	37, // 18: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
+	58, // 16: gochat.v1.StoreMessageResult.error:type_name -> gochat.v1.ItemError
+	57, // 17: gochat.v1.ListMessagesResponse.messages:type_name -> gochat.v1.Message
+	40, // 18: gochat.v1.UpdateReadSeqResponse.event:type_name -> gochat.v1.OutboxEvent
 	29, // 19: gochat.v1.UnreadCountsResponse.counts:type_name -> gochat.v1.UnreadCount
-	56, // 20: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	56, // 21: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
-	56, // 22: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
-	44, // 23: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
-	57, // 24: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
-	54, // 25: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
-	37, // 26: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
-	48, // 27: gochat.v1.ListContactsBatchResponse.users:type_name -> gochat.v1.UserContacts
-	0,  // 28: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
-	2,  // 29: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
-	4,  // 30: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
-	6,  // 31: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
-	8,  // 32: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
-	9,  // 33: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
-	11, // 34: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
-	13, // 35: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
-	14, // 36: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
-	16, // 37: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
-	19, // 38: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
-	21, // 39: gochat.v1.RepoService.StoreMessages:input_type -> gochat.v1.StoreMessagesRequest
-	24, // 40: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
-	26, // 41: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
-	28, // 42: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
-	38, // 43: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
-	40, // 44: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
-	31, // 45: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
-	33, // 46: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
-	35, // 47: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
-	42, // 48: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
-	45, // 49: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
-	47, // 50: gochat.v1.RepoService.ListContactsBatch:input_type -> gochat.v1.ListContactsBatchRequest
-	1,  // 51: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
-	3,  // 52: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
-	5,  // 53: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
-	7,  // 54: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
-	7,  // 55: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
-	10, // 56: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
-	12, // 57: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
-	7,  // 58: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
-	15, // 59: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
-	18, // 60: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
-	20, // 61: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
-	22, // 62: gochat.v1.RepoService.StoreMessages:output_type -> gochat.v1.StoreMessagesResponse
-	25, // 63: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
-	27, // 64: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
-	30, // 65: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
-	39, // 66: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
-	41, // 67: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
-	32, // 68: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
-	34, // 69: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
-	36, // 70: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
-	43, // 71: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
-	46, // 72: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
-	49, // 73: gochat.v1.RepoService.ListContactsBatch:output_type -> gochat.v1.ListContactsBatchResponse
-	51, // [51:74] is the sub-list for method output_type
-	28, // [28:51] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	59, // 20: gochat.v1.RegisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	59, // 21: gochat.v1.UnregisterSessionsRequest.sessions:type_name -> gochat.v1.Session
+	59, // 22: gochat.v1.GetPresenceResponse.sessions:type_name -> gochat.v1.Session
+	47, // 23: gochat.v1.GetPresenceResponse.users:type_name -> gochat.v1.UserPresence
+	39, // 24: gochat.v1.GetPresenceChangesResponse.changes:type_name -> gochat.v1.PresenceChange
+	60, // 25: gochat.v1.OutboxEvent.event:type_name -> gochat.v1.DispatchEvent
+	57, // 26: gochat.v1.ListUndispatchedResponse.messages:type_name -> gochat.v1.Message
+	40, // 27: gochat.v1.ListUndispatchedResponse.events:type_name -> gochat.v1.OutboxEvent
+	51, // 28: gochat.v1.ListContactsBatchResponse.users:type_name -> gochat.v1.UserContacts
+	0,  // 29: gochat.v1.RepoService.CreateUser:input_type -> gochat.v1.CreateUserRequest
+	2,  // 30: gochat.v1.RepoService.GetUser:input_type -> gochat.v1.GetUserRequest
+	4,  // 31: gochat.v1.RepoService.GetCredentials:input_type -> gochat.v1.GetCredentialsRequest
+	6,  // 32: gochat.v1.RepoService.GetOrCreateDirect:input_type -> gochat.v1.GetOrCreateDirectRequest
+	8,  // 33: gochat.v1.RepoService.CreateGroup:input_type -> gochat.v1.CreateGroupRequest
+	9,  // 34: gochat.v1.RepoService.AddMembers:input_type -> gochat.v1.AddMembersRequest
+	11, // 35: gochat.v1.RepoService.RemoveMember:input_type -> gochat.v1.RemoveMemberRequest
+	13, // 36: gochat.v1.RepoService.GetConversation:input_type -> gochat.v1.GetConversationRequest
+	14, // 37: gochat.v1.RepoService.ListConversations:input_type -> gochat.v1.ListConversationsRequest
+	16, // 38: gochat.v1.RepoService.GetMembers:input_type -> gochat.v1.GetMembersRequest
+	19, // 39: gochat.v1.RepoService.StoreMessage:input_type -> gochat.v1.StoreMessageRequest
+	21, // 40: gochat.v1.RepoService.StoreMessages:input_type -> gochat.v1.StoreMessagesRequest
+	24, // 41: gochat.v1.RepoService.ListMessages:input_type -> gochat.v1.ListMessagesRequest
+	26, // 42: gochat.v1.RepoService.UpdateReadSeq:input_type -> gochat.v1.UpdateReadSeqRequest
+	28, // 43: gochat.v1.RepoService.UnreadCounts:input_type -> gochat.v1.UnreadCountsRequest
+	41, // 44: gochat.v1.RepoService.AckDispatched:input_type -> gochat.v1.AckDispatchedRequest
+	43, // 45: gochat.v1.RepoService.ListUndispatched:input_type -> gochat.v1.ListUndispatchedRequest
+	31, // 46: gochat.v1.RepoService.RegisterSessions:input_type -> gochat.v1.RegisterSessionsRequest
+	33, // 47: gochat.v1.RepoService.UnregisterSessions:input_type -> gochat.v1.UnregisterSessionsRequest
+	35, // 48: gochat.v1.RepoService.GetPresence:input_type -> gochat.v1.GetPresenceRequest
+	37, // 49: gochat.v1.RepoService.GetPresenceChanges:input_type -> gochat.v1.GetPresenceChangesRequest
+	45, // 50: gochat.v1.RepoService.GatewayAlive:input_type -> gochat.v1.GatewayAliveRequest
+	48, // 51: gochat.v1.RepoService.ListContacts:input_type -> gochat.v1.ListContactsRequest
+	50, // 52: gochat.v1.RepoService.ListContactsBatch:input_type -> gochat.v1.ListContactsBatchRequest
+	1,  // 53: gochat.v1.RepoService.CreateUser:output_type -> gochat.v1.CreateUserResponse
+	3,  // 54: gochat.v1.RepoService.GetUser:output_type -> gochat.v1.GetUserResponse
+	5,  // 55: gochat.v1.RepoService.GetCredentials:output_type -> gochat.v1.GetCredentialsResponse
+	7,  // 56: gochat.v1.RepoService.GetOrCreateDirect:output_type -> gochat.v1.ConversationResponse
+	7,  // 57: gochat.v1.RepoService.CreateGroup:output_type -> gochat.v1.ConversationResponse
+	10, // 58: gochat.v1.RepoService.AddMembers:output_type -> gochat.v1.AddMembersResponse
+	12, // 59: gochat.v1.RepoService.RemoveMember:output_type -> gochat.v1.RemoveMemberResponse
+	7,  // 60: gochat.v1.RepoService.GetConversation:output_type -> gochat.v1.ConversationResponse
+	15, // 61: gochat.v1.RepoService.ListConversations:output_type -> gochat.v1.ListConversationsResponse
+	18, // 62: gochat.v1.RepoService.GetMembers:output_type -> gochat.v1.GetMembersResponse
+	20, // 63: gochat.v1.RepoService.StoreMessage:output_type -> gochat.v1.StoreMessageResponse
+	22, // 64: gochat.v1.RepoService.StoreMessages:output_type -> gochat.v1.StoreMessagesResponse
+	25, // 65: gochat.v1.RepoService.ListMessages:output_type -> gochat.v1.ListMessagesResponse
+	27, // 66: gochat.v1.RepoService.UpdateReadSeq:output_type -> gochat.v1.UpdateReadSeqResponse
+	30, // 67: gochat.v1.RepoService.UnreadCounts:output_type -> gochat.v1.UnreadCountsResponse
+	42, // 68: gochat.v1.RepoService.AckDispatched:output_type -> gochat.v1.AckDispatchedResponse
+	44, // 69: gochat.v1.RepoService.ListUndispatched:output_type -> gochat.v1.ListUndispatchedResponse
+	32, // 70: gochat.v1.RepoService.RegisterSessions:output_type -> gochat.v1.RegisterSessionsResponse
+	34, // 71: gochat.v1.RepoService.UnregisterSessions:output_type -> gochat.v1.UnregisterSessionsResponse
+	36, // 72: gochat.v1.RepoService.GetPresence:output_type -> gochat.v1.GetPresenceResponse
+	38, // 73: gochat.v1.RepoService.GetPresenceChanges:output_type -> gochat.v1.GetPresenceChangesResponse
+	46, // 74: gochat.v1.RepoService.GatewayAlive:output_type -> gochat.v1.GatewayAliveResponse
+	49, // 75: gochat.v1.RepoService.ListContacts:output_type -> gochat.v1.ListContactsResponse
+	52, // 76: gochat.v1.RepoService.ListContactsBatch:output_type -> gochat.v1.ListContactsBatchResponse
+	53, // [53:77] is the sub-list for method output_type
+	29, // [29:53] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_gochat_v1_repo_proto_init() }
@@ -3103,7 +3315,7 @@ func file_gochat_v1_repo_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gochat_v1_repo_proto_rawDesc), len(file_gochat_v1_repo_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   51,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,7 @@ const (
 	RepoService_RegisterSessions_FullMethodName   = "/gochat.v1.RepoService/RegisterSessions"
 	RepoService_UnregisterSessions_FullMethodName = "/gochat.v1.RepoService/UnregisterSessions"
 	RepoService_GetPresence_FullMethodName        = "/gochat.v1.RepoService/GetPresence"
+	RepoService_GetPresenceChanges_FullMethodName = "/gochat.v1.RepoService/GetPresenceChanges"
 	RepoService_GatewayAlive_FullMethodName       = "/gochat.v1.RepoService/GatewayAlive"
 	RepoService_ListContacts_FullMethodName       = "/gochat.v1.RepoService/ListContacts"
 	RepoService_ListContactsBatch_FullMethodName  = "/gochat.v1.RepoService/ListContactsBatch"
@@ -88,6 +89,10 @@ type RepoServiceClient interface {
 	// session on a gateway whose liveness has lapsed is not live: it is left
 	// out, and its user counts as offline unless they have another session.
 	GetPresence(ctx context.Context, in *GetPresenceRequest, opts ...grpc.CallOption) (*GetPresenceResponse, error)
+	// GetPresenceChanges returns the users whose sessions changed (one came
+	// or went) after a position of the presence change log: im-task reads
+	// again only those, not every member of a large group it routes.
+	GetPresenceChanges(ctx context.Context, in *GetPresenceChangesRequest, opts ...grpc.CallOption) (*GetPresenceChangesResponse, error)
 	// GatewayAlive renews a gateway's liveness for ttl_ms (0: it is gone now).
 	GatewayAlive(ctx context.Context, in *GatewayAliveRequest, opts ...grpc.CallOption) (*GatewayAliveResponse, error)
 	// ListContacts returns the users who share at least one conversation with
@@ -306,6 +311,16 @@ func (c *repoServiceClient) GetPresence(ctx context.Context, in *GetPresenceRequ
 	return out, nil
 }
 
+func (c *repoServiceClient) GetPresenceChanges(ctx context.Context, in *GetPresenceChangesRequest, opts ...grpc.CallOption) (*GetPresenceChangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPresenceChangesResponse)
+	err := c.cc.Invoke(ctx, RepoService_GetPresenceChanges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *repoServiceClient) GatewayAlive(ctx context.Context, in *GatewayAliveRequest, opts ...grpc.CallOption) (*GatewayAliveResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GatewayAliveResponse)
@@ -380,6 +395,10 @@ type RepoServiceServer interface {
 	// session on a gateway whose liveness has lapsed is not live: it is left
 	// out, and its user counts as offline unless they have another session.
 	GetPresence(context.Context, *GetPresenceRequest) (*GetPresenceResponse, error)
+	// GetPresenceChanges returns the users whose sessions changed (one came
+	// or went) after a position of the presence change log: im-task reads
+	// again only those, not every member of a large group it routes.
+	GetPresenceChanges(context.Context, *GetPresenceChangesRequest) (*GetPresenceChangesResponse, error)
 	// GatewayAlive renews a gateway's liveness for ttl_ms (0: it is gone now).
 	GatewayAlive(context.Context, *GatewayAliveRequest) (*GatewayAliveResponse, error)
 	// ListContacts returns the users who share at least one conversation with
@@ -457,6 +476,9 @@ func (UnimplementedRepoServiceServer) UnregisterSessions(context.Context, *Unreg
 }
 func (UnimplementedRepoServiceServer) GetPresence(context.Context, *GetPresenceRequest) (*GetPresenceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPresence not implemented")
+}
+func (UnimplementedRepoServiceServer) GetPresenceChanges(context.Context, *GetPresenceChangesRequest) (*GetPresenceChangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPresenceChanges not implemented")
 }
 func (UnimplementedRepoServiceServer) GatewayAlive(context.Context, *GatewayAliveRequest) (*GatewayAliveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GatewayAlive not implemented")
@@ -848,6 +870,24 @@ func _RepoService_GetPresence_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RepoService_GetPresenceChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPresenceChangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepoServiceServer).GetPresenceChanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepoService_GetPresenceChanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepoServiceServer).GetPresenceChanges(ctx, req.(*GetPresenceChangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RepoService_GatewayAlive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GatewayAliveRequest)
 	if err := dec(in); err != nil {
@@ -988,6 +1028,10 @@ var RepoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPresence",
 			Handler:    _RepoService_GetPresence_Handler,
+		},
+		{
+			MethodName: "GetPresenceChanges",
+			Handler:    _RepoService_GetPresenceChanges_Handler,
 		},
 		{
 			MethodName: "GatewayAlive",
