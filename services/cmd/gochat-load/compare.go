@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -815,6 +816,9 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	res.Published, res.Expected = published, expected
 	res.DeliverP50Ms, res.DeliverP99Ms = ms(q(lat, 0.5)), ms(q(lat, 0.99))
 	res.FirstP50Ms, res.FirstMaxMs, res.LastP50Ms, res.LastMaxMs = spread.summary()
+	if slow := spread.slowest(3); len(slow) > 0 {
+		fmt.Printf("slowest messages to reach their first session (message number: first, last delivery):%s\n", slow)
+	}
 	res.DeliveriesSec = float64(res.Delivered) / window.Seconds()
 	res.ServerCPUPct = cpu
 	res.ToolCPUUsPerF = float64(tool.Microseconds()) / float64(max(res.ToolFrames, 1))
@@ -854,6 +858,20 @@ func (m messageSpreads) summary() (firstP50, firstMax, lastP50, lastMax float64)
 		first, last = append(first, e[0]), append(last, e[1])
 	}
 	return ms(q(first, 0.5)), ms(q(first, 1)), ms(q(last, 0.5)), ms(q(last, 1))
+}
+
+// slowest names the n messages whose first delivery came last.
+func (m messageSpreads) slowest(n int) string {
+	keys := make([]int64, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return m[keys[i]][0] > m[keys[j]][0] })
+	var b strings.Builder
+	for _, k := range keys[:min(n, len(keys))] {
+		fmt.Fprintf(&b, " #%d: %.1f, %.1f ms;", k, ms(m[k][0]), ms(m[k][1]))
+	}
+	return b.String()
 }
 
 func closeAll(sessions []*session) {

@@ -180,7 +180,8 @@ func TestWriteTable(t *testing.T) {
 	results := []compareResult{
 		{Server: "centrifugo", Scenario: "connect", Label: "500 connections", Conns: 500, ConnectsPerSec: 4000, HandshakeP50Ms: 10, HandshakeP99Ms: 30, RSSPerConnB: 50000},
 		{Server: "gochat", Scenario: "connect", Label: "500 connections", Conns: 500, Failed: 2, ConnectsPerSec: 2000, HandshakeP50Ms: 20, HandshakeP99Ms: 30, RSSPerConnB: 2500},
-		{Server: "gochat", Scenario: "fanout", Label: "fan-out to 200 members, 5 msg/s", Expected: 100, Delivered: 100, DeliverP50Ms: 40, DeliverP99Ms: 80, ServerCPUPct: 50},
+		{Server: "gochat", Scenario: "fanout", Label: "fan-out to 200 members, 5 msg/s", Expected: 100, Delivered: 100, DeliverP50Ms: 40, DeliverP99Ms: 80, ServerCPUPct: 50,
+			FirstP50Ms: 12.5, LastMaxMs: 90},
 	}
 	var b bytes.Buffer
 	if err := writeTable(&b, results); err != nil {
@@ -192,6 +193,8 @@ func TestWriteTable(t *testing.T) {
 		"| 500 connections: handshake p50 | 10.0 ms | 20.0 ms | 0.50 |",                      // lower is better
 		"| 500 connections: RSS per held connection | 50.0 KB | 2.5 KB | 20.00 |",
 		"| fan-out to 200 members, 5 msg/s: latency p99 | not run | 80.0 ms | — |",
+		"| fan-out to 200 members, 5 msg/s: per message: first delivery p50 | not run | 12.5 ms | — |",
+		"| fan-out to 200 members, 5 msg/s: per message: last delivery max | not run | 90.0 ms | — |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)

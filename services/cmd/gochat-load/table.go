@@ -151,6 +151,10 @@ func metricsFor(kind string) []metric {
 			func(r compareResult) string { return fmt.Sprintf("%.1f ms", r.DeliverP50Ms) }, false},
 		{"latency p99", func(r compareResult) float64 { return r.DeliverP99Ms },
 			func(r compareResult) string { return fmt.Sprintf("%.1f ms", r.DeliverP99Ms) }, false},
+		{"per message: first delivery p50", func(r compareResult) float64 { return r.FirstP50Ms },
+			func(r compareResult) string { return fmt.Sprintf("%.1f ms", r.FirstP50Ms) }, false},
+		{"per message: last delivery max", func(r compareResult) float64 { return r.LastMaxMs },
+			func(r compareResult) string { return fmt.Sprintf("%.1f ms", r.LastMaxMs) }, false},
 		{"server CPU (% of a core)", func(r compareResult) float64 { return r.ServerCPUPct },
 			func(r compareResult) string { return fmt.Sprintf("%.0f %%", r.ServerCPUPct) }, false},
 	}

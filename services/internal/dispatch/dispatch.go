@@ -8,6 +8,7 @@
 package dispatch
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -39,8 +40,12 @@ type KafkaConfig struct {
 	// AllowPlaintextSASL accepts sending the SASL/PLAIN password without TLS.
 	AllowPlaintextSASL bool
 	// Topic creation when a service starts (false when an operator owns the topics).
-	EnsureTopics      bool
-	DeliveryTimeout   time.Duration
+	EnsureTopics    bool
+	DeliveryTimeout time.Duration
+	// Linger is how long the producer waits for more records of a
+	// partition before sending (0: DefaultLinger). A whole batch published
+	// together goes at once anyway (Publisher.SendNow).
+	Linger            time.Duration
 	Partitions        int32
 	ReplicationFactor int16
 	Retention         time.Duration
@@ -136,6 +141,10 @@ type Publisher struct {
 	log    *slog.Logger
 }
 
+// DefaultLinger lets records published within a millisecond of each
+// other (a busy send path's batches) go in one produce request.
+const DefaultLinger = time.Millisecond
+
 // NewPublisher connects a producer. It keeps per-partition order (idempotent
 // producer) and retries for up to deliveryTimeout.
 func NewPublisher(ctx context.Context, c KafkaConfig, log *slog.Logger) (*Publisher, error) {
@@ -145,7 +154,7 @@ func NewPublisher(ctx context.Context, c KafkaConfig, log *slog.Logger) (*Publis
 	}
 	opts = append(opts,
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerLinger(time.Millisecond),
+		kgo.ProducerLinger(cmp.Or(c.Linger, DefaultLinger)),
 		kgo.RecordDeliveryTimeout(max(c.DeliveryTimeout, time.Second)),
 		kgo.MaxBufferedRecords(100_000),
 		kgo.ProducerBatchCompression(kgo.Lz4Compression(), kgo.NoCompression()),
@@ -202,6 +211,19 @@ func (p *Publisher) Publish(ev *gochatv1.DispatchEvent, done func(error)) {
 			done(err)
 		}
 	})
+}
+
+// SendNow sends the records published so far without waiting out the
+// producer's linger: the caller published a whole batch (one store's
+// messages) and nothing more is coming with it, so lingering would only add
+// latency. Records published afterwards linger as usual, so that concurrent
+// batches under load still share requests.
+func (p *Publisher) SendNow() {
+	// Flush stops every linger before it waits for the records' acks; with
+	// a context already done it returns at once, leaving them sent.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = p.cl.Flush(ctx)
 }
 
 // Decode parses a record value.

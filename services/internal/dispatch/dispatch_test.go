@@ -71,3 +71,51 @@ func TestPublish(t *testing.T) {
 		t.Fatal("garbage decoded")
 	}
 }
+
+// SendNow sends what lingers: with a linger of a minute, a published record
+// still reaches a consumer at once.
+func TestSendNow(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := KafkaConfig{Brokers: cluster.ListenAddrs(), TopicPrefix: "n", EnsureTopics: true, Partitions: 1, ReplicationFactor: 1,
+		Retention: time.Hour, DeliveryTimeout: 2 * time.Minute, Linger: time.Minute}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pub, err := NewPublisher(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close(ctx)
+	// The first record waits for the topic's metadata, as it would in a
+	// running im-logic only once: flushed whole here.
+	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Message{Message: &gochatv1.Message{ConversationId: "c1", Seq: 1}}}, nil)
+	if err := pub.cl.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	acked := make(chan error, 1)
+	pub.Publish(&gochatv1.DispatchEvent{Event: &gochatv1.DispatchEvent_Message{Message: &gochatv1.Message{ConversationId: "c1", Seq: 2}}}, func(err error) { acked <- err })
+	pub.SendNow()
+	select {
+	case err := <-acked:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the record was not sent: it waits out the minute's linger")
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumeTopics("n.messages"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for n := 0; n < 2 && ctx.Err() == nil; {
+		fs := cl.PollFetches(ctx)
+		n += fs.NumRecords()
+	}
+	if ctx.Err() != nil {
+		t.Fatal("no record consumed")
+	}
+}

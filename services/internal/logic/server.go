@@ -23,9 +23,11 @@ var sends = promauto.NewCounterVec(prometheus.CounterOpts{
 }, []string{"result"})
 
 // Publisher takes dispatch events for Kafka; done, if not nil, runs once
-// Kafka has one (nil) or the producer gave up on it.
+// Kafka has one (nil) or the producer gave up on it. SendNow sends what was
+// published without waiting for more to batch it with.
 type Publisher interface {
 	Publish(ev *gochatv1.DispatchEvent, done func(error))
+	SendNow()
 }
 
 // Config is im-logic's own settings.
@@ -294,7 +296,9 @@ func (s *Server) send(ctx context.Context, in *gochatv1.SendRequest) (*gochatv1.
 	if err != nil {
 		return nil, err
 	}
-	return s.sent(r, in.SessionId), nil
+	resp := s.sent(r, in.SessionId)
+	s.outbox.pub.SendNow()
+	return resp, nil
 }
 
 // toStore checks a send and names its conversation, creating a direct one
@@ -384,6 +388,11 @@ func (s *Server) SendBatch(ctx context.Context, in *gochatv1.SendBatchRequest) (
 			countSend(resp, nil)
 			out[i] = &gochatv1.SendResult{Sent: resp}
 		}
+	}
+	if err == nil {
+		// The batch's messages are all published: nothing is coming to
+		// share their produce request.
+		s.outbox.pub.SendNow()
 	}
 	return &gochatv1.SendBatchResponse{Results: out}, nil
 }

@@ -226,13 +226,14 @@ func (c *routeCache) store(read time.Time, gen int64, users []string, sessions m
 	}
 	resync := map[string]map[string][]string{} // gateway -> conversation -> sessions
 	c.mu.Lock()
-	if len(users) > 0 {
-		c.gen++
-	}
+	replaced := false
 	for _, u := range users {
 		old := c.users[u]
 		if old != nil && old.read.After(read) {
 			continue // a later read is already there, with what was pushed from it
+		}
+		if old != nil && c.renew(u, old, read, gen, sessions[u], pushing[u]) {
+			continue
 		}
 		if old != nil && len(old.pushed) > 0 {
 			held := make(map[string]bool, len(old.sessions))
@@ -257,7 +258,13 @@ func (c *routeCache) store(read time.Time, gen int64, users []string, sessions m
 		for _, conv := range pushing[u] {
 			e.pushed[conv] = true
 		}
+		// A user with no entry is in no route: only a replaced entry
+		// makes the routes made from it no longer good.
+		replaced = replaced || old != nil
 		c.users[u] = e
+	}
+	if replaced {
+		c.gen++
 	}
 	c.mu.Unlock()
 	out := map[string][]delivery{}
@@ -268,6 +275,53 @@ func (c *routeCache) store(read time.Time, gen int64, users []string, sessions m
 		}
 	}
 	return out
+}
+
+// renew updates an entry in place when a new read of its user finds the same
+// sessions, so that the routes made from it stay good: a read at an
+// entry's age, with nothing changed, must not send the next messages of
+// every large group down the member-by-member path. The entry keeps its
+// marks for the conversations that have a route (pushes along a route do
+// not mark again); the others are settled, since there is no new session to
+// resync. Too many marks, and it is replaced instead. Caller holds c.mu.
+func (c *routeCache) renew(user string, e *routeEntry, read time.Time, gen int64, sessions []*gochatv1.Session, pushing []string) bool {
+	if !sameSessions(e.sessions, sessions) {
+		return false
+	}
+	kept := 0
+	for conv := range e.pushed {
+		if c.convs[conv] != nil {
+			kept++
+		}
+	}
+	if kept+len(pushing) > maxRouteConvs {
+		return false
+	}
+	for conv := range e.pushed {
+		if c.convs[conv] == nil {
+			delete(e.pushed, conv)
+		}
+	}
+	for _, conv := range pushing {
+		e.pushed[conv] = true
+	}
+	e.read, e.gen = read, gen
+	e.stale = c.changed[user].gen > gen
+	return true
+}
+
+// sameSessions reports whether two reads of a user found the same sessions
+// (a user has a few: no map).
+func sameSessions(a, b []*gochatv1.Session) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.ContainsFunc(b, func(y *gochatv1.Session) bool { return x.SessionId == y.SessionId && x.Gateway == y.Gateway }) {
+			return false
+		}
+	}
+	return true
 }
 
 // forget drops sessions a gateway said it does not hold.

@@ -122,8 +122,11 @@ func TestConvRoutes(t *testing.T) {
 			c.hits([]string{"u1"}, many)
 		}, 7, false},
 		{"another user read", func(c *routeCache, now *time.Time) {
-			c.store(*now, 0, []string{"x"}, nil, nil) // in no route of g, but the cache cannot tell cheaply
-		}, 7, false},
+			c.store(*now, 0, []string{"x"}, nil, nil) // no entry before: in no route
+		}, 7, true},
+		{"an entry read again, the same sessions", func(c *routeCache, now *time.Time) {
+			c.store(*now, 0, []string{"u2"}, map[string][]*gochatv1.Session{"u2": {sess("u2", "c", "gw1")}}, nil)
+		}, 7, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -182,6 +185,26 @@ func TestConvRoutes(t *testing.T) {
 		users, routes := c.due()
 		if len(users) != 3 || len(routes) != 1 || routes["g"] != 7 {
 			t.Fatalf("due: users %v routes %v, want the 3 users and route g at version 7", users, routes)
+		}
+	})
+	t.Run("an entry renewed with the same sessions still owes its route's resync", func(t *testing.T) {
+		now := time.Unix(1000, 0)
+		c := newRouteCache(2*time.Second, 30*time.Second)
+		c.now = func() time.Time { return now }
+		c.store(now, 0, members, live, pushing)
+		c.keepRoute("g", 7, members)
+		now = now.Add(time.Second)
+		c.store(now, 0, []string{"u2"}, map[string][]*gochatv1.Session{"u2": {sess("u2", "c", "gw1")}}, nil)
+		if c.route("g", 7) == nil {
+			t.Fatal("the route is no longer good after a read that changed nothing")
+		}
+		now = now.Add(time.Second)
+		out := c.store(now, 0, []string{"u2"}, map[string][]*gochatv1.Session{"u2": {sess("u2", "c", "gw1"), sess("u2", "d", "gw2")}}, nil)
+		if len(out["gw2"]) != 1 || out["gw2"][0].convID != "g" || out["gw2"][0].d.SessionIds[0] != "d" {
+			t.Fatalf("resyncs %v, want g to the new session d: the route pushed from the renewed entry", out)
+		}
+		if c.route("g", 7) != nil {
+			t.Fatal("the route is still used after an entry it was made from changed")
 		}
 	})
 	t.Run("the sending session is left out", func(t *testing.T) {
