@@ -102,22 +102,38 @@ stopall() {
   pids=()
 }
 
+# snapshot NAME: GoChat's services' metrics after a scenario (cumulative), kept
+# beside the results so that a run's stages (the store, the push, GetMembers)
+# can be read afterwards; nothing for Centrifugo (metrics is empty).
+metrics=""
+snapshot() {
+  [ -n "$metrics" ] || return 0
+  mkdir -p "$work/metrics"
+  local m
+  for m in $metrics; do
+    curl -sf "http://${m#*=}/metrics" >"$work/metrics/$1-${m%%=*}.txt" || true
+  done
+}
+
 # scenarios SERVER URL PIDS [extra flags]: every measurement against one server.
 scenarios() {
   local server=$1 url=$2 pidlist=$3; shift 3
   local load=(timeout 300 "$work/gochat-load" compare --server "$server" --url "$url" --pids "$pidlist" --out "$RESULTS" "$@")
   echo "== $server: $CONNS connections, held $HOLD"
   "${load[@]}" --scenario connect --conns "$CONNS" --hold "$HOLD" --label "$CONNS connections" || echo "$server connect: failed (see above)"
+  snapshot connect
   for f in $FANOUT; do
     local members=${f%@*} rate=${f#*@}
     echo "== $server: fan-out to $members members at $rate msg/s for $DURATION"
     "${load[@]}" --scenario fanout --members "$members" --rate "$rate" --duration "$DURATION" \
       --label "fan-out to $members members, $rate msg/s" || echo "$server fan-out $f: failed (see above)"
+    snapshot "fanout-$members-at-$rate"
   done
   if [ -n "$SESSIONS" ]; then
     echo "== $server: 10,000 sessions (1,000 users x 10) at $SESSIONS msg/s for $DURATION"
     "${load[@]}" --scenario sessions --rate "$SESSIONS" --duration "$DURATION" \
       --label "10,000 sessions (1,000 users x 10), $SESSIONS msg/s" || echo "$server sessions: failed (see above)"
+    snapshot "sessions-at-$SESSIONS"
   fi
 }
 
@@ -178,7 +194,9 @@ run_gochat() {
   # The gateway holds the sessions (its RSS is the per-connection figure);
   # the CPU is that of every GoChat process (MariaDB and Redis are shared
   # with the rest of the machine and not counted).
+  metrics="gateway=127.0.0.1:19380 logic=127.0.0.1:19311 repo=127.0.0.1:19312 task=127.0.0.1:19313"
   scenarios gochat "http://127.0.0.1:$GW_HTTP" "$gw,$logic,$repo,$task,$kafka"
+  metrics=""
   stopall
   dropgochat
 }

@@ -45,6 +45,10 @@ var (
 	deadLetters = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "gochat_task_dead_letters_total", Help: "Dispatch records given up on after retries (logged with topic, partition and offset), by topic.",
 	}, []string{"topic"})
+	commitSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name: "gochat_task_commit_seconds", Help: "Time of committing a batch's offsets (the next batch waits for it).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	})
 	resyncs = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "gochat_task_resyncs_total", Help: "Sessions sent a resync frame because a push to them failed.",
 	})
@@ -180,7 +184,10 @@ func (t *Task) Run(ctx context.Context) error {
 				}
 				return err
 			}
-			if err := cl.CommitRecords(ctx, records...); err != nil && ctx.Err() == nil {
+			begin := time.Now()
+			err := cl.CommitRecords(ctx, records...)
+			commitSeconds.Observe(time.Since(begin).Seconds())
+			if err != nil && ctx.Err() == nil {
 				t.log.Error("commit offsets (the batch will be pushed again)", "err", err)
 			}
 		}
