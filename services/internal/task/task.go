@@ -62,14 +62,6 @@ const (
 	maxUsersPerLookup     = 1000 // GetPresence and UnreadCounts take at most 5000
 	maxDeliveriesPerPush  = 5000 // a gateway takes at most 10000
 	maxPushBytes          = 4 << 20
-	// partSessions is the most sessions of one delivery in one push call: a
-	// frame for more (a large group's message) goes in parts of this many,
-	// pushed at once, so that the gateway starts writing when the first part
-	// arrives instead of after the whole list, and enqueues the parts on
-	// several goroutines.
-	partSessions = 1024
-	// maxPartsInFlight bounds the parts of one delivery pushed at once.
-	maxPartsInFlight = 8
 	// poisonAttempts is how often a batch that fails with something other
 	// than unavailable is tried before its records are tried one by one and
 	// the ones that still fail are dead-lettered.
@@ -777,9 +769,8 @@ func (t *Task) resync(ctx context.Context, gw string, failed []delivery) {
 	resyncs.Add(float64(n))
 }
 
-// pushChunks splits deliveries into pushes bounded by count and by bytes,
-// in order. A delivery over the byte bound, or to more than partSessions
-// sessions (pushed in parts, see parts), goes alone.
+// pushChunks splits deliveries into pushes bounded by count and by bytes. A
+// delivery over the byte bound goes alone.
 func pushChunks(ds []delivery) [][]delivery {
 	var (
 		out   [][]delivery
@@ -791,16 +782,11 @@ func pushChunks(ds []delivery) [][]delivery {
 		for _, id := range d.d.SessionIds {
 			size += len(id) + 2
 		}
-		wide := len(d.d.SessionIds) > partSessions
-		if i > start && (wide || i-start >= maxDeliveriesPerPush || bytes+size > maxPushBytes) {
+		if i > start && (i-start >= maxDeliveriesPerPush || bytes+size > maxPushBytes) {
 			out = append(out, ds[start:i])
 			start, bytes = i, 0
 		}
 		bytes += size
-		if wide {
-			out = append(out, ds[i:i+1])
-			start, bytes = i+1, 0
-		}
 	}
 	if start < len(ds) {
 		out = append(out, ds[start:])
@@ -808,27 +794,8 @@ func pushChunks(ds []delivery) [][]delivery {
 	return out
 }
 
-// parts splits a chunk that is one delivery to more than partSessions
-// sessions into deliveries of the same frame to at most partSessions each
-// (sharing the session list, never changing it); nil for any other chunk.
-func parts(chunk []delivery) []delivery {
-	if len(chunk) != 1 || len(chunk[0].d.SessionIds) <= partSessions {
-		return nil
-	}
-	d := chunk[0]
-	var out []delivery
-	for ids := d.d.SessionIds; len(ids) > 0; {
-		n := min(partSessions, len(ids))
-		out = append(out, delivery{convID: d.convID, d: &gochatv1.Delivery{SessionIds: ids[:n:n], Frame: d.d.Frame}})
-		ids = ids[n:]
-	}
-	return out
-}
-
-// pushOne pushes deliveries to one gateway in order, in bounded chunks; the
-// parts of a wide delivery go at once (they reach different sessions, so
-// their order does not matter), and the next chunk waits for all of them.
-// It returns the session ids the gateway does not hold and, on error, the
+// pushOne pushes deliveries to one gateway in order, in bounded chunks. It
+// returns the session ids the gateway does not hold and, on error, the
 // deliveries not pushed.
 func (t *Task) pushOne(ctx context.Context, gw string, deliveries []delivery) (unknown []string, failed []delivery, err error) {
 	client, err := t.gateways.get(gw)
@@ -837,87 +804,46 @@ func (t *Task) pushOne(ctx context.Context, gw string, deliveries []delivery) (u
 	}
 	chunks := pushChunks(deliveries)
 	for ci, chunk := range chunks {
-		var ids []string
-		if ps := parts(chunk); ps != nil {
-			ids, err = t.pushParts(ctx, client, gw, ps)
-		} else {
-			ids, err = t.pushCall(ctx, client, gw, chunk)
+		req := &gochatv1.PushRequest{Deliveries: make([]*gochatv1.Delivery, len(chunk))}
+		for i, d := range chunk {
+			req.Deliveries[i] = d.d
 		}
-		if err != nil {
-			var rest []delivery
-			for _, c := range chunks[ci:] {
-				rest = append(rest, c...)
+		var resp *gochatv1.PushResponse
+		for attempt := 0; ; attempt++ {
+			callCtx, cancel := context.WithTimeout(ctx, t.cfg.PushTimeout)
+			begin := time.Now()
+			// Fail fast on a gateway that is gone (a pod replaced, its
+			// presence not yet expired): waiting for it would stall the batch.
+			resp, err = client.Push(callCtx, req, grpc.WaitForReady(false))
+			cancel()
+			if err == nil {
+				pushSeconds.WithLabelValues("ok").Observe(time.Since(begin).Seconds())
+				t.gateways.up(gw)
+				break
 			}
-			return unknown, rest, err
+			pushSeconds.WithLabelValues("error").Observe(time.Since(begin).Seconds())
+			code := apierror.From(err).Code
+			// Unavailable is a refused connection: quick to learn, worth a
+			// retry. A timeout is a gateway that does not answer: another
+			// try would stall every batch again, so it is marked down now.
+			timedOut := status.Code(err) == codes.DeadlineExceeded
+			if attempt == 2 || ctx.Err() != nil || code != apierror.Unavailable || timedOut {
+				if code == apierror.Unavailable {
+					t.gateways.down(gw) // redialed after its cooldown
+				}
+				var rest []delivery
+				for _, c := range chunks[ci:] {
+					rest = append(rest, c...)
+				}
+				return unknown, rest, err
+			}
+			if err := sleep(ctx, time.Duration(attempt+1)*100*time.Millisecond); err != nil {
+				return unknown, nil, err
+			}
 		}
-		unknown = append(unknown, ids...)
+		unknown = append(unknown, resp.UnknownSessionIds...)
 	}
 	return unknown, nil, nil
-}
-
-// pushParts pushes the parts of a wide delivery at once, a few at a time,
-// and returns the session ids the gateway does not hold, or the first error.
-func (t *Task) pushParts(ctx context.Context, client gochatv1.PushServiceClient, gw string, ps []delivery) ([]string, error) {
-	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		unknown []string
-		first   error
-	)
-	sem := make(chan struct{}, maxPartsInFlight)
-	for _, p := range ps {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			ids, err := t.pushCall(ctx, client, gw, []delivery{p})
-			mu.Lock()
-			defer mu.Unlock()
-			unknown = append(unknown, ids...)
-			if err != nil && first == nil {
-				first = err
-			}
-		}()
-	}
-	wg.Wait()
-	return unknown, first
-}
-
-// pushCall makes one push call, retrying a refused connection twice, and
-// returns the session ids the gateway does not hold.
-func (t *Task) pushCall(ctx context.Context, client gochatv1.PushServiceClient, gw string, chunk []delivery) ([]string, error) {
-	req := &gochatv1.PushRequest{Deliveries: make([]*gochatv1.Delivery, len(chunk))}
-	for i, d := range chunk {
-		req.Deliveries[i] = d.d
-	}
-	for attempt := 0; ; attempt++ {
-		callCtx, cancel := context.WithTimeout(ctx, t.cfg.PushTimeout)
-		begin := time.Now()
-		// Fail fast on a gateway that is gone (a pod replaced, its
-		// presence not yet expired): waiting for it would stall the batch.
-		resp, err := client.Push(callCtx, req, grpc.WaitForReady(false))
-		cancel()
-		if err == nil {
-			pushSeconds.WithLabelValues("ok").Observe(time.Since(begin).Seconds())
-			t.gateways.up(gw)
-			return resp.UnknownSessionIds, nil
-		}
-		pushSeconds.WithLabelValues("error").Observe(time.Since(begin).Seconds())
-		code := apierror.From(err).Code
-		// Unavailable is a refused connection: quick to learn, worth a
-		// retry. A timeout is a gateway that does not answer: another
-		// try would stall every batch again, so it is marked down now.
-		timedOut := status.Code(err) == codes.DeadlineExceeded
-		if attempt == 2 || ctx.Err() != nil || code != apierror.Unavailable || timedOut {
-			if code == apierror.Unavailable {
-				t.gateways.down(gw) // redialed after its cooldown
-			}
-			return nil, err
-		}
-		if err := sleep(ctx, time.Duration(attempt+1)*100*time.Millisecond); err != nil {
-			return nil, err
-		}
-	}
 }
 
 // gatewayConns keeps one long-lived connection per gateway address, and a
