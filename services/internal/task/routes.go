@@ -45,6 +45,12 @@ const (
 	// changeMemory is how long a change is remembered for entries whose
 	// lookup was in flight when it was read: longer than any lookup.
 	changeMemory = time.Minute
+	// maxRememberedChanges bounds the changes remembered; past it (a
+	// reconnect storm) the log's read counts as incomplete.
+	maxRememberedChanges = 100_000
+	// changeReadTimeout bounds one read of the log: a hung im-repo must not
+	// stop the refresher.
+	changeReadTimeout = 2 * time.Second
 )
 
 // routeCache keeps the live sessions of the members of large
@@ -71,15 +77,18 @@ type routeCache struct {
 	maxAge time.Duration // and while it is
 	now    func() time.Time
 
+	mu sync.Mutex
 	// The change log's reader's state: the position read up to, when it
 	// was last read completely (zero: never), and the changes read in the
 	// last changeMemory, by user: an entry filled by a lookup that was in
 	// flight when a change was read is stale if it read an older position.
-	cursor  int64
-	feedAt  time.Time
-	changed map[string]seenChange
+	// An entry read before staleBefore (a read of the log that could not
+	// say everything) is stale too.
+	cursor      int64
+	feedAt      time.Time
+	changed     map[string]seenChange
+	staleBefore time.Time
 
-	mu    sync.Mutex
 	users map[string]*routeEntry
 	// gen counts the changes of users: a conversation route is good only
 	// while no entry it was made from has been replaced or trimmed.
@@ -162,6 +171,9 @@ func (c *routeCache) changes(read time.Time, changes []*gochatv1.PresenceChange,
 		}
 		marked = true
 	}
+	if complete && len(c.changed)+len(changes) > maxRememberedChanges {
+		complete = false // too many to remember one by one: as if unknown
+	}
 	if complete {
 		for _, ch := range changes {
 			if ch.Gen > c.changed[ch.UserId].gen {
@@ -173,8 +185,11 @@ func (c *routeCache) changes(read time.Time, changes []*gochatv1.PresenceChange,
 		}
 	} else {
 		// After a loss of Redis the log starts again from 0: positions
-		// remembered from before it mean nothing.
+		// remembered from before it mean nothing. Whatever was read before
+		// this read of the log, held now or stored by a lookup still in
+		// flight, may be out of date.
 		c.changed = map[string]seenChange{}
+		c.staleBefore = read
 		for u, e := range c.users {
 			if e.read.Before(read) || e.gen < gen {
 				mark(u, e)
@@ -254,7 +269,7 @@ func (c *routeCache) store(read time.Time, gen int64, users []string, sessions m
 		}
 		// A change read while this lookup was in flight, after the
 		// position it read: what it found may already be out of date.
-		e := &routeEntry{read: read, gen: gen, stale: c.changed[u].gen > gen, sessions: sessions[u], pushed: map[string]bool{}}
+		e := &routeEntry{read: read, gen: gen, stale: c.outdated(u, read, gen), sessions: sessions[u], pushed: map[string]bool{}}
 		for _, conv := range pushing[u] {
 			e.pushed[conv] = true
 		}
@@ -306,8 +321,16 @@ func (c *routeCache) renew(user string, e *routeEntry, read time.Time, gen int64
 		e.pushed[conv] = true
 	}
 	e.read, e.gen = read, gen
-	e.stale = c.changed[user].gen > gen
+	e.stale = c.outdated(user, read, gen)
 	return true
+}
+
+// outdated reports whether a lookup of user sent at read, having read the
+// log's position gen, may have missed a change already known: one read
+// after that position, or an incomplete read of the log after it was sent.
+// Caller holds c.mu.
+func (c *routeCache) outdated(user string, read time.Time, gen int64) bool {
+	return c.changed[user].gen > gen || read.Before(c.staleBefore)
 }
 
 // sameSessions reports whether two reads of a user found the same sessions
@@ -518,7 +541,9 @@ func (t *Task) readChanges(ctx context.Context) {
 	after := t.routes.cursor
 	t.routes.mu.Unlock()
 	read := t.routes.now()
-	r, err := t.repo.GetPresenceChanges(ctx, &gochatv1.GetPresenceChangesRequest{AfterGen: after, Limit: maxChangesPerRead})
+	rctx, cancel := context.WithTimeout(ctx, changeReadTimeout)
+	r, err := t.repo.GetPresenceChanges(rctx, &gochatv1.GetPresenceChangesRequest{AfterGen: after, Limit: maxChangesPerRead})
+	cancel()
 	if err != nil {
 		changeReads.WithLabelValues("error").Inc()
 		if ctx.Err() == nil && t.changeLog.Swap(changeLogFails) != changeLogFails {

@@ -323,4 +323,36 @@ func TestRouteCacheChangeLog(t *testing.T) {
 			t.Fatalf("changes kept past %s: %v", changeMemory, c.changed)
 		}
 	})
+	t.Run("a lookup in flight across an incomplete read", func(t *testing.T) {
+		now := time.Unix(1000, 0)
+		c := newRouteCache(2*time.Second, 30*time.Second)
+		c.now = func() time.Time { return now }
+		sent := now
+		now = now.Add(time.Millisecond)
+		c.changes(now, nil, 9, false)
+		c.store(sent, 9, []string{"u"}, map[string][]*gochatv1.Session{"u": sess}, nil)
+		if len(c.hits([]string{"u"}, nil)) != 0 {
+			t.Fatal("an entry whose lookup was sent before an incomplete read of the log is used")
+		}
+		c.store(now.Add(time.Millisecond), 9, []string{"u"}, map[string][]*gochatv1.Session{"u": sess}, nil)
+		if len(c.hits([]string{"u"}, nil)) != 1 {
+			t.Fatal("an entry read after the incomplete read is not used")
+		}
+	})
+	t.Run("more changes than are remembered", func(t *testing.T) {
+		now := time.Unix(1000, 0)
+		c := newRouteCache(2*time.Second, 30*time.Second)
+		c.now = func() time.Time { return now }
+		c.changes(now, nil, 5, true)
+		c.store(now, 5, []string{"u"}, map[string][]*gochatv1.Session{"u": sess}, map[string][]string{"u": {"g"}})
+		many := make([]*gochatv1.PresenceChange, maxRememberedChanges+1)
+		for i := range many {
+			many[i] = &gochatv1.PresenceChange{UserId: fmt.Sprint("x", i), Gen: 6}
+		}
+		now = now.Add(time.Millisecond)
+		c.changes(now, many, 6, true)
+		if len(c.changed) != 0 || len(c.hits([]string{"u"}, nil)) != 0 {
+			t.Fatalf("%d changes remembered, entry of an unnamed user still used: want it read as incomplete", len(c.changed))
+		}
+	})
 }
