@@ -1224,3 +1224,38 @@ func TestFrameRate(t *testing.T) {
 		}
 	}
 }
+
+// TestRenewalsSpread: every session is renewed in presence within a third of
+// its TTL, one hub shard at a time: never all of them in one call, which
+// was a burst of presence writes every renewal period.
+func TestRenewalsSpread(t *testing.T) {
+	f := start(t, func(c *Config) { c.PresenceTTL = 3 * time.Second })
+	const n = 30
+	for range n {
+		f.dial(t)
+	}
+	var (
+		mu      sync.Mutex
+		renewed = map[string]bool{}
+		largest int
+	)
+	f.presence.mu.Lock()
+	f.presence.registered = func(ids []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, id := range ids {
+			renewed[id] = true
+		}
+		largest = max(largest, len(ids))
+	}
+	f.presence.mu.Unlock()
+	time.Sleep(2 * time.Second) // two thirds of the TTL: every shard's turn came at least once
+	mu.Lock()
+	defer mu.Unlock()
+	if len(renewed) != n {
+		t.Fatalf("%d of %d sessions renewed within two thirds of the TTL", len(renewed), n)
+	}
+	if largest >= n/2 {
+		t.Fatalf("a renewal call of %d sessions of %d: the renewals are not spread", largest, n)
+	}
+}

@@ -59,15 +59,20 @@ func (h *hub) get(id string) *session {
 // fn may close sessions (and so remove them from the hub).
 func (h *hub) each(fn func(*session)) {
 	for i := range h.shards {
-		sh := &h.shards[i]
-		sh.mu.RLock()
-		list := make([]*session, 0, len(sh.sessions))
-		for _, s := range sh.sessions {
-			list = append(list, s)
-		}
-		sh.mu.RUnlock()
-		for _, s := range list {
-			fn(s)
-		}
+		h.eachIn(i, fn)
+	}
+}
+
+// eachIn calls fn for every session of shard i, as each does.
+func (h *hub) eachIn(i int, fn func(*session)) {
+	sh := &h.shards[i]
+	sh.mu.RLock()
+	list := make([]*session, 0, len(sh.sessions))
+	for _, s := range sh.sessions {
+		list = append(list, s)
+	}
+	sh.mu.RUnlock()
+	for _, s := range list {
+		fn(s)
 	}
 }

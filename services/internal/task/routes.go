@@ -367,26 +367,32 @@ func (c *routeCache) forget(gone map[string]bool) {
 }
 
 // due removes the expired entries never pushed from, and the routes gone
-// bad or stale, and returns what the refresher must read again before it expires:
-// the users whose entries were pushed from and are past half their TTL,
-// and the routes used since they were made (by conversation, with their
-// member list's version).
+// bad or stale, and returns what the refresher must read again: the users
+// whose entries were pushed from and are stale, or past half their life, and
+// the routes used since they were made (by conversation, with their member
+// list's version). Entries past half their life are spread over the ticks
+// of a quarter of it (at least maxUsersPerLookup a tick): the entries of a
+// large group were all read at once, and reading them all again at once is
+// a burst of presence reads that the messages of that moment wait behind.
 func (c *routeCache) due() ([]string, map[string]int64) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	life := c.life(now)
-	var users []string
+	var users, aged []string
 	for u, e := range c.users {
 		age := now.Sub(e.read)
-		if len(e.pushed) > 0 && (e.stale || age >= life/2) {
-			users = append(users, u)
-			continue
-		}
-		if e.stale || age >= life {
+		switch {
+		case len(e.pushed) > 0 && (e.stale || age >= life):
+			users = append(users, u) // not to be used until read again
+		case len(e.pushed) > 0 && age >= life/2:
+			aged = append(aged, u)
+		case e.stale || age >= life:
 			delete(c.users, u) // never pushed from, so in no route
 		}
 	}
+	ticks := max(1, int(life/4/changePoll))
+	users = append(users, aged[:min(len(aged), max(maxUsersPerLookup, (len(aged)+ticks-1)/ticks))]...)
 	routes := map[string]int64{}
 	for conv, r := range c.convs {
 		if r.gen != c.gen || now.Sub(r.read) >= life {

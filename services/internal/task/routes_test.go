@@ -323,6 +323,45 @@ func TestRouteCacheChangeLog(t *testing.T) {
 			t.Fatalf("changes kept past %s: %v", changeMemory, c.changed)
 		}
 	})
+	t.Run("entries past half their age are read again over several ticks", func(t *testing.T) {
+		now := time.Unix(1000, 0)
+		c := newRouteCache(2*time.Second, 30*time.Second)
+		c.now = func() time.Time { return now }
+		c.changes(now, nil, 5, true)
+		many := make([]string, 2500)
+		live := map[string][]*gochatv1.Session{}
+		pushing := map[string][]string{}
+		for i := range many {
+			many[i] = fmt.Sprint("m", i)
+			live[many[i]] = []*gochatv1.Session{{UserId: many[i], SessionId: "s", Gateway: "gw"}}
+			pushing[many[i]] = []string{"g"}
+		}
+		c.store(now, 5, many, live, pushing)
+		now = now.Add(16 * time.Second)
+		c.changes(now, []*gochatv1.PresenceChange{{UserId: "m0", Gen: 6}}, 6, true)
+		users, _ := c.due()
+		if len(users) != maxUsersPerLookup && len(users) != maxUsersPerLookup+1 {
+			t.Fatalf("%d users read again in one tick, want %d (and the changed one)", len(users), maxUsersPerLookup)
+		}
+		hasChanged := false
+		for _, u := range users {
+			hasChanged = hasChanged || u == "m0"
+		}
+		if !hasChanged {
+			t.Fatal("the changed user waits for a later tick")
+		}
+		c.store(now, 6, users, live, nil)
+		for range 3 {
+			users, _ = c.due()
+			c.store(now, 6, users, live, nil)
+		}
+		if users, _ = c.due(); len(users) != 0 {
+			t.Fatalf("%d users still due after four ticks", len(users))
+		}
+		if got := len(c.hits(many, nil)); got != len(many) {
+			t.Fatalf("%d of %d entries good while they were read again", got, len(many))
+		}
+	})
 	t.Run("a lookup in flight across an incomplete read", func(t *testing.T) {
 		now := time.Unix(1000, 0)
 		c := newRouteCache(2*time.Second, 30*time.Second)
