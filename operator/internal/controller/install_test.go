@@ -6,10 +6,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -101,7 +103,17 @@ func TestInstallManifests(t *testing.T) {
 				InvolvedObject: corev1.ObjectReference{Kind: "Lease", Namespace: ns, Name: "operator.chat.gochat.io"},
 				Reason:         "LeaderElection", Message: "became leader", Type: corev1.EventTypeNormal,
 			}
-			if _, err := cs.CoreV1().Events(ns).Create(bg, ev, metav1.CreateOptions{}); err != nil {
+			// The API server's authorizer learns of a new RoleBinding from
+			// its informers, a moment after the create returns: a denial is
+			// only final once it has had time to see it.
+			var err error
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				_, err = cs.CoreV1().Events(ns).Create(bg, ev, metav1.CreateOptions{})
+				if err == nil || !apierrors.IsForbidden(err) || time.Now().After(deadline) {
+					break
+				}
+			}
+			if err != nil {
 				t.Fatalf("leader election cannot record its core/v1 Event: %v", err)
 			}
 		})
