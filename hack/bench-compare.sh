@@ -104,7 +104,9 @@ stopall() {
 
 # snapshot NAME: GoChat's services' metrics after a scenario (cumulative), kept
 # beside the results so that a run's stages (the store, the push, GetMembers)
-# can be read afterwards; nothing for Centrifugo (metrics is empty).
+# can be read afterwards, with MariaDB's InnoDB counters (row-lock waits,
+# pages flushed, log waits, fsyncs: what a slow commit waited on); nothing
+# for Centrifugo (metrics is empty).
 metrics=""
 snapshot() {
   [ -n "$metrics" ] || return 0
@@ -113,6 +115,23 @@ snapshot() {
   for m in $metrics; do
     curl -sf "http://${m#*=}/metrics" >"$work/metrics/$1-${m%%=*}.txt" || true
   done
+  $MYSQL -N -e "SHOW GLOBAL STATUS WHERE Variable_name LIKE 'Innodb_row_lock%' OR Variable_name IN
+    ('Innodb_buffer_pool_pages_dirty','Innodb_buffer_pool_pages_flushed','Innodb_buffer_pool_wait_free',
+     'Innodb_checkpoint_age','Innodb_log_waits','Innodb_data_fsyncs','Innodb_data_pending_fsyncs','Innodb_lsn_current')" \
+    >"$work/metrics/$1-mariadb.txt" || true
+}
+
+# diskprobe: the fsyncs a commit waits for on MariaDB's disk (its log's
+# floor: GoChat's store commits once per batch), when MariaDB is on this
+# machine; printed with the results.
+diskprobe() {
+  local dir
+  dir=$($MYSQL -N -e 'SELECT @@datadir' 2>/dev/null || true)
+  if [ -n "$dir" ] && [ -d "$dir" ] && [ -w "$dir" ]; then
+    "$work/gochat-load" disk --dir "$dir" --n 1000 | tee -a "$work/disk.txt"
+  else
+    echo "disk: not measured (MariaDB's data directory ${dir:-unknown} is not on this machine or not writable)"
+  fi
 }
 
 # scenarios SERVER URL PIDS [extra flags]: every measurement against one server.
@@ -168,6 +187,7 @@ EOF
 }
 
 run_gochat() {
+  diskprobe
   # Internal gRPC is mutual TLS: a throwaway CA and a certificate per component.
   mint_certs "$work/tls" "$work/gochat" repo logic task gateway
   db=bench_compare_$RANDOM$RANDOM
@@ -210,4 +230,5 @@ for s in $SERVERS; do
   esac
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ ! -s "$work/disk.txt" ] || cat "$work/disk.txt"
 "$work/gochat-load" compare-table --results "$RESULTS" | tee "$work/table.md"

@@ -435,6 +435,14 @@ type compareResult struct {
 	ToolFrames    int64            `json:"tool_frames"`
 	OtherFrames   map[string]int64 `json:"other_frames,omitempty"` // frames neither deliveries, acks nor keepalives, by type, setup included
 	ToolCPUUsPerF float64          `json:"tool_cpu_us_per_frame"`
+	// How long the servers' threads (all of --pids) and the tool's waited
+	// for a CPU while runnable, in ms per second of the measured window.
+	ServerWaitMsPerSec float64 `json:"server_cpu_wait_ms_per_sec,omitempty"`
+	ToolWaitMsPerSec   float64 `json:"tool_cpu_wait_ms_per_sec,omitempty"`
+}
+
+func (r *compareResult) setUsage(u usage) {
+	r.ServerCPUPct, r.ServerWaitMsPerSec, r.ToolWaitMsPerSec = u.serverPct, u.serverWaitMs, u.toolWait
 }
 
 func (r compareResult) print(w io.Writer) {
@@ -462,6 +470,7 @@ func (r compareResult) print(w io.Writer) {
 		per = "connection, dialing included"
 	}
 	fmt.Fprintf(w, "  server CPU %.0f%% of a core (pids %v); load tool %.1f µs CPU per %s (%d frames)\n", r.ServerCPUPct, r.ServerPIDs, r.ToolCPUUsPerF, per, r.ToolFrames)
+	fmt.Fprintf(w, "  waited for a CPU while runnable: server threads %.0f ms per second, load tool %.0f ms per second\n", r.ServerWaitMsPerSec, r.ToolWaitMsPerSec)
 }
 
 // connectAll opens one session per credential, parallel at a time, starts
@@ -503,10 +512,12 @@ func connectAll(ad adapter, creds []guest, parallel int, group string, readers *
 
 // measure is the window over which the tool's and the servers' CPU are counted.
 type measure struct {
-	pids   []int
-	ru     syscall.Rusage
-	server []time.Duration
-	at     time.Time
+	pids       []int
+	ru         syscall.Rusage
+	server     []time.Duration
+	serverWait []time.Duration
+	toolWait   time.Duration
+	at         time.Time
 }
 
 func startMeasure(pids []int) *measure {
@@ -515,21 +526,41 @@ func startMeasure(pids []int) *measure {
 	for _, p := range pids {
 		d, _ := procCPU(p)
 		m.server = append(m.server, d)
+		w, _ := procWait(p)
+		m.serverWait = append(m.serverWait, w)
 	}
+	m.toolWait, _ = procWait(os.Getpid())
 	return m
 }
 
-// end returns the tool's CPU, the servers' CPU, and the servers' CPU as a
-// percentage of one core over the window.
-func (m *measure) end() (tool, server time.Duration, serverPct float64) {
+// usage is what a measured window cost: the tool's CPU, the servers' CPU
+// (also as a percentage of one core), and how long the servers' threads and
+// the tool's waited for a CPU while runnable, per second of the window. On
+// a machine the servers share with the tool, the wait is the latency that
+// CPU contention added to every hop.
+type usage struct {
+	tool, server           time.Duration
+	serverPct              float64
+	serverWaitMs, toolWait float64 // ms per second of the window
+}
+
+func (m *measure) end() usage {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	tool = time.Duration(ru.Utime.Nano() + ru.Stime.Nano() - m.ru.Utime.Nano() - m.ru.Stime.Nano())
+	secs := time.Since(m.at).Seconds()
+	u := usage{tool: time.Duration(ru.Utime.Nano() + ru.Stime.Nano() - m.ru.Utime.Nano() - m.ru.Stime.Nano())}
+	var wait time.Duration
 	for i, p := range m.pids {
 		d, _ := procCPU(p)
-		server += d - m.server[i]
+		u.server += d - m.server[i]
+		w, _ := procWait(p)
+		wait += w - m.serverWait[i]
 	}
-	return tool, server, 100 * server.Seconds() / time.Since(m.at).Seconds()
+	u.serverPct = 100 * u.server.Seconds() / secs
+	u.serverWaitMs = float64(wait.Milliseconds()) / secs
+	tw, _ := procWait(os.Getpid())
+	u.toolWait = float64((tw - m.toolWait).Milliseconds()) / secs
+	return u
 }
 
 func runConnect(ad adapter, o compareOpts) (compareResult, error) {
@@ -571,12 +602,12 @@ func runConnect(ad adapter, o compareOpts) (compareResult, error) {
 	res.ConnectsPerSec = float64(len(lat)) / elapsed.Seconds()
 	res.HandshakeP50Ms, res.HandshakeP99Ms = ms(q(lat, 0.5)), ms(q(lat, 0.99))
 	// CPU is counted over the connects only: the hold costs next to nothing.
-	tool, server, cpu := m.end()
-	res.ServerCPUPct = cpu
+	u := m.end()
+	res.setUsage(u)
 	res.ToolFrames = int64(len(lat)) // one handshake answer per session
 	if len(lat) > 0 {
-		res.ServerCPUPerConnUs = float64(server.Microseconds()) / float64(len(lat))
-		res.ToolCPUUsPerF = float64(tool.Microseconds()) / float64(len(lat))
+		res.ServerCPUPerConnUs = float64(u.server.Microseconds()) / float64(len(lat))
+		res.ToolCPUUsPerF = float64(u.tool.Microseconds()) / float64(len(lat))
 	}
 	stopPings := pingLoop(ad, sessions, o.ping)
 	if o.hold > 0 {
@@ -789,7 +820,7 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 		}
 	}
 	window := time.Since(start)
-	tool, _, cpu := m.end()
+	u := m.end()
 	stopPings()
 	closeAll(append(sessions, pub))
 	readers.Wait()
@@ -820,8 +851,8 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 		fmt.Printf("slowest messages to reach their first session (message number: first, last delivery):%s\n", slow)
 	}
 	res.DeliveriesSec = float64(res.Delivered) / window.Seconds()
-	res.ServerCPUPct = cpu
-	res.ToolCPUUsPerF = float64(tool.Microseconds()) / float64(max(res.ToolFrames, 1))
+	res.setUsage(u)
+	res.ToolCPUUsPerF = float64(u.tool.Microseconds()) / float64(max(res.ToolFrames, 1))
 	if pubErrs > 0 {
 		fmt.Printf("%d publishes failed; first: %v\n", pubErrs, pubErr)
 	}
@@ -917,6 +948,42 @@ func procCPU(pid int) (time.Duration, error) {
 		return 0, err
 	}
 	return parseStatCPU(b)
+}
+
+// procWait is how long a process's threads have waited on a run queue, from
+// /proc/<pid>/task/*/schedstat (its second field, in ns). Threads that have
+// exited are not counted; a Go process keeps the threads it made.
+func procWait(pid int) (time.Duration, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread ended between the listing and the read
+		}
+		d, err := parseSchedstatWait(b)
+		if err != nil {
+			return 0, fmt.Errorf("%s/%s/schedstat: %w", dir, t.Name(), err)
+		}
+		sum += d
+	}
+	return sum, nil
+}
+
+func parseSchedstatWait(b []byte) (time.Duration, error) {
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("short schedstat %q", b)
+	}
+	ns, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(ns), nil
 }
 
 // clockTick is USER_HZ, which Linux fixes at 100 for /proc.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -48,6 +49,53 @@ func TestParseProc(t *testing.T) {
 	}
 	if _, err := procCPU(os.Getpid()); err != nil {
 		t.Fatalf("procCPU(self): %v", err)
+	}
+	for _, tc := range []struct {
+		name, schedstat string
+		want            time.Duration
+		wantErr         bool
+	}{
+		{"three fields", "96981 1500000 7\n", 1500 * time.Microsecond, false},
+		{"short", "96981\n", 0, true},
+		{"not a number", "1 x 3\n", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseSchedstatWait([]byte(tc.schedstat))
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Fatalf("parseSchedstatWait = %s, %v; want %s, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestProcWait makes this process's threads outnumber the CPUs for a while:
+// the run-queue wait of its threads, summed, must grow.
+func TestProcWait(t *testing.T) {
+	before, err := procWait(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 2 * runtime.NumCPU()
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n + 1))
+	var wg sync.WaitGroup
+	end := time.Now().Add(300 * time.Millisecond)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			for time.Now().Before(end) {
+			}
+		}()
+	}
+	wg.Wait()
+	after, err := procWait(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before < 10*time.Millisecond {
+		t.Fatalf("%d spinning threads on %d CPUs for 300ms waited %s in all; want at least 10ms", n, runtime.NumCPU(), after-before)
 	}
 }
 
@@ -181,7 +229,8 @@ func TestWriteTable(t *testing.T) {
 		{Server: "centrifugo", Scenario: "connect", Label: "500 connections", Conns: 500, ConnectsPerSec: 4000, HandshakeP50Ms: 10, HandshakeP99Ms: 30, RSSPerConnB: 50000},
 		{Server: "gochat", Scenario: "connect", Label: "500 connections", Conns: 500, Failed: 2, ConnectsPerSec: 2000, HandshakeP50Ms: 20, HandshakeP99Ms: 30, RSSPerConnB: 2500},
 		{Server: "gochat", Scenario: "fanout", Label: "fan-out to 200 members, 5 msg/s", Expected: 100, Delivered: 100, DeliverP50Ms: 40, DeliverP99Ms: 80, ServerCPUPct: 50,
-			FirstP50Ms: 12.5, LastMaxMs: 90},
+			FirstP50Ms: 12.5, LastMaxMs: 90, When: "2026-12-01T06:00:00Z", LoadAvg: "1.00 0.50 0.20", ToolCPUUsPerF: 12.9, ToolFrames: 20000,
+			ServerWaitMsPerSec: 41.6, ToolWaitMsPerSec: 7},
 	}
 	var b bytes.Buffer
 	if err := writeTable(&b, results); err != nil {
@@ -195,6 +244,7 @@ func TestWriteTable(t *testing.T) {
 		"| fan-out to 200 members, 5 msg/s: latency p99 | not run | 80.0 ms | — |",
 		"| fan-out to 200 members, 5 msg/s: per message: first delivery p50 | not run | 12.5 ms | — |",
 		"| fan-out to 200 members, 5 msg/s: per message: last delivery max | not run | 90.0 ms | — |",
+		"| fan-out to 200 members, 5 msg/s | gochat | 2026-12-01T06:00:00Z | 1.00 0.50 0.20 | 12.9 µs | received frame (20000 frames) | 42 / 7 ms per s |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)

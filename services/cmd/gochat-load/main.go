@@ -10,12 +10,14 @@
 // The "compare" scenario measures GoChat or Centrifugo the same way through an
 // adapter per server (connect rate and idle memory, fan-out, 10,000 sessions);
 // "compare-table" turns its results into the side-by-side table
-// (hack/bench-compare.sh runs both servers).
+// (hack/bench-compare.sh runs both servers). The "disk" scenario times the
+// fsyncs a durable commit waits for on the database's disk.
 //
 //	gochat-load idle --url http://127.0.0.1:8080 --conns 19000 --users 200
 //	gochat-load send --url http://127.0.0.1:8080 --pairs 100 --rate 50 --duration 20s
 //	gochat-load roll --urls http://127.0.0.1:8080,http://127.0.0.1:8081 --admin 127.0.0.1:9000,127.0.0.1:9100 --clients 2000
 //	gochat-load compare --server centrifugo --url http://127.0.0.1:8000 --scenario fanout --members 5000 --rate 5
+//	gochat-load disk --dir /var/lib/mysql --n 1000
 package main
 
 import (
@@ -37,9 +39,9 @@ import (
 )
 
 func main() {
-	scenarios := map[string]func([]string) error{"send": sendMain, "roll": rollMain, "compare": compareMain, "compare-table": compareTableMain}
+	scenarios := map[string]func([]string) error{"send": sendMain, "roll": rollMain, "compare": compareMain, "compare-table": compareTableMain, "disk": diskMain}
 	if len(os.Args) < 2 || (os.Args[1] != "idle" && scenarios[os.Args[1]] == nil) {
-		fmt.Fprintln(os.Stderr, "usage: gochat-load idle|send|roll|compare|compare-table [flags]  (gochat-load <scenario> -h for the flags)")
+		fmt.Fprintln(os.Stderr, "usage: gochat-load idle|send|roll|compare|compare-table|disk [flags]  (gochat-load <scenario> -h for the flags)")
 		os.Exit(2)
 	}
 	if run := scenarios[os.Args[1]]; run != nil {

@@ -282,7 +282,7 @@ func runSend(o sendOpts) (sendResult, error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	total := time.Since(start)
-	toolCPU, _, _ := m.end()
+	toolCPU := m.end().tool
 	stopPings()
 	for _, p := range ps {
 		p.from.conn.Close()

@@ -108,14 +108,16 @@ func writeTable(w io.Writer, results []compareResult) error {
 	}
 	// What the load tool cost, so that it is seen not to be the bottleneck.
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| run | server | started (UTC) | load average at its end | load tool CPU | per |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	// How long each side's threads waited for a CPU: on shared cores that
+	// wait is latency added to every hop, and it differs between runs.
+	fmt.Fprintln(w, "| run | server | started (UTC) | load average at its end | load tool CPU | per | waited for a CPU, server / tool |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range results {
 		per := fmt.Sprintf("received frame (%d frames)", r.ToolFrames)
 		if r.Scenario == "connect" {
 			per = fmt.Sprintf("connection, dialing included (%d)", r.ToolFrames)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %.1f µs | %s |\n", r.Label, r.Server, r.When, r.LoadAvg, r.ToolCPUUsPerF, per)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %.1f µs | %s | %.0f / %.0f ms per s |\n", r.Label, r.Server, r.When, r.LoadAvg, r.ToolCPUUsPerF, per, r.ServerWaitMsPerSec, r.ToolWaitMsPerSec)
 	}
 	return nil
 }
