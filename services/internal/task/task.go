@@ -36,6 +36,13 @@ var (
 		Name: "gochat_task_delivery_lag_seconds", Help: "From a message being stored to its push being handed to the gateways.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 	})
+	// Split from deliveryLag so that a slow hop shows: the store's commit,
+	// im-logic's publish and the broker's fetch are before it, the routing
+	// and the push after it.
+	fetchLag = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name: "gochat_task_fetch_lag_seconds", Help: "From a message being stored to im-task holding its record (the store's commit, the publish, Kafka).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	})
 	consumerLag = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "gochat_task_consumer_lag", Help: "Records behind the partition's high watermark after the last poll.",
 	}, []string{"topic", "partition"})
@@ -50,7 +57,7 @@ var (
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	})
 	resyncs = promauto.NewCounter(prometheus.CounterOpts{
-		Name: "gochat_task_resyncs_total", Help: "Sessions sent a resync frame because a push to them failed.",
+		Name: "gochat_task_resyncs_total", Help: "Sessions sent a resync frame: a push to them failed, or they came online in a large conversation that im-task's route cache held without them.",
 	})
 )
 
@@ -608,6 +615,7 @@ func (t *Task) decode(ctx context.Context, records []*kgo.Record) ([]item, map[s
 				}
 			}
 			items = append(items, messageItem(m, ev.OriginSessionId))
+			fetchLag.Observe(time.Since(time.UnixMilli(m.CreatedAtMs)).Seconds())
 			pending[m.ConversationId] = m.Seq
 			recordsDone.WithLabelValues("message").Inc()
 		case *gochatv1.DispatchEvent_Read:
