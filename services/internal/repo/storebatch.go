@@ -83,8 +83,8 @@ const messageColumns = "id, conversation_id, seq, sender_id, client_msg_id, cont
 // lookups are the dedupe lookup (messages already stored under the batch's
 // (sender, client_msg_id) keys) and the membership check of every sender.
 func (p *storePlan) lookups() (dedupe, members stmt) {
-	dedupe.sql = "SELECT " + messageColumns + " FROM messages WHERE (sender_id, client_msg_id) IN (" + pairPlaceholders(len(p.batch)) + ")"
-	members.sql = "SELECT conversation_id, user_id FROM " + p.s.byPrimaryKey("members") + " WHERE (conversation_id, user_id) IN (" + pairPlaceholders(len(p.batch)) + ")"
+	dedupe.sql = "SELECT " + messageColumns + " FROM messages WHERE " + pairIn("sender_id", "client_msg_id", len(p.batch))
+	members.sql = "SELECT conversation_id, user_id FROM " + p.s.byPrimaryKey("members") + " WHERE " + pairIn("conversation_id", "user_id", len(p.batch))
 	for _, r := range p.batch {
 		dedupe.args = append(dedupe.args, r.in.SenderId, r.in.ClientMsgId)
 		members.args = append(members.args, r.in.ConversationId, r.in.SenderId)
@@ -206,7 +206,7 @@ func (p *storePlan) writes(convs []conversationRow) ([]stmt, error) {
 		sb.WriteString(" WHEN conversation_id = ? AND user_id = ? AND read_seq < ? THEN ?")
 		mark.args = append(mark.args, k[0], k[1], seq, seq)
 	}
-	sb.WriteString(" ELSE read_seq END WHERE (conversation_id, user_id) IN (" + pairPlaceholders(len(marks)) + ")")
+	sb.WriteString(" ELSE read_seq END WHERE " + pairIn("conversation_id", "user_id", len(marks)))
 	for _, k := range marks {
 		mark.args = append(mark.args, k[0], k[1])
 	}
@@ -237,8 +237,16 @@ func (p *storePlan) done() []storeResult {
 	return p.results
 }
 
-func pairPlaceholders(n int) string {
-	return strings.TrimSuffix(strings.Repeat("(?, ?), ", n), ", ")
+// pairIn matches n (a, b) pairs, its arguments a1, b1, a2, b2, ... MariaDB
+// turns a one-pair IN list into a row comparison that an UPDATE cannot look
+// up by key: the read mark of a message stored alone (any batch of one) read
+// the whole members table, so a store took longer the more members the
+// database held (TestStoreReadsByKey). One pair is written as equalities.
+func pairIn(a, b string, n int) string {
+	if n == 1 {
+		return a + " = ? AND " + b + " = ?"
+	}
+	return "(" + a + ", " + b + ") IN (" + strings.TrimSuffix(strings.Repeat("(?, ?), ", n), ", ") + ")"
 }
 
 func dupResult(m *messageRow, convID string) storeResult {

@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -68,5 +69,94 @@ func TestFailedBatchRollsBack(t *testing.T) {
 	var n int64
 	if err := db.Model(&messageRow{}).Where("conversation_id = ?", conv).Count(&n).Error; err != nil || n != 1 {
 		t.Fatalf("%d messages stored (%v), want 1", n, err)
+	}
+}
+
+// TestStoreReadsByKey counts the rows MariaDB reads for a store batch while
+// the members table holds thousands of rows of other conversations: every
+// statement must find its rows by key. A message stored alone used to mark
+// its sender's read with a one-pair IN list, which MariaDB ran as a scan of
+// the whole table, so the send path slowed as the database grew.
+func TestStoreReadsByKey(t *testing.T) {
+	ctx := context.Background()
+	db, err := OpenDB(DBConfig{MySQLDSN: tc.FreshDatabase(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Migrate(ctx, db, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	s := NewStore(db)
+	const others = 3000
+	filler := make([]memberRow, others)
+	for i := range filler {
+		filler[i] = memberRow{ConversationID: ids.New(), UserID: ids.New(), JoinedAtMs: 1}
+	}
+	if err := db.CreateInBatches(filler, 500).Error; err != nil {
+		t.Fatal(err)
+	}
+	user, convA, convB := ids.New(), ids.New(), ids.New()
+	for _, c := range []string{convA, convB} {
+		if err := db.Create(&conversationRow{ID: c, Name: "g", OwnerID: user, CreatedAtMs: 1, LastActivityMs: 1}).Error; err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Create(&memberRow{ConversationID: c, UserID: user, JoinedAtMs: 1}).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool, err := openStoreDB(s, 1) // one connection: its session counters are the batch's
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	// Rows read by scanning or by walking an index, on this connection so far.
+	scanned := func() int64 {
+		rows, err := pool.QueryContext(ctx, "SHOW SESSION STATUS WHERE Variable_name IN ('Handler_read_next', 'Handler_read_prev', 'Handler_read_rnd_next')")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var sum int64
+		for rows.Next() {
+			var name string
+			var n int64
+			if err := rows.Scan(&name, &n); err != nil {
+				t.Fatal(err)
+			}
+			sum += n
+		}
+		return sum
+	}
+	n := 0
+	for _, tt := range []struct {
+		name  string
+		convs []string
+	}{
+		{"one message", []string{convA}},
+		{"two conversations", []string{convA, convB}},
+		{"three in one conversation", []string{convB, convB, convB}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var batch []*storeReq
+			for _, c := range tt.convs {
+				n++
+				batch = append(batch, &storeReq{in: &gochatv1.StoreMessageRequest{
+					ConversationId: c, SenderId: user, ClientMsgId: fmt.Sprintf("m%d", n), ContentType: "text", Content: "hi",
+				}})
+			}
+			before := scanned()
+			res, err := s.storeBatchMySQL(ctx, pool, batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range res {
+				if r.err != nil || r.msg == nil {
+					t.Fatalf("store: %+v", r)
+				}
+			}
+			if got := scanned() - before; got > 50 {
+				t.Fatalf("a batch of %d read %d rows by scan or index walk beside %d members of other conversations, want a handful: a statement does not use its key", len(batch), got, others)
+			}
+		})
 	}
 }
