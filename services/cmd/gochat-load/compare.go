@@ -651,7 +651,10 @@ func pingLoop(ad adapter, sessions []*session, every time.Duration) func() {
 
 // keepAlive has GoChat sessions ping every so often, as the client API asks
 // of every client (the gateway drops one silent for 3 heartbeats), until
-// the returned stop function is called.
+// the returned stop function is called. Each session pings at its own phase
+// of the period, as independent clients do: all of them at once was a burst
+// of 10,000 pings every period that the gateway read and answered while a
+// message of that moment waited (that run's slowest message, every period).
 func keepAlive(sessions []*session, every time.Duration) func() {
 	if every <= 0 {
 		return func() {}
@@ -660,16 +663,17 @@ func keepAlive(sessions []*session, every time.Duration) func() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(every)
+		step := max(every/pingSlots, time.Millisecond)
+		t := time.NewTicker(step)
 		defer t.Stop()
 		ping := []byte(`{"type":"ping","data":{}}`)
-		for {
+		for slot := 0; ; slot = (slot + 1) % pingSlots {
 			select {
 			case <-stop:
 				return
 			case <-t.C:
-				for _, s := range sessions {
-					if s != nil {
+				for i := slot; i < len(sessions); i += pingSlots {
+					if s := sessions[i]; s != nil {
 						_ = s.write(ping)
 					}
 				}
@@ -678,6 +682,10 @@ func keepAlive(sessions []*session, every time.Duration) func() {
 	}()
 	return func() { close(stop); <-done }
 }
+
+// pingSlots is how many parts of a ping period the sessions' pings are
+// spread over.
+const pingSlots = 100
 
 func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 	res := compareResult{Server: ad.name(), Scenario: "fanout", Label: o.label, Members: o.members, PerUser: o.perUser, Rate: o.rate, ServerPIDs: o.pids, When: time.Now().UTC().Format(time.RFC3339)}

@@ -60,6 +60,20 @@ var migrations = []migration{
 		}
 		return tx.Table("event_outbox").Migrator().CreateTable(&eventOutbox{})
 	}},
+	{version: 6, name: "guest expiry index", up: func(tx *gorm.DB) error {
+		// The guest sweep (every minute, on every repo replica) looks for
+		// old guests in creation order; without this index it read the
+		// whole users table each time (TestExpireGuestsReadsByIndex).
+		type users struct {
+			Guest       bool  `gorm:"not null;index:idx_users_guest_created,priority:1"`
+			CreatedAtMs int64 `gorm:"not null;index:idx_users_guest_created,priority:2"`
+		}
+		m := tx.Table("users").Migrator()
+		if m.HasIndex(&users{}, "idx_users_guest_created") {
+			return nil
+		}
+		return m.CreateIndex(&users{}, "idx_users_guest_created")
+	}},
 }
 
 // SchemaVersion is the version this build expects.

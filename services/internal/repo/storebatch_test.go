@@ -160,3 +160,64 @@ func TestStoreReadsByKey(t *testing.T) {
 		})
 	}
 }
+
+// TestExpireGuestsReadsByIndex counts the rows MariaDB reads for one guest
+// sweep beside thousands of registered users and young guests: the sweep
+// runs every minute on every repo replica, and before its index it read the
+// whole users table each time.
+func TestExpireGuestsReadsByIndex(t *testing.T) {
+	ctx := context.Background()
+	db, err := OpenDB(DBConfig{MySQLDSN: tc.FreshDatabase(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Migrate(ctx, db, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqlDB.SetMaxOpenConns(1) // the session counters below are the sweep's
+	s := NewStore(db)
+	const others = 3000
+	var rows []userRow
+	for i := range others {
+		// Registered users and guests younger than the cutoff: never deleted.
+		rows = append(rows, userRow{ID: ids.New(), Username: fmt.Sprintf("u%d", i), Guest: i%2 == 0, CreatedAtMs: 2_000_000})
+	}
+	var old []string
+	for i := range 5 {
+		id := ids.New()
+		old = append(old, id)
+		rows = append(rows, userRow{ID: id, Username: fmt.Sprintf("old%d", i), Guest: true, CreatedAtMs: 1_000_000 + int64(i)})
+	}
+	if err := db.CreateInBatches(rows, 500).Error; err != nil {
+		t.Fatal(err)
+	}
+	scanned := func() int64 {
+		rows, err := sqlDB.QueryContext(ctx, "SHOW SESSION STATUS WHERE Variable_name IN ('Handler_read_next', 'Handler_read_prev', 'Handler_read_rnd_next')")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var sum int64
+		for rows.Next() {
+			var name string
+			var n int64
+			if err := rows.Scan(&name, &n); err != nil {
+				t.Fatal(err)
+			}
+			sum += n
+		}
+		return sum
+	}
+	before := scanned()
+	n, err := s.ExpireGuests(ctx, 1_500_000, 500)
+	if err != nil || n != len(old) {
+		t.Fatalf("ExpireGuests = %d, %v; want the %d old guests", n, err, len(old))
+	}
+	if got := scanned() - before; got > 100 {
+		t.Fatalf("a sweep that deleted %d guests read %d rows by scan or index walk beside %d other users: it does not use its index", n, got, others)
+	}
+}
