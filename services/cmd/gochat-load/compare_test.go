@@ -313,3 +313,62 @@ func TestMessageSpreads(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepAliveSpread checks that each session pings once a period, each at
+// its own phase: the first pings of 200 sessions span most of the period
+// instead of arriving together.
+func TestKeepAliveSpread(t *testing.T) {
+	const n, every = 200, time.Second
+	sessions := make([]*session, n)
+	first := make([]time.Time, n)
+	pings := make([]int, n)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := range sessions {
+		client, server := net.Pipe()
+		t.Cleanup(func() { client.Close(); server.Close() })
+		sessions[i] = &session{conn: client}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				h, err := ws.ReadHeader(server)
+				if err != nil {
+					return
+				}
+				if _, err := io.ReadFull(server, make([]byte, h.Length)); err != nil {
+					return
+				}
+				mu.Lock()
+				if pings[i] == 0 {
+					first[i] = time.Now()
+				}
+				pings[i]++
+				mu.Unlock()
+			}
+		}()
+	}
+	start := time.Now()
+	stop := keepAlive(sessions, every)
+	time.Sleep(every + every/20)
+	stop()
+	for _, s := range sessions {
+		s.conn.Close()
+	}
+	wg.Wait()
+	lo, hi := first[0], first[0]
+	for i := range sessions {
+		if pings[i] < 1 || pings[i] > 2 { // a period and a twentieth: the first slots ping again
+			t.Fatalf("session %d pinged %d times in %s, want once a %s period", i, pings[i], every+every/20, every)
+		}
+		if first[i].Before(lo) {
+			lo = first[i]
+		}
+		if first[i].After(hi) {
+			hi = first[i]
+		}
+	}
+	if spread := hi.Sub(lo); spread < every/2 {
+		t.Fatalf("the sessions' pings came within %s of each other (first %s after the start), want them spread over the %s period", spread, lo.Sub(start), every)
+	}
+}
