@@ -2,10 +2,13 @@ package repo
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
+
+	"gorm.io/gorm"
 
 	gochatv1 "github.com/gochat/gochat/api/gen/gochat/v1"
 	"github.com/gochat/gochat/services/internal/ids"
@@ -20,13 +23,7 @@ import (
 // its column (the API's checks refuse it first; this drives the store alone).
 func TestFailedBatchRollsBack(t *testing.T) {
 	ctx := context.Background()
-	db, err := OpenDB(DBConfig{MySQLDSN: tc.FreshDatabase(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Migrate(ctx, db, slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
+	db := migratedMySQL(ctx, t)
 	s := NewStore(db)
 	user, conv := ids.New(), ids.New()
 	if err := db.Create(&conversationRow{ID: conv, Name: "g", OwnerID: user, CreatedAtMs: 1, LastActivityMs: 1}).Error; err != nil {
@@ -79,13 +76,7 @@ func TestFailedBatchRollsBack(t *testing.T) {
 // the whole table, so the send path slowed as the database grew.
 func TestStoreReadsByKey(t *testing.T) {
 	ctx := context.Background()
-	db, err := OpenDB(DBConfig{MySQLDSN: tc.FreshDatabase(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Migrate(ctx, db, slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
+	db := migratedMySQL(ctx, t)
 	s := NewStore(db)
 	const others = 3000
 	filler := make([]memberRow, others)
@@ -109,24 +100,7 @@ func TestStoreReadsByKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	// Rows read by scanning or by walking an index, on this connection so far.
-	scanned := func() int64 {
-		rows, err := pool.QueryContext(ctx, "SHOW SESSION STATUS WHERE Variable_name IN ('Handler_read_next', 'Handler_read_prev', 'Handler_read_rnd_next')")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var sum int64
-		for rows.Next() {
-			var name string
-			var n int64
-			if err := rows.Scan(&name, &n); err != nil {
-				t.Fatal(err)
-			}
-			sum += n
-		}
-		return sum
-	}
+	scanned := func() int64 { return rowsWalked(ctx, t, pool) }
 	n := 0
 	for _, tt := range []struct {
 		name  string
@@ -167,13 +141,7 @@ func TestStoreReadsByKey(t *testing.T) {
 // whole users table each time.
 func TestExpireGuestsReadsByIndex(t *testing.T) {
 	ctx := context.Background()
-	db, err := OpenDB(DBConfig{MySQLDSN: tc.FreshDatabase(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Migrate(ctx, db, slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
+	db := migratedMySQL(ctx, t)
 	sqlDB, err := db.DB()
 	if err != nil {
 		t.Fatal(err)
@@ -195,23 +163,7 @@ func TestExpireGuestsReadsByIndex(t *testing.T) {
 	if err := db.CreateInBatches(rows, 500).Error; err != nil {
 		t.Fatal(err)
 	}
-	scanned := func() int64 {
-		rows, err := sqlDB.QueryContext(ctx, "SHOW SESSION STATUS WHERE Variable_name IN ('Handler_read_next', 'Handler_read_prev', 'Handler_read_rnd_next')")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var sum int64
-		for rows.Next() {
-			var name string
-			var n int64
-			if err := rows.Scan(&name, &n); err != nil {
-				t.Fatal(err)
-			}
-			sum += n
-		}
-		return sum
-	}
+	scanned := func() int64 { return rowsWalked(ctx, t, sqlDB) }
 	before := scanned()
 	n, err := s.ExpireGuests(ctx, 1_500_000, 500)
 	if err != nil || n != len(old) {
@@ -220,4 +172,42 @@ func TestExpireGuestsReadsByIndex(t *testing.T) {
 	if got := scanned() - before; got > 100 {
 		t.Fatalf("a sweep that deleted %d guests read %d rows by scan or index walk beside %d other users: it does not use its index", n, got, others)
 	}
+}
+
+func migratedMySQL(ctx context.Context, t *testing.T) *gorm.DB {
+	t.Helper()
+	db, err := OpenDB(DBConfig{MySQLDSN: tc.FreshDatabase(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Migrate(ctx, db, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// rowsWalked is how many rows MariaDB has read on conn's one connection by
+// scanning a table or walking an index (its session's handler counters,
+// which reading them does not move): a statement that finds its rows by key
+// adds next to nothing.
+func rowsWalked(ctx context.Context, t *testing.T, conn *sql.DB) int64 {
+	t.Helper()
+	rows, err := conn.QueryContext(ctx, "SHOW SESSION STATUS WHERE Variable_name IN ('Handler_read_next', 'Handler_read_prev', 'Handler_read_rnd_next')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var sum int64
+	for rows.Next() {
+		var name string
+		var n int64
+		if err := rows.Scan(&name, &n); err != nil {
+			t.Fatal(err)
+		}
+		sum += n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return sum
 }
