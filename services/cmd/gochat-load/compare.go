@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -430,11 +431,15 @@ type compareResult struct {
 	LastP50Ms  float64 `json:"last_p50_ms,omitempty"`
 	LastMaxMs  float64 `json:"last_max_ms,omitempty"`
 
-	ServerCPUPct  float64          `json:"server_cpu_pct,omitempty"` // of one core, over the measured window, summed over --pids
-	ServerPIDs    []int            `json:"server_pids"`
-	ToolFrames    int64            `json:"tool_frames"`
-	OtherFrames   map[string]int64 `json:"other_frames,omitempty"` // frames neither deliveries, acks nor keepalives, by type, setup included
-	ToolCPUUsPerF float64          `json:"tool_cpu_us_per_frame"`
+	ServerCPUPct float64 `json:"server_cpu_pct,omitempty"` // of one core, over the measured window, summed over --pids
+	ServerPIDs   []int   `json:"server_pids"`
+	// ServerCPUByPIDPct is ServerCPUPct process by process, in the order of
+	// ServerPIDs, whose names (procName) are ServerNames.
+	ServerCPUByPIDPct []float64        `json:"server_cpu_pct_by_pid,omitempty"`
+	ServerNames       []string         `json:"server_names,omitempty"`
+	ToolFrames        int64            `json:"tool_frames"`
+	OtherFrames       map[string]int64 `json:"other_frames,omitempty"` // frames neither deliveries, acks nor keepalives, by type, setup included
+	ToolCPUUsPerF     float64          `json:"tool_cpu_us_per_frame"`
 	// How long the servers' threads (all of --pids) and the tool's waited
 	// for a CPU while runnable, in ms per second of the measured window.
 	ServerWaitMsPerSec float64 `json:"server_cpu_wait_ms_per_sec,omitempty"`
@@ -443,6 +448,12 @@ type compareResult struct {
 
 func (r *compareResult) setUsage(u usage) {
 	r.ServerCPUPct, r.ServerWaitMsPerSec, r.ToolWaitMsPerSec = u.serverPct, u.serverWaitMs, u.toolWait
+	r.ServerCPUByPIDPct, r.ServerNames = nil, u.names
+	if u.server > 0 {
+		for _, d := range u.perPID {
+			r.ServerCPUByPIDPct = append(r.ServerCPUByPIDPct, u.serverPct*float64(d)/float64(u.server))
+		}
+	}
 }
 
 func (r compareResult) print(w io.Writer) {
@@ -470,6 +481,17 @@ func (r compareResult) print(w io.Writer) {
 		per = "connection, dialing included"
 	}
 	fmt.Fprintf(w, "  server CPU %.0f%% of a core (pids %v); load tool %.1f µs CPU per %s (%d frames)\n", r.ServerCPUPct, r.ServerPIDs, r.ToolCPUUsPerF, per, r.ToolFrames)
+	if len(r.ServerCPUByPIDPct) > 1 {
+		fmt.Fprint(w, "  server CPU by process (% of a core):")
+		for i, pct := range r.ServerCPUByPIDPct {
+			name := strconv.Itoa(r.ServerPIDs[i])
+			if i < len(r.ServerNames) {
+				name = r.ServerNames[i]
+			}
+			fmt.Fprintf(w, " %s %.1f;", name, pct)
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "  waited for a CPU while runnable: server threads %.0f ms per second, load tool %.0f ms per second\n", r.ServerWaitMsPerSec, r.ToolWaitMsPerSec)
 }
 
@@ -533,6 +555,22 @@ func startMeasure(pids []int) *measure {
 	return m
 }
 
+// procName names a process by its command line: the program's base name, and
+// its first argument when that is a subcommand (GoChat's services are one
+// binary: "gochat repo", "gochat gateway").
+func procName(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return strconv.Itoa(pid)
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	name := filepath.Base(args[0])
+	if len(args) > 1 && args[1] != "" && !strings.HasPrefix(args[1], "-") {
+		name += " " + args[1]
+	}
+	return name
+}
+
 // usage is what a measured window cost: the tool's CPU, the servers' CPU
 // (also as a percentage of one core), and how long the servers' threads and
 // the tool's waited for a CPU while runnable, per second of the window. On
@@ -540,6 +578,8 @@ func startMeasure(pids []int) *measure {
 // CPU contention added to every hop.
 type usage struct {
 	tool, server           time.Duration
+	perPID                 []time.Duration // server, by --pids
+	names                  []string        // of --pids, as procName reads them
 	serverPct              float64
 	serverWaitMs, toolWait float64 // ms per second of the window
 }
@@ -553,6 +593,8 @@ func (m *measure) end() usage {
 	for i, p := range m.pids {
 		d, _ := procCPU(p)
 		u.server += d - m.server[i]
+		u.perPID = append(u.perPID, d-m.server[i])
+		u.names = append(u.names, procName(p))
 		w, _ := procWait(p)
 		wait += w - m.serverWait[i]
 	}

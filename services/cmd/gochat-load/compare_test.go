@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -370,5 +372,32 @@ func TestKeepAliveSpread(t *testing.T) {
 	}
 	if spread := hi.Sub(lo); spread < every/2 {
 		t.Fatalf("the sessions' pings came within %s of each other (first %s after the start), want them spread over the %s period", spread, lo.Sub(start), every)
+	}
+}
+
+func TestServerCPUByProcess(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	// Until the child has exec'd, its command line is this test's (or none).
+	got := procName(cmd.Process.Pid)
+	for end := time.Now().Add(5 * time.Second); got != "sleep 30" && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		got = procName(cmd.Process.Pid)
+	}
+	if got != "sleep 30" {
+		t.Fatalf("procName(sleep 30) = %q", got)
+	}
+	if got := procName(os.Getpid()); got != filepath.Base(os.Args[0]) {
+		t.Fatalf("procName(self) = %q, want %q (its flags are not a subcommand)", got, filepath.Base(os.Args[0]))
+	}
+	var r compareResult
+	r.ServerPIDs = []int{10, 11}
+	r.setUsage(usage{server: 4 * time.Second, perPID: []time.Duration{3 * time.Second, time.Second}, names: []string{"gochat gateway", "gochat repo"}, serverPct: 80})
+	var b bytes.Buffer
+	r.print(&b)
+	if want := "server CPU by process (% of a core): gochat gateway 60.0; gochat repo 20.0;"; !strings.Contains(b.String(), want) {
+		t.Fatalf("printed\n%s\nwant a line with %q", b.String(), want)
 	}
 }
