@@ -159,6 +159,7 @@ func (g *gochatAdapter) frame(b []byte, ev *frameEvents) {
 	case "error":
 		ev.errors++
 	case "pong":
+		ev.keepalive = true
 	default:
 		ev.other = f.Type
 	}
@@ -318,13 +319,17 @@ var pingLine = []byte("{}")
 
 func (c *centrifugoAdapter) frame(b []byte, ev *frameEvents) {
 	// Several replies may come in one frame, one JSON object per line.
+	pings, lines := 0, 0
+	defer func() { ev.keepalive = lines > 0 && pings == lines }()
 	for line := range bytes.SplitSeq(b, []byte("\n")) {
 		line = bytes.TrimSpace(line)
 		if len(line) == 0 {
 			continue
 		}
+		lines++
 		if bytes.Equal(line, pingLine) {
 			ev.reply = pingLine
+			pings++
 			continue
 		}
 		var r centrifugoReply

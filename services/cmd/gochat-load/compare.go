@@ -208,6 +208,7 @@ type frameEvents struct {
 	errors     int
 	other      string // the type of a frame that is none of the above (GoChat's presence, say)
 	reply      []byte // to write back at once (a keepalive's answer)
+	keepalive  bool   // the frame held keepalives only (a ping or a pong)
 	replyID    uint32 // the answer to a command of ours (Centrifugo's subscribe)
 	replyErr   error
 }
@@ -238,6 +239,9 @@ type session struct {
 	errors  atomic.Int64
 	frames  atomic.Int64
 	ended   atomic.Bool // the reader stopped: the connection is gone
+	// busy counts the frames that were not keepalives: the setup is over
+	// when it stops moving (pings and pongs never stop).
+	busy atomic.Int64
 	// countFrom (Unix ns): deliveries of messages sent before it, the
 	// warm-up's and the setup's, count for nothing.
 	countFrom atomic.Int64
@@ -354,6 +358,9 @@ func (s *session) run(ad adapter, done func()) {
 		s.frames.Add(1)
 		ev = frameEvents{deliveries: ev.deliveries[:0]}
 		ad.frame(b, &ev)
+		if !ev.keepalive {
+			s.busy.Add(1)
+		}
 		if ev.reply != nil {
 			_ = s.write(ev.reply)
 		}
@@ -798,13 +805,13 @@ func runFanout(ad adapter, o compareOpts) (compareResult, error) {
 		time.Sleep(time.Duration(float64(time.Second) / o.rate))
 	}
 	// Let the setup's own traffic (GoChat's presence and group events) and
-	// the warm-up pass before the clock starts: until no frame came for 2s,
-	// at most --settle.
+	// the warm-up pass before the clock starts: until no frame but
+	// keepalives came for 2s, at most --settle.
 	settled := time.Now()
 	for last, lastAt := int64(-1), time.Now(); time.Since(settled) < o.settle; time.Sleep(200 * time.Millisecond) {
 		var n int64
 		for _, s := range sessions {
-			n += s.frames.Load()
+			n += s.busy.Load()
 		}
 		if n != last {
 			last, lastAt = n, time.Now()

@@ -140,27 +140,29 @@ func TestFrames(t *testing.T) {
 		replyID    uint32
 		replyErr   bool
 		other      string
+		keepalive  bool
 	}{
-		{"centrifugo ping", c, `{}`, nil, 0, 0, "{}", 0, false, ""},
+		{"centrifugo ping", c, `{}`, nil, 0, 0, "{}", 0, false, "", true},
 		{"centrifugo batch", c, "{\"push\":{\"channel\":\"chat:a\",\"pub\":{\"data\":{\"n\":3,\"t\":99},\"offset\":7}}}\n{}\n{\"push\":{\"channel\":\"chat:a\",\"pub\":{\"data\":{\"n\":4,\"t\":100},\"offset\":8}}}",
-			[]delivery{{"chat:a", 7, 99}, {"chat:a", 8, 100}}, 0, 0, "{}", 0, false, ""},
-		{"centrifugo without history", c, `{"push":{"channel":"chat:a","pub":{"data":{"n":5,"t":1}}}}`, []delivery{{"chat:a", 5, 1}}, 0, 0, "", 0, false, ""},
-		{"centrifugo subscribe answer", c, `{"id":2,"subscribe":{}}`, nil, 0, 0, "", 2, false, ""},
-		{"centrifugo refused", c, `{"id":2,"error":{"code":103,"message":"permission denied"}}`, nil, 0, 0, "", 2, true, ""},
-		{"centrifugo join push", c, `{"push":{"channel":"chat:a","join":{"info":{"user":"u"}}}}`, nil, 0, 0, "", 0, false, "push"},
+			[]delivery{{"chat:a", 7, 99}, {"chat:a", 8, 100}}, 0, 0, "{}", 0, false, "", false},
+		{"centrifugo without history", c, `{"push":{"channel":"chat:a","pub":{"data":{"n":5,"t":1}}}}`, []delivery{{"chat:a", 5, 1}}, 0, 0, "", 0, false, "", false},
+		{"centrifugo subscribe answer", c, `{"id":2,"subscribe":{}}`, nil, 0, 0, "", 2, false, "", false},
+		{"centrifugo refused", c, `{"id":2,"error":{"code":103,"message":"permission denied"}}`, nil, 0, 0, "", 2, true, "", false},
+		{"centrifugo join push", c, `{"push":{"channel":"chat:a","join":{"info":{"user":"u"}}}}`, nil, 0, 0, "", 0, false, "push", false},
 		{"gochat message", g, `{"type":"message","data":{"id":"m","conversation_id":"c1","seq":12,"sender_id":"u","content":"t:1234","created_at":"x"}}`,
-			[]delivery{{"c1", 12, 1234}}, 0, 0, "", 0, false, ""},
-		{"gochat ack", g, `{"type":"ack","data":{"client_msg_id":"b1","message":{"conversation_id":"c1","seq":12}}}`, nil, 1, 0, "", 0, false, ""},
-		{"gochat error", g, `{"type":"error","data":{"code":"rate_limited","message":"slow down"}}`, nil, 0, 1, "", 0, false, ""},
-		{"gochat presence", g, `{"type":"presence","data":{"user_id":"u","online":true}}`, nil, 0, 0, "", 0, false, "presence"},
-		{"gochat pong", g, `{"type":"pong","data":{}}`, nil, 0, 0, "", 0, false, ""},
-		{"not json", g, `{"type":`, nil, 0, 0, "", 0, false, ""},
+			[]delivery{{"c1", 12, 1234}}, 0, 0, "", 0, false, "", false},
+		{"gochat ack", g, `{"type":"ack","data":{"client_msg_id":"b1","message":{"conversation_id":"c1","seq":12}}}`, nil, 1, 0, "", 0, false, "", false},
+		{"gochat error", g, `{"type":"error","data":{"code":"rate_limited","message":"slow down"}}`, nil, 0, 1, "", 0, false, "", false},
+		{"gochat presence", g, `{"type":"presence","data":{"user_id":"u","online":true}}`, nil, 0, 0, "", 0, false, "presence", false},
+		{"gochat pong", g, `{"type":"pong","data":{}}`, nil, 0, 0, "", 0, false, "", true},
+		{"not json", g, `{"type":`, nil, 0, 0, "", 0, false, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ev frameEvents
 			tc.ad.frame([]byte(tc.frame), &ev)
 			if fmt.Sprint(ev.deliveries) != fmt.Sprint(tc.deliveries) || ev.acks != tc.acks || ev.errors != tc.errs ||
-				string(ev.reply) != tc.reply || ev.replyID != tc.replyID || (ev.replyErr != nil) != tc.replyErr || ev.other != tc.other {
+				string(ev.reply) != tc.reply || ev.replyID != tc.replyID || (ev.replyErr != nil) != tc.replyErr || ev.other != tc.other ||
+				ev.keepalive != tc.keepalive {
 				t.Fatalf("got %+v", ev)
 			}
 		})
@@ -192,7 +194,7 @@ func TestSessionCountsUniqueKeys(t *testing.T) {
 			pong <- h.OpCode
 		}
 	}()
-	writes := [][]byte{msg("c1", 1), msg("c1", 2), msg("c1", 1), msg("other", 3), msg("c1", 200)}
+	writes := [][]byte{msg("c1", 1), msg("c1", 2), []byte(`{"type":"pong","data":{}}`), msg("c1", 1), msg("other", 3), msg("c1", 200)}
 	for _, w := range writes {
 		if err := wsutil.WriteServerText(server, w); err != nil {
 			t.Fatal(err)
@@ -223,6 +225,10 @@ func TestSessionCountsUniqueKeys(t *testing.T) {
 	server.Close()
 	if got := s.unique.Load(); got != 4 || s.dups != 1 || len(s.lat) != 4 {
 		t.Fatalf("unique %d, duplicates %d, latencies %d; want 4 (seqs 1, 2, 3, 200), 1, 4", got, s.dups, len(s.lat))
+	}
+	// The pong is a frame, but not one that keeps the setup from settling.
+	if s.frames.Load() != 7 || s.busy.Load() != 6 {
+		t.Fatalf("frames %d, busy %d; want 7 and 6 (all but the pong)", s.frames.Load(), s.busy.Load())
 	}
 }
 
