@@ -38,6 +38,9 @@ func TestGatewayLiveness(t *testing.T) {
 	send(t, wo, map[string]any{"client_msg_id": "warm", "conversation_id": g.ID, "content": "warm-up"})
 	wst.Messages(t, 1, wait)
 	wh.Messages(t, 1, wait)
+	// The client may hold its frame before im-task holds the push's
+	// answer; a freeze in between would be a push in flight, not a dial.
+	c.WaitDispatched(t)
 
 	frozen := c.MoreGateways[0]
 	frozen.Pause()

@@ -1,9 +1,14 @@
 package testcluster
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/gochat/gochat/api/pki"
 )
@@ -20,6 +25,8 @@ type Cluster struct {
 	RepoMetrics, LogicMetrics, TaskMetrics string
 	RedisAddr                              string // the Redis the services use
 	KafkaAddr                              string // the broker, host:port
+	// TopicPrefix names the cluster's topics; ConsumerGroup is im-task's.
+	TopicPrefix, ConsumerGroup string
 	// With Options.Replicas > 1, the further replicas of im-gateway (and
 	// their client addresses), im-logic and im-task; the first replica of
 	// each is the field above.
@@ -74,6 +81,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	c.RepoGRPC, c.RepoMetrics, c.KafkaAddr = repoAddr, repoMetrics, kafkaAddr
 	c.CA = NewCA(t)
 	topicPrefix := RandomName("e2e")
+	c.TopicPrefix, c.ConsumerGroup = topicPrefix, topicPrefix
 
 	// The broker keeps its log on disk, so a test can stop and restart it.
 	c.Kafka = Start(t, "kafka", nil, "dev-kafka", "--addr", kafkaAddr, "--data-dir", t.TempDir())
@@ -139,4 +147,46 @@ func (c *Cluster) StartGateway(t testing.TB, name string) string {
 		"gateway", "--http-addr", addrs[0], "--grpc-addr", addrs[1], "--metrics-addr", addrs[2], "--logic-addr", c.LogicGRPC, "--repo-addr", c.RepoGRPC)
 	WaitHTTP(t, "http://"+addrs[0]+"/readyz", p)
 	return addrs[0]
+}
+
+// WaitDispatched waits until im-task has committed every record on the
+// cluster's topics. It commits a batch only after every push of it was
+// answered, so none is in flight then: a test that stops a gateway right
+// after its client got a frame could otherwise catch the push's answer
+// unsent and hold its batch for the push timeout.
+func (c *Cluster) WaitDispatched(t testing.TB) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.KafkaAddr))
+	mustf(t, err, "kafka client")
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	var last string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		lags, err := adm.Lag(ctx, c.ConsumerGroup)
+		cancel()
+		switch {
+		case err != nil:
+			last = err.Error()
+		case lags.Error() != nil:
+			last = lags.Error().Error()
+		default:
+			l := lags[c.ConsumerGroup].Lag
+			var perr error
+			for _, ps := range l {
+				for _, p := range ps {
+					if p.Err != nil {
+						perr = p.Err
+					}
+				}
+			}
+			if perr == nil && len(l) > 0 && l.Total() == 0 {
+				return
+			}
+			last = fmt.Sprintf("lag %d on %d topics (%v)", l.Total(), len(l), perr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("im-task never caught up with its topics: %s", last)
 }
