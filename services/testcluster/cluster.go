@@ -25,8 +25,7 @@ type Cluster struct {
 	RepoMetrics, LogicMetrics, TaskMetrics string
 	RedisAddr                              string // the Redis the services use
 	KafkaAddr                              string // the broker, host:port
-	// TopicPrefix names the cluster's topics; ConsumerGroup is im-task's.
-	TopicPrefix, ConsumerGroup string
+	ConsumerGroup                          string // im-task's, for WaitDispatched
 	// With Options.Replicas > 1, the further replicas of im-gateway (and
 	// their client addresses), im-logic and im-task; the first replica of
 	// each is the field above.
@@ -81,7 +80,7 @@ func StartCluster(t testing.TB, o Options) *Cluster {
 	c.RepoGRPC, c.RepoMetrics, c.KafkaAddr = repoAddr, repoMetrics, kafkaAddr
 	c.CA = NewCA(t)
 	topicPrefix := RandomName("e2e")
-	c.TopicPrefix, c.ConsumerGroup = topicPrefix, topicPrefix
+	c.ConsumerGroup = topicPrefix
 
 	// The broker keeps its log on disk, so a test can stop and restart it.
 	c.Kafka = Start(t, "kafka", nil, "dev-kafka", "--addr", kafkaAddr, "--data-dir", t.TempDir())
